@@ -1,0 +1,86 @@
+"""The minibatch computation graph: the contract between producer and model.
+
+PinSage's producer (`pinsage_tf.pipeline`) turns a batch of (query, positive)
+pairs into the *computation graph* of the batch; the model
+(`pinsage_tf.model`) consumes exactly this structure. Nodes are re-indexed
+level by level so that every node's features are gathered once and every
+layer is computed once per node per batch:
+
+* level K (the last layer's outputs) holds the unique target items: queries,
+  positives, the shared negatives and the hard negatives;
+* level k-1 holds the unique items of level k plus all their importance
+  neighbors; level 0 is where input features are gathered.
+
+Shapes are fixed for a given `(batch config, graph)`, so a `tf.function` or a
+replica never retraces: each level `k` is padded to `U_k`, an upper bound
+(`min(num_targets * (T + 1) ** (K - k), num_items)`). Padding rows point at
+item 0 with zero weights and are never referenced by a real node.
+
+Shapes below: `B` pairs per (replica) batch, `Nn` shared negatives, `H` the
+maximum number of hard negatives per query, `T` neighbors per node, `U_k` the
+padded size of level k, `D` dense feature width, `L_f` the padded length of
+sparse feature f.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+
+class NodeInputs(NamedTuple):
+  """Input features of the level-0 nodes.
+
+  Attributes:
+    item: int32 `[U_0]` item row index of each node (for id embeddings).
+    dense: float32 `[U_0, D]` dense features (D may be 0).
+    log_degree: float32 `[U_0]`.
+    sparse: one int32 `[U_0, L_f]` tensor per sparse feature, in the graph's
+      feature order; ids of the feature's vocabulary, -1 on padding.
+  """
+
+  item: tf.Tensor
+  dense: tf.Tensor
+  log_degree: tf.Tensor
+  sparse: tuple[tf.Tensor, ...]
+
+
+class Hop(NamedTuple):
+  """How layer k computes the level-k nodes from level-(k-1) representations.
+
+  Attributes:
+    self_index: int32 `[U_k]` position of each level-k node in level k-1.
+    neighbor_index: int32 `[U_k, T]` positions of its importance neighbors in
+      level k-1 (0 where the weight is 0).
+    neighbor_weight: float32 `[U_k, T]` importance weights (L1-normalised
+      visit counts; 0 on padding; an isolated item's row is all 0).
+  """
+
+  self_index: tf.Tensor
+  neighbor_index: tf.Tensor
+  neighbor_weight: tf.Tensor
+
+
+class Minibatch(NamedTuple):
+  """One training minibatch as produced by the pipeline.
+
+  Attributes:
+    inputs: `NodeInputs` of level 0.
+    hops: K `Hop`s; `hops[0]` maps level 0 -> level 1, `hops[K-1]` level K-1 -> K.
+    query: int32 `[B]` positions of the query items in level K.
+    positive: int32 `[B]` positions of the positive items in level K.
+    negative: int32 `[Nn]` positions of the negatives shared by the batch.
+    hard_negative: int32 `[B, H]` positions of each query's hard negatives.
+    hard_mask: float32 `[B, H]` 1 for the hard negatives in use this epoch.
+    num_nodes: int32 `[K + 1]` real (unpadded) size of each level.
+  """
+
+  inputs: NodeInputs
+  hops: tuple[Hop, ...]
+  query: tf.Tensor
+  positive: tf.Tensor
+  negative: tf.Tensor
+  hard_negative: tf.Tensor
+  hard_mask: tf.Tensor
+  num_nodes: tf.Tensor
