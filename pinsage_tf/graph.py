@@ -100,8 +100,11 @@ class CSR:
     if rows.shape != cols.shape:
       raise ValueError(f"rows {rows.shape} and cols {cols.shape} differ in shape.")
     if rows.size:
-      key = np.unique(rows * (int(cols.max()) + 1) + cols)
+      # Sort + adjacent-difference: numpy 2's hash-based np.unique is far
+      # slower than a sort on large shuffled integer keys.
       width = int(cols.max()) + 1
+      key = np.sort(rows * width + cols)
+      key = key[np.concatenate([[True], key[1:] != key[:-1]])]
       rows, cols = key // width, key % width
     counts = np.bincount(rows, minlength=num_rows)
     if counts.shape[0] > num_rows:

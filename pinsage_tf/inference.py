@@ -1,0 +1,111 @@
+"""Layer-wise embedding inference without recomputation (local runner).
+
+The paper (section 3.3, "Efficient MapReduce inference") computes the final
+embeddings of all items without the repeated work of applying the model to each
+item's K-hop neighborhood separately: layer 1 is computed once for ALL items
+from their neighbors' input representations, then layer 2 from the layer-1
+results, and so on, then the dense head. Every item is computed exactly once
+per layer.
+
+Contract: `layerwise_embeddings(model, tables)` returns float32
+`[num_items, embedding_dim]` L2-normalised embeddings, equal (up to float
+round-off) to applying the model to any minibatch containing the item, because
+the model's training-time computation graph uses the same neighborhood table.
+
+`pinsage_tf.beam_inference` runs the same per-layer computation as an Apache
+Beam pipeline; both call the model's `encode_inputs`, `convolve` and `head`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from pinsage_tf import pipeline
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _blocks(n: int, batch_size: int):
+  for start in range(0, n, batch_size):
+    yield start, min(start + batch_size, n)
+
+
+def input_representations(model, tables: pipeline.SamplingTables, *, batch_size: int = 8192,
+                          progress: ProgressFn | None = None) -> np.ndarray:
+  """h^0 of every item: float32 `[N, hidden]` (the model's input encoder)."""
+  n = tables.num_items
+  constants = pipeline.table_constants(tables)
+  encode = tf.function(lambda items: model.encode_inputs(
+      pipeline.gather_node_inputs(tables, items, constants)), reduce_retracing=True)
+  out = None
+  for start, stop in _blocks(n, batch_size):
+    h = encode(tf.range(start, stop, dtype=tf.int32)).numpy()
+    if out is None:
+      out = np.empty((n, h.shape[1]), np.float32)
+    out[start:stop] = h
+    if progress:
+      progress("inputs", stop, n)
+  return out
+
+
+def convolve_all(model, layer: int, h_prev: np.ndarray, tables: pipeline.SamplingTables, *,
+                 batch_size: int = 8192, progress: ProgressFn | None = None) -> np.ndarray:
+  """Applies convolution `layer` (0-based) to every item once: `[N, d_out]`.
+
+  The neighbor transform ReLU(Q h + q) runs once per item over the whole
+  previous layer; each block then gathers its neighbors' transformed rows,
+  pools them with the importance weights and combines with its own h.
+  """
+  n = tables.num_items
+  conv = model.convs[layer]
+  transform = tf.function(conv.transform_neighbors, reduce_retracing=True)
+  transformed = np.concatenate(
+      [transform(h_prev[start:stop]).numpy() for start, stop in _blocks(n, batch_size)])
+  transformed_t = tf.constant(transformed)
+
+  @tf.function(reduce_retracing=True)
+  def step(self_h, nbr, w):
+    return conv.combine(self_h, conv.pool(tf.gather(transformed_t, nbr), w))
+
+  out = None
+  for start, stop in _blocks(n, batch_size):
+    z = step(h_prev[start:stop], tables.neighbor_ids[start:stop],
+             tables.neighbor_weights[start:stop]).numpy()
+    if out is None:
+      out = np.empty((n, z.shape[1]), np.float32)
+    out[start:stop] = z
+    if progress:
+      progress(f"layer {layer + 1}", stop, n)
+  return out
+
+
+def apply_head(model, h: np.ndarray, *, batch_size: int = 8192,
+               progress: ProgressFn | None = None) -> np.ndarray:
+  """The dense head and L2 normalisation for every row of `h`."""
+  head = tf.function(model.head, reduce_retracing=True)
+  parts = []
+  for start, stop in _blocks(h.shape[0], batch_size):
+    parts.append(head(h[start:stop]).numpy())
+    if progress:
+      progress("head", stop, h.shape[0])
+  return np.concatenate(parts, axis=0).astype(np.float32)
+
+
+def layerwise_embeddings(model, tables: pipeline.SamplingTables, *, batch_size: int = 8192,
+                         progress: ProgressFn | None = None) -> np.ndarray:
+  """Final embeddings of all items, float32 `[N, embedding_dim]`.
+
+  Args:
+    model: a `PinSageModel` (anything with `encode_inputs`, `convolve`,
+      `head` and `config.num_layers`).
+    tables: the graph's `SamplingTables` (the training neighborhood table).
+    batch_size: items per block; bounds memory per step.
+    progress: optional callback `(stage, done, total)`.
+  """
+  h = input_representations(model, tables, batch_size=batch_size, progress=progress)
+  for layer in range(model.config.num_layers):
+    h = convolve_all(model, layer, h, tables, batch_size=batch_size, progress=progress)
+  return apply_head(model, h, batch_size=batch_size, progress=progress)

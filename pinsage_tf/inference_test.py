@@ -1,0 +1,53 @@
+"""Layer-wise inference equals the model applied to training minibatches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pinsage_tf  # noqa: F401
+import tensorflow as tf
+
+from pinsage_tf import inference
+from pinsage_tf import model as model_lib
+from pinsage_tf import pipeline
+from pinsage_tf.pipeline_test import _levels, _random_setup
+
+
+@pytest.mark.parametrize("pooling,num_layers", [("importance", 2), ("mean", 1), ("max", 3)])
+def test_layerwise_equals_minibatch_forward(pooling, num_layers):
+  tf.keras.utils.set_random_seed(0)
+  g, ids, weights, hard = _random_setup()
+  tables = pipeline.SamplingTables.build(g, ids, weights, hard_pool=hard)
+  config = model_lib.PinSageConfig(
+      hidden_dim=16, embedding_dim=8, num_layers=num_layers, pooling=pooling,
+      encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True))
+  model = model_lib.PinSageModel(config)
+  model_lib.build_variables(model)
+  cfg = pipeline.PipelineConfig(batch_size=6, num_negatives=4, num_layers=num_layers)
+  builder = pipeline.MinibatchBuilder(tables, cfg, 6)
+  # Includes the isolated item 5 and item 6 with only two neighbors.
+  query = tf.constant([5, 6, 7, 8, 9, 10], tf.int32)
+  positive = tf.constant([11, 12, 13, 14, 15, 5], tf.int32)
+  batch = builder(tf.constant([1, 2], tf.int64), query, positive)
+  z_batch = model(batch).numpy()
+  items_top = _levels(batch)[-1]
+  real = batch.num_nodes.numpy()[-1]
+
+  all_z = inference.layerwise_embeddings(model, tables, batch_size=37)  # odd blocks on purpose
+  assert all_z.shape == (200, 8)
+  np.testing.assert_allclose(all_z[items_top[:real]], z_batch[:real], atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(all_z, axis=1), 1.0, atol=1e-5)
+
+
+def test_progress_is_reported_for_every_stage():
+  g, ids, weights, _ = _random_setup()
+  tables = pipeline.SamplingTables.build(g, ids, weights)
+  model = model_lib.PinSageModel(model_lib.PinSageConfig(
+      hidden_dim=8, embedding_dim=4, encoder=model_lib.EncoderConfig.from_graph(g)))
+  model_lib.build_variables(model)
+  seen = []
+  inference.layerwise_embeddings(model, tables, batch_size=128,
+                                 progress=lambda stage, done, total: seen.append((stage, done)))
+  assert [s for s in seen if s[1] == 200] == [
+      ("inputs", 200), ("layer 1", 200), ("layer 2", 200), ("head", 200)]

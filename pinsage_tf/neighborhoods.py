@@ -1,0 +1,554 @@
+"""Importance neighborhoods: the top-T items visited by short random walks.
+
+PinSage (Ying et al., KDD'18, Sec. 3.1 "Importance-based neighborhoods")
+defines the neighborhood of an item u as the T items with the highest visit
+counts of random walks that start at u on the bipartite item/pivot graph, and
+uses the L1-normalised visit counts as importance weights in the aggregator.
+
+The walk process (`NeighborhoodConfig` fixes its parameters):
+
+* A walk from start item s makes exactly `max_hops` *traversals*. A traversal
+  moves from the current item x to a pivot p drawn uniformly from x's pivots,
+  then to an item y drawn uniformly from p's items (y may be x or s again).
+* Every traversal ends in one *visit* to y. Visits to s itself are dropped:
+  an item is never its own neighbor.
+* After a traversal the walk jumps back to s with probability `restart_prob`,
+  otherwise it continues from y. (After the last traversal the walk ends.)
+* `num_walks` walks start at each item. Writing `P` for the item -> item
+  transition matrix `D_item^-1 A D_pivot^-1 A^T` and `e_s` for the indicator
+  of s, the expected visit vector of one walk is
+  `sum_{t=1..H} y_t` with `y_1 = e_s P`, `y_{t+1} = (r e_s + (1 - r) y_t) P`.
+  (`neighborhoods_test.py` checks the sampler against this formula.)
+
+Output contract (`Neighborhoods`): `ids int32 [N, T]` holds the T most visited
+other items of each item, most visited first, ties broken by the lower item
+index, -1 on padding; `weights float32 [N, T]` the visit counts normalised over
+the kept slots (each row with a neighbor sums to 1, padding is 0);
+`counts int32 [N]` the number of valid slots. An item with fewer than T
+reachable items is padded; an isolated item (no pivots) has count 0 and an
+all-padding row.
+
+Computation is vectorised over all walks of a chunk of `chunk_size` start items
+(no per-walk Python loop), and chunks run on a thread pool: the heavy numpy
+operations (random number generation, fancy indexing, sorting) release the
+GIL. The randomness of chunk c comes from `np.random.default_rng([seed, 0, c])`
+(`[seed, 1, c]` for new items), so the table is identical for any number of
+threads.
+
+Storage: tables derived from a graph live next to it,
+`<graph_dir>/<kind>/<config key>/` (here kind = "neighborhoods"), written
+atomically with a manifest that records the config, the fingerprint of the
+graph they were computed from and every array's checksum. `load_*` refuses a
+table of another graph (`StaleTableError`) or a corrupt one
+(`DerivedTableError`). `save_derived_table` / `load_derived_table` implement
+this layout for every derived table (the hard-negative pools use them too).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from pinsage_tf import atomic
+from pinsage_tf import graph as graph_lib
+
+# Bumped when the walk or counting algorithm changes its output for a config,
+# so old cached tables are not reused.
+ALGORITHM_VERSION = 1
+TABLE_FORMAT = "pinsage_tf.derived_table"
+TABLE_FORMAT_VERSION = 1
+KIND = "neighborhoods"
+# Composite sort keys (seed row, count, item) must stay below this to fit int64.
+_COMPOSITE_KEY_LIMIT = 2**62
+
+ProgressFn = Callable[[int, int], None]
+
+
+class DerivedTableError(ValueError):
+  """A derived table on disk is missing, corrupt or malformed."""
+
+
+class StaleTableError(DerivedTableError):
+  """A derived table on disk belongs to another graph or another config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighborhoodConfig:
+  """Parameters of the importance-neighborhood walks (see the module docstring).
+
+  Attributes:
+    num_neighbors: T, neighbors kept per item.
+    num_walks: walks started at each item.
+    max_hops: item -> pivot -> item traversals per walk (= visits per walk).
+    restart_prob: probability of jumping back to the start item after each
+      traversal, in [0, 1].
+    seed: seed of the walks.
+    chunk_size: start items sampled together. It defines the random streams
+      (chunk c draws from `default_rng([seed, 0, c])`), so it is part of the
+      config and of `key()`; it also bounds memory
+      (`chunk_size * num_walks * max_hops` int64 visits).
+  """
+
+  num_neighbors: int = 10
+  num_walks: int = 100
+  max_hops: int = 3
+  restart_prob: float = 0.5
+  seed: int = 0
+  chunk_size: int = 1024
+
+  def __post_init__(self):
+    for name in ("num_neighbors", "num_walks", "max_hops", "chunk_size"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"NeighborhoodConfig.{name} must be a positive int, got {value!r}.")
+    if not 0.0 <= float(self.restart_prob) <= 1.0:
+      raise ValueError(
+          f"NeighborhoodConfig.restart_prob must be in [0, 1], got {self.restart_prob!r}.")
+    if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+      raise ValueError(f"NeighborhoodConfig.seed must be a non-negative int, got {self.seed!r}.")
+
+  def key(self) -> str:
+    """A short, stable, file-name-safe id of every parameter that shapes the table.
+
+    E.g. `v1-T10-w100-h3-r0.5-s0-c1024`. `repr` of the float round-trips, so
+    two different restart probabilities never share a key.
+    """
+    return (f"v{ALGORITHM_VERSION}-T{self.num_neighbors}-w{self.num_walks}-h{self.max_hops}"
+            f"-r{float(self.restart_prob)!r}-s{self.seed}-c{self.chunk_size}")
+
+  def to_json(self) -> dict[str, Any]:
+    return {"num_neighbors": int(self.num_neighbors), "num_walks": int(self.num_walks),
+            "max_hops": int(self.max_hops), "restart_prob": float(self.restart_prob),
+            "seed": int(self.seed), "chunk_size": int(self.chunk_size)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighborhoods:
+  """The importance-neighborhood table of N items.
+
+  Attributes:
+    ids: int32 `[N, T]` neighbor item indices, most visited first, -1 on padding.
+    weights: float32 `[N, T]` L1-normalised visit counts, 0 on padding.
+    counts: int32 `[N]` valid slots per row (0 for an isolated item).
+    config: the `NeighborhoodConfig` that produced the table.
+  """
+
+  ids: np.ndarray
+  weights: np.ndarray
+  counts: np.ndarray
+  config: NeighborhoodConfig
+
+  @property
+  def num_items(self) -> int:
+    return int(self.ids.shape[0])
+
+  @property
+  def num_neighbors(self) -> int:
+    return int(self.ids.shape[1])
+
+  def validate(self, num_items: int | None = None) -> None:
+    """Raises DerivedTableError when the arrays break the contract above."""
+    n, t = self.ids.shape if self.ids.ndim == 2 else (-1, -1)
+    if t != self.config.num_neighbors or (num_items is not None and n != num_items):
+      raise DerivedTableError(
+          f"ids must be [{num_items if num_items is not None else 'N'}, "
+          f"{self.config.num_neighbors}], got {self.ids.shape}.")
+    if self.weights.shape != (n, t) or self.counts.shape != (n,):
+      raise DerivedTableError(
+          f"weights {self.weights.shape} / counts {self.counts.shape} do not match "
+          f"ids {self.ids.shape}.")
+    dtypes = (self.ids.dtype, self.weights.dtype, self.counts.dtype)
+    if dtypes != (np.int32, np.float32, np.int32):
+      raise DerivedTableError("ids and counts must be int32, weights float32.")
+    valid = np.arange(t)[None, :] < np.asarray(self.counts)[:, None]
+    if np.any((np.asarray(self.ids) >= 0) != valid):
+      raise DerivedTableError("ids must be >= 0 exactly on the first counts[i] slots of each row.")
+    if np.any(np.where(valid, self.weights, 0) != self.weights) or not np.all(
+        np.isfinite(self.weights)):
+      raise DerivedTableError("weights must be finite and 0 on padding.")
+
+
+class _Adjacency:
+  """The two CSR directions as plain in-memory arrays plus degrees."""
+
+  def __init__(self, ip_indptr, ip_indices, pi_indptr, pi_indices):
+    self.ip_indptr = np.ascontiguousarray(ip_indptr, dtype=np.int64)
+    self.ip_indices = np.ascontiguousarray(ip_indices, dtype=np.int32)
+    self.pi_indptr = np.ascontiguousarray(pi_indptr, dtype=np.int64)
+    self.pi_indices = np.ascontiguousarray(pi_indices, dtype=np.int32)
+    self.item_degree = np.diff(self.ip_indptr)
+    self.pivot_degree = np.diff(self.pi_indptr)
+
+  @classmethod
+  def of(cls, graph: graph_lib.Graph) -> "_Adjacency":
+    return cls(graph.item_to_pivot.indptr, graph.item_to_pivot.indices,
+               graph.pivot_to_item.indptr, graph.pivot_to_item.indices)
+
+
+def _uniform_pick(indptr: np.ndarray, indices: np.ndarray, degree: np.ndarray,
+                  rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+  """For each row r (degree > 0) picks `indices[indptr[r] + floor(u * deg)]`."""
+  deg = degree[rows]
+  # u * deg can round up to deg when u is within an ulp of 1.
+  offset = np.minimum((u * deg).astype(np.int64), deg - 1)
+  return indices[indptr[rows] + offset]
+
+
+def _walk_chunk(adj: _Adjacency, seeds: np.ndarray, config: NeighborhoodConfig,
+                rng: np.random.Generator, num_items: int) -> tuple[np.ndarray, ...]:
+  """Walks from `seeds` (all with pivots) and keeps their top-T visited items.
+
+  Args:
+    adj: adjacency; `seeds` index its item rows (which may extend past
+      `num_items` for new items that no pivot links back to).
+    seeds: int64 `[B]` start items, each with at least one pivot.
+    config: walk parameters.
+    rng: the chunk's generator.
+    num_items: items that can be visited (ids are < num_items).
+
+  Returns:
+    (ids int32 [B, T], weights float32 [B, T], counts int32 [B]).
+  """
+  b, w, h, t = seeds.shape[0], config.num_walks, config.max_hops, config.num_neighbors
+  starts = np.repeat(seeds, w)                                     # [B*W]
+  current = starts
+  visits = np.empty((b, h, w), dtype=np.int64)                     # one row per seed
+  for hop in range(h):
+    u = rng.random((3 if hop + 1 < h else 2, b * w))
+    pivot = _uniform_pick(adj.ip_indptr, adj.ip_indices, adj.item_degree, current, u[0])
+    item = _uniform_pick(adj.pi_indptr, adj.pi_indices, adj.pivot_degree, pivot, u[1])
+    visits[:, hop, :] = item.reshape(b, w)
+    if hop + 1 < h:
+      current = np.where(u[2] < config.restart_prob, starts, item)
+
+  # Visit counts per (seed, item): sort each seed's H*W visits, then run lengths.
+  per_seed = visits.reshape(b, h * w)
+  per_seed.sort(axis=1)
+  flat = per_seed.reshape(-1)
+  row = np.repeat(np.arange(b, dtype=np.int64), h * w)
+  run_start = np.ones(flat.shape[0], dtype=bool)
+  run_start[1:] = (flat[1:] != flat[:-1]) | (row[1:] != row[:-1])
+  first = np.flatnonzero(run_start)
+  count = np.diff(np.append(first, flat.shape[0]))
+  item, row = flat[first], row[first]
+  keep = item != seeds[row]
+  item, row, count = item[keep], row[keep], count[keep]
+
+  # Order by (seed, count desc, item asc) with one sort of a composite key.
+  max_count = h * w
+  if b * (max_count + 1) * num_items < _COMPOSITE_KEY_LIMIT:
+    composite = (row * (max_count + 1) + (max_count - count)) * num_items + item
+    composite.sort()  # keys are unique, so any sort algorithm gives the same order
+    item = composite % num_items
+    rest = composite // num_items
+    count = max_count - rest % (max_count + 1)
+    row = rest // (max_count + 1)
+  else:
+    order = np.lexsort((item, -count, row))
+    item, row, count = item[order], row[order], count[order]
+  per_row = np.bincount(row, minlength=b)
+  rank = np.arange(row.shape[0]) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+  top = rank < t
+  ids = np.full((b, t), -1, dtype=np.int32)
+  raw = np.zeros((b, t), dtype=np.float64)
+  ids[row[top], rank[top]] = item[top]
+  raw[row[top], rank[top]] = count[top]
+  total = raw.sum(axis=1, keepdims=True)
+  weights = np.divide(raw, total, out=np.zeros_like(raw), where=total > 0).astype(np.float32)
+  counts = np.count_nonzero(ids >= 0, axis=1).astype(np.int32)
+  return ids, weights, counts
+
+
+def _run_chunks(adj: _Adjacency, seeds: np.ndarray, config: NeighborhoodConfig,
+                num_items: int, stream: int, num_threads: int | None,
+                progress: ProgressFn | None) -> Neighborhoods:
+  """Computes the table for `seeds` in chunks on a thread pool."""
+  total = int(seeds.shape[0])
+  t = config.num_neighbors
+  ids = np.full((total, t), -1, dtype=np.int32)
+  weights = np.zeros((total, t), dtype=np.float32)
+  counts = np.zeros(total, dtype=np.int32)
+  bounds = [(lo, min(lo + config.chunk_size, total))
+            for lo in range(0, total, config.chunk_size)]
+
+  def run(chunk: int) -> int:
+    lo, hi = bounds[chunk]
+    rng = np.random.default_rng([config.seed, stream, chunk])
+    chunk_seeds = seeds[lo:hi]
+    walkable = np.flatnonzero(adj.item_degree[chunk_seeds] > 0)   # isolated rows stay padding
+    if walkable.size:
+      i, w, c = _walk_chunk(adj, chunk_seeds[walkable], config, rng, num_items)
+      ids[lo + walkable], weights[lo + walkable], counts[lo + walkable] = i, w, c
+    return hi - lo
+
+  if num_threads is None:
+    num_threads = os.cpu_count() or 1
+  if num_threads < 1:
+    raise ValueError(f"num_threads must be >= 1 or None (all cores), got {num_threads}.")
+  done = 0
+  if progress is not None:
+    progress(0, total)
+  if num_threads == 1 or len(bounds) <= 1:
+    results = map(run, range(len(bounds)))
+    for n in results:
+      done += n
+      if progress is not None:
+        progress(done, total)
+  else:
+    with concurrent.futures.ThreadPoolExecutor(min(num_threads, len(bounds))) as pool:
+      for n in pool.map(run, range(len(bounds))):
+        done += n
+        if progress is not None:
+          progress(done, total)
+  return Neighborhoods(ids=ids, weights=weights, counts=counts, config=config)
+
+
+def compute_neighborhoods(
+    graph: graph_lib.Graph,
+    config: NeighborhoodConfig = NeighborhoodConfig(),
+    *,
+    num_threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Neighborhoods:
+  """Computes the importance neighborhood of every item of `graph`.
+
+  Args:
+    graph: the (training) graph; walks use `item_to_pivot` and `pivot_to_item`.
+    config: walk parameters.
+    num_threads: worker threads (None: one per CPU core). The result does not
+      depend on it.
+    progress: optional `progress(items_done, num_items)`, called from the
+      calling thread after every chunk.
+
+  Returns:
+    `Neighborhoods` with `ids`/`weights` `[N, T]` and `counts` `[N]`.
+  """
+  adj = _Adjacency.of(graph)
+  seeds = np.arange(graph.num_items, dtype=np.int64)
+  return _run_chunks(adj, seeds, config, graph.num_items, stream=0,
+                     num_threads=num_threads, progress=progress)
+
+
+def _as_csr(pivot_lists: graph_lib.CSR | Sequence[Sequence[int]], num_pivots: int) -> graph_lib.CSR:
+  if isinstance(pivot_lists, graph_lib.CSR):
+    csr = pivot_lists
+  else:
+    rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in pivot_lists]
+    lengths = np.array([r.shape[0] for r in rows], dtype=np.int64)
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= num_pivots):
+      bad = int(np.flatnonzero((indices < 0) | (indices >= num_pivots))[0])
+      new_item = int(np.searchsorted(indptr, bad, side="right") - 1)
+      raise ValueError(f"pivot_lists[{new_item}] holds pivot {int(indices[bad])}; pivot "
+                       f"indices must lie in [0, {num_pivots}).")
+    csr = graph_lib.CSR(indptr=indptr, indices=indices.astype(np.int32))
+  csr.validate("pivot_lists", csr.num_rows, num_pivots)
+  return csr
+
+
+def neighborhoods_for_new_items(
+    graph: graph_lib.Graph,
+    pivot_lists: graph_lib.CSR | Sequence[Sequence[int]],
+    config: NeighborhoodConfig = NeighborhoodConfig(),
+    *,
+    num_threads: int | None = None,
+) -> Neighborhoods:
+  """Neighborhoods of K new items that are not in `graph` (cold start).
+
+  A new item k is attached to the pivots `pivot_lists[k]` (pivot row indices
+  of `graph`); no pivot links back to it, so walks of other items never visit
+  it. Its walks follow the same process as `compute_neighborhoods`, starting
+  (and restarting) by picking one of its pivots uniformly, so a new item
+  attached to exactly the pivots of an existing item x gets x's neighborhood
+  with x itself included (x is a regular visitable item here).
+
+  Args:
+    graph: the graph the new items attach to.
+    pivot_lists: a `CSR` with K rows or K sequences of pivot indices
+      (duplicates weight a pivot; an empty list gives an all-padding row).
+    config: walk parameters (the random stream differs from the stored table's).
+    num_threads: worker threads (None: one per CPU core).
+
+  Returns:
+    `Neighborhoods` with K rows; ids are item indices of `graph`.
+  """
+  pivots = _as_csr(pivot_lists, graph.num_pivots)
+  n = graph.num_items
+  # New items become extra item rows N..N+K-1 of item_to_pivot only.
+  ip_indptr = np.concatenate([graph.item_to_pivot.indptr,
+                              graph.item_to_pivot.nnz + pivots.indptr[1:]])
+  ip_indices = np.concatenate([graph.item_to_pivot.indices, pivots.indices])
+  adj = _Adjacency(ip_indptr, ip_indices, graph.pivot_to_item.indptr, graph.pivot_to_item.indices)
+  seeds = np.arange(n, n + pivots.num_rows, dtype=np.int64)
+  return _run_chunks(adj, seeds, config, n, stream=1, num_threads=num_threads, progress=None)
+
+
+# --- Storage of derived tables ------------------------------------------------
+
+
+def table_directory(graph_dir: str | os.PathLike, kind: str, key: str) -> str:
+  """`<graph_dir>/<kind>/<key>`: where a derived table of a graph lives."""
+  return os.path.join(os.fspath(graph_dir), kind, key)
+
+
+def save_derived_table(graph_dir: str | os.PathLike, kind: str, key: str,
+                       arrays: Mapping[str, np.ndarray], config: Mapping[str, Any],
+                       extra: Mapping[str, Any] | None = None) -> str:
+  """Atomically writes arrays + manifest to `<graph_dir>/<kind>/<key>/`.
+
+  The manifest records `config`, the fingerprint of the graph in `graph_dir`,
+  each array's shape, dtype and SHA-256, and `extra` (JSON). An existing
+  table with the same key is replaced as a whole.
+
+  Returns:
+    The table directory.
+  """
+  dest = table_directory(graph_dir, kind, key)
+  fingerprint = graph_lib.graph_fingerprint(graph_dir)
+  with atomic.atomic_directory(dest, overwrite=True) as tmp:
+    files = {name: atomic.save_npy(tmp, name, array) for name, array in arrays.items()}
+    atomic.write_json(os.path.join(tmp, "manifest.json"), {
+        "format": TABLE_FORMAT, "format_version": TABLE_FORMAT_VERSION, "kind": kind,
+        "key": key, "config": dict(config), "graph_fingerprint": fingerprint,
+        "extra": dict(extra or {}), "files": files})
+  return dest
+
+
+def load_derived_table(graph_dir: str | os.PathLike, kind: str, key: str,
+                       config: Mapping[str, Any], names: Sequence[str], *,
+                       mmap: bool = True, verify: bool = True
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Loads a table written by `save_derived_table` and checks it belongs here.
+
+  Args:
+    graph_dir: the graph directory.
+    kind, key: the table's sub-directory.
+    config: the config the caller expects (must equal the stored one).
+    names: arrays to load.
+    mmap: memory-map the arrays read-only.
+    verify: check SHA-256 checksums.
+
+  Returns:
+    (arrays by name, manifest).
+
+  Raises:
+    FileNotFoundError: no table at that path.
+    StaleTableError: the table was computed for another graph or config.
+    DerivedTableError: naming the corrupt or malformed file.
+  """
+  directory = table_directory(graph_dir, kind, key)
+  path = os.path.join(directory, "manifest.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no {kind} table for key {key!r}.")
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except json.JSONDecodeError as e:
+    raise DerivedTableError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from e
+  if (manifest.get("format"), manifest.get("format_version")) != (TABLE_FORMAT,
+                                                                  TABLE_FORMAT_VERSION):
+    raise DerivedTableError(f"{path}: not a {TABLE_FORMAT} v{TABLE_FORMAT_VERSION} manifest.")
+  if manifest.get("kind") != kind or manifest.get("config") != dict(config):
+    raise StaleTableError(f"{path}: table config {manifest.get('config')} differs from the "
+                          f"requested {dict(config)}.")
+  fingerprint = graph_lib.graph_fingerprint(graph_dir)
+  if manifest.get("graph_fingerprint") != fingerprint:
+    raise StaleTableError(f"{path}: computed for another graph (fingerprint "
+                          f"{str(manifest.get('graph_fingerprint'))[:12]}..., graph has "
+                          f"{fingerprint[:12]}...); recompute it.")
+  arrays = {}
+  for name in names:
+    entry = manifest.get("files", {}).get(name)
+    if entry is None:
+      raise DerivedTableError(f"{path}: no entry for array {name!r}.")
+    file = os.path.join(directory, entry["file"])
+    if not os.path.isfile(file):
+      raise DerivedTableError(f"{file}: listed in the manifest but missing.")
+    if verify and atomic.sha256_file(file) != entry["sha256"]:
+      raise DerivedTableError(f"{file}: checksum mismatch (file is corrupt or was modified).")
+    try:
+      array = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+      raise DerivedTableError(f"{file}: unreadable .npy ({e}).") from e
+    if list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]:
+      raise DerivedTableError(f"{file}: shape/dtype {array.shape} {array.dtype.str} differ from "
+                              f"the manifest {entry['shape']} {entry['dtype']}.")
+    arrays[name] = array
+  return arrays, manifest
+
+
+def save_neighborhoods(graph_dir: str | os.PathLike, neighborhoods: Neighborhoods) -> str:
+  """Writes the table to `<graph_dir>/neighborhoods/<config.key()>/` atomically.
+
+  Returns:
+    The table directory.
+  """
+  num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
+  neighborhoods.validate(num_items)
+  config = neighborhoods.config
+  return save_derived_table(
+      graph_dir, KIND, config.key(),
+      {"ids": neighborhoods.ids, "weights": neighborhoods.weights, "counts": neighborhoods.counts},
+      config.to_json(), extra={"algorithm_version": ALGORITHM_VERSION})
+
+
+def load_neighborhoods(graph_dir: str | os.PathLike,
+                       config: NeighborhoodConfig = NeighborhoodConfig(), *,
+                       mmap: bool = True, verify: bool = True) -> Neighborhoods:
+  """Loads the table of `config` for the graph in `graph_dir`.
+
+  Raises:
+    FileNotFoundError: not computed yet.
+    StaleTableError: stored for another graph (fingerprint) or config.
+    DerivedTableError: corrupt or malformed files (named).
+  """
+  arrays, _ = load_derived_table(graph_dir, KIND, config.key(), config.to_json(),
+                                 ("ids", "weights", "counts"), mmap=mmap, verify=verify)
+  table = Neighborhoods(ids=arrays["ids"], weights=arrays["weights"], counts=arrays["counts"],
+                        config=config)
+  num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
+  try:
+    table.validate(num_items)
+  except DerivedTableError as e:
+    raise DerivedTableError(f"{table_directory(graph_dir, KIND, config.key())}: {e}") from e
+  return table
+
+
+def load_or_compute_neighborhoods(
+    graph_dir: str | os.PathLike,
+    graph: graph_lib.Graph | None = None,
+    config: NeighborhoodConfig = NeighborhoodConfig(),
+    *,
+    num_threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Neighborhoods:
+  """Returns the cached table of `config`, computing and saving it when absent.
+
+  A table stored for an older version of the graph (fingerprint mismatch) is
+  recomputed and replaced; a corrupt table raises `DerivedTableError` (delete
+  its directory to recompute) rather than being silently overwritten.
+
+  Args:
+    graph_dir: the graph directory (the cache lives inside it).
+    graph: the loaded graph of `graph_dir` (loaded here when None).
+    config, num_threads, progress: as for `compute_neighborhoods`.
+  """
+  try:
+    return load_neighborhoods(graph_dir, config)
+  except FileNotFoundError:
+    pass
+  except StaleTableError as e:
+    logging.info("Recomputing neighborhoods: %s", e)
+  if graph is None:
+    graph = graph_lib.load_graph(graph_dir)
+  table = compute_neighborhoods(graph, config, num_threads=num_threads, progress=progress)
+  save_neighborhoods(graph_dir, table)
+  return load_neighborhoods(graph_dir, config)

@@ -1,0 +1,190 @@
+"""Tests of the tf.data producer (pinsage_tf.pipeline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pinsage_tf  # noqa: F401
+import tensorflow as tf
+
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import pipeline
+
+def _random_setup(num_items=200, num_pivots=60, t=4, pool=6, seed=0):
+  rng = np.random.default_rng(seed)
+  edges_i = rng.integers(0, num_items, 1500)
+  edges_p = rng.integers(0, num_pivots, 1500)
+  tokens = graph_lib.CSR.from_pairs(rng.integers(0, num_items, 400),
+                                    rng.integers(0, 30, 400), num_items)
+  g = graph_lib.build_graph(
+      name="random", item_ids=[f"i{i}" for i in range(num_items)],
+      pivot_ids=[f"p{i}" for i in range(num_pivots)],
+      edge_items=edges_i, edge_pivots=edges_p,
+      dense=rng.normal(size=(num_items, 3)).astype(np.float32), dense_names=("a", "b", "c"),
+      sparse=[graph_lib.SparseFeature("tok", "hashed_text", 30, tokens)])
+  ids = rng.integers(0, num_items, (num_items, t)).astype(np.int32)
+  # Item 5 is isolated (no neighbors); item 6 has only two.
+  ids[5] = -1
+  ids[6, 2:] = -1
+  weights = rng.random((num_items, t)).astype(np.float32)
+  weights[ids < 0] = 0
+  weights /= np.maximum(weights.sum(1, keepdims=True), 1e-12)
+  hard = rng.integers(0, num_items, (num_items, pool)).astype(np.int32)
+  hard[7] = -1  # no hard candidates for item 7
+  hard[8, 2:] = -1
+  return g, ids, weights, hard
+
+
+def _levels(batch):
+  """Item ids of every level, reconstructed through the self indices."""
+  levels = [batch.inputs.item.numpy()]
+  for hop in batch.hops:
+    levels.append(levels[-1][hop.self_index.numpy()])
+  return levels
+
+
+class TestMinibatchBuilder:
+
+  def _build(self, query, positive, cfg, h=0):
+    g, ids, weights, hard = _random_setup()
+    tables = pipeline.SamplingTables.build(g, ids, weights, hard_pool=hard)
+    builder = pipeline.MinibatchBuilder(tables, cfg, len(query), num_hard_negatives=h)
+    batch = builder(tf.constant([3, 4], tf.int64), tf.constant(query, tf.int32),
+                    tf.constant(positive, tf.int32))
+    return g, ids, weights, hard, tables, batch
+
+  def test_targets_neighbors_and_features_are_consistent(self):
+    cfg = pipeline.PipelineConfig(batch_size=4, num_negatives=5, max_hard_negatives=3)
+    query, positive = [5, 6, 7, 8], [9, 5, 10, 11]
+    g, ids, weights, hard, tables, batch = self._build(query, positive, cfg, h=2)
+    levels = _levels(batch)
+    top = levels[-1]
+    np.testing.assert_array_equal(top[batch.query.numpy()], query)
+    np.testing.assert_array_equal(top[batch.positive.numpy()], positive)
+    negatives = top[batch.negative.numpy()]
+    assert negatives.shape == (5,) and negatives.min() >= 0 and negatives.max() < 200
+    # Hard negatives come from the query's pool; item 7 has none (mask 0),
+    # only the first h=2 of H=3 slots are active.
+    mask = batch.hard_mask.numpy()
+    np.testing.assert_array_equal(mask, [[1, 1, 0], [1, 1, 0], [0, 0, 0], [1, 1, 0]])
+    hard_items = top[batch.hard_negative.numpy()]
+    for row, q in enumerate(query):
+      if q != 7:
+        assert set(hard_items[row]) <= set(hard[q][hard[q] >= 0])
+    assert set(hard_items[3]) <= {hard[8, 0], hard[8, 1]}
+    # Every real node of level k: its neighbors in level k-1 are its table row.
+    real = batch.num_nodes.numpy()
+    for k, hop in enumerate(batch.hops, start=1):
+      below, here = levels[k - 1], levels[k]
+      assert len(set(here[:real[k]])) == real[k], "level nodes must be unique"
+      assert len(set(below[:real[k - 1]])) == real[k - 1]
+      nbr_items = below[hop.neighbor_index.numpy()[:real[k]]]
+      w = hop.neighbor_weight.numpy()[:real[k]]
+      for row, item in enumerate(here[:real[k]]):
+        valid = ids[item] >= 0
+        np.testing.assert_array_equal(nbr_items[row][valid], ids[item][valid])
+        np.testing.assert_allclose(w[row], weights[item], rtol=1e-6)
+      np.testing.assert_array_equal(hop.neighbor_weight.numpy()[real[k]:], 0)
+    # Isolated item 5 has an all-zero weight row at the last level.
+    row5 = list(top).index(5)
+    np.testing.assert_array_equal(batch.hops[-1].neighbor_weight.numpy()[row5], 0)
+    # Level-0 features are the graph's rows.
+    items0 = levels[0]
+    np.testing.assert_allclose(batch.inputs.dense.numpy(), g.features.dense[items0])
+    np.testing.assert_allclose(batch.inputs.log_degree.numpy(), g.features.log_degree[items0])
+    np.testing.assert_array_equal(batch.inputs.sparse[0].numpy(), tables.sparse[0][items0])
+
+  def test_static_shapes_match_level_sizes(self):
+    cfg = pipeline.PipelineConfig(batch_size=8, num_negatives=6, max_hard_negatives=2)
+    q = list(range(8))
+    *_, batch = self._build(q, q[::-1], cfg)
+    # targets = 2*8 + 6 + 8*2 = 38; level 1 = min(38*5, 200) = 190; level 0 = 200.
+    assert [h.neighbor_index.shape[0] for h in batch.hops] == [190, 38]
+    assert batch.inputs.item.shape == (200,)
+    assert batch.hard_negative.shape == (8, 2)
+
+  def test_rejects_hard_negatives_beyond_width(self):
+    g, ids, weights, hard = _random_setup()
+    tables = pipeline.SamplingTables.build(g, ids, weights, hard_pool=hard)
+    cfg = pipeline.PipelineConfig(batch_size=4, max_hard_negatives=1)
+    with pytest.raises(ValueError, match="num_hard_negatives"):
+      pipeline.MinibatchBuilder(tables, cfg, 4, num_hard_negatives=2)
+
+
+def _dataset_setup(**cfg_kwargs):
+  g, ids, weights, hard = _random_setup()
+  tables = pipeline.SamplingTables.build(g, ids, weights, hard_pool=hard)
+  rng = np.random.default_rng(1)
+  pairs = (rng.integers(0, 200, 256), rng.integers(0, 200, 256))
+  cfg = pipeline.PipelineConfig(batch_size=32, num_negatives=8, max_hard_negatives=2,
+                                **cfg_kwargs)
+  return tables, pairs, cfg
+
+
+def test_dataset_is_reproducible_for_a_seed_and_changes_with_epoch():
+  tables, pairs, cfg = _dataset_setup(deterministic=True, seed=3)
+
+  def first_items(epoch):
+    batch = next(iter(pipeline.make_dataset(tables, pairs, cfg, epoch=epoch,
+                                            num_hard_negatives=1)))
+    top = _levels(batch)[-1]
+    return top[batch.query.numpy()], top[batch.negative.numpy()]
+
+  q1, n1 = first_items(1)
+  q1b, n1b = first_items(1)
+  q2, _ = first_items(2)
+  np.testing.assert_array_equal(q1, q1b)
+  np.testing.assert_array_equal(n1, n1b)
+  assert not np.array_equal(q1, q2), "a new epoch must reshuffle"
+
+
+def test_each_epoch_covers_every_pair_once():
+  tables, pairs, cfg = _dataset_setup()
+  seen = []
+  for batch in pipeline.make_dataset(tables, pairs, cfg):
+    top = _levels(batch)[-1]
+    seen.extend(zip(top[batch.query.numpy()], top[batch.positive.numpy()]))
+  assert len(seen) == 256  # 8 full batches of 32, nothing dropped
+  assert sorted(seen) == sorted(zip(*pairs))
+
+
+def test_dataset_graph_has_no_python_ops_and_detector_works():
+  tables, pairs, cfg = _dataset_setup()
+  ds = pipeline.make_dataset(tables, pairs, cfg)
+  assert pipeline.forbidden_ops(ds) == []
+  pipeline.assert_pure_tensorflow(ds)
+  # Positive control: the detector must flag a py_function in a map.
+  bad = ds.map(lambda b: tf.py_function(lambda x: x, [b.query], tf.int32))
+  assert "EagerPyFunc" in pipeline.forbidden_ops(bad)
+  with pytest.raises(ValueError, match="Python-calling"):
+    pipeline.assert_pure_tensorflow(bad)
+
+
+def test_distributed_over_two_logical_cpus():
+  devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+  assert len(devices) >= 2, devices
+  strategy = tf.distribute.MirroredStrategy(devices[:2])
+  assert strategy.num_replicas_in_sync == 2
+  tables, pairs, cfg = _dataset_setup()
+  dist = strategy.distribute_datasets_from_function(
+      pipeline.make_distributed_dataset_fn(tables, pairs, cfg))
+  batch = next(iter(dist))
+  per_replica = strategy.experimental_local_results(batch.query)
+  assert len(per_replica) == 2
+  # Global batch 32 -> 16 pairs per replica, each with its own shared negatives.
+  assert [q.shape[0] for q in per_replica] == [16, 16]
+  assert [n.shape[0] for n in strategy.experimental_local_results(batch.negative)] == [8, 8]
+
+
+def test_level_sizes():
+  # 10 targets, T=3, K=2: U_2=10, U_1=40, U_0=min(160, 100)=100.
+  assert pipeline.level_sizes(10, 3, 2, 100) == [100, 40, 10]
+
+
+def test_bad_config_and_tables_are_rejected():
+  with pytest.raises(ValueError, match="negative_sampling"):
+    pipeline.PipelineConfig(negative_sampling="zipf")
+  g, ids, weights, _ = _random_setup()
+  with pytest.raises(ValueError, match="another graph"):
+    pipeline.SamplingTables.build(g, ids[:10], weights[:10])

@@ -1,0 +1,423 @@
+"""The PinSage training task and loop (one training path).
+
+Contract, in the style of TF Model Garden's trainer (config / task / loop):
+
+* `ExperimentConfig` is everything a run depends on (neighborhoods, hard
+  negatives, pipeline, model, optimisation, strategy). It round-trips through
+  JSON (`to_dict` / `from_dict`) and `train` writes it to
+  `model_dir/experiment.json`, so every run can be reproduced and later jobs
+  (inference, export) rebuild the same model.
+* `train(graph_dir, model_dir, config, strategy)` prepares the sampling
+  tables (cached next to the graph), builds the model and optimizer inside
+  `strategy.scope()`, and runs the epochs:
+  - epoch n (1-based) uses n-1 hard negatives per query, capped by
+    `pipeline.max_hard_negatives` (the paper's curriculum);
+  - the loss is the max-margin ranking loss (or sampled softmax), summed over
+    a replica's queries and divided by the GLOBAL batch size, so gradients
+    all-reduced over replicas equal those of the global mean;
+  - checkpoints (model, optimizer, epoch) every `checkpoint_every_steps` and
+    at each epoch end; re-running resumes from the latest one at the same
+    step, optimizer state and curriculum epoch (the batches of a resumed
+    epoch are the same ones: their order and seeds depend only on the
+    config, the epoch and the batch index);
+  - a NaN/Inf loss or gradient stops training with `TrainingDivergedError`
+    before the bad update is applied; the last good checkpoint is kept;
+  - TensorBoard summaries in `model_dir/train`: loss, learning rate,
+    examples/s, gradient norm, validation hit-rate@10 per epoch;
+  - at the end the trained weights are saved with `model.save_model` into
+    `model_dir/model` (atomically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from pinsage_tf import atomic
+from pinsage_tf import baselines
+from pinsage_tf import evaluation
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import hard_negatives as hard_lib
+from pinsage_tf import inference
+from pinsage_tf import losses
+from pinsage_tf import model as model_lib
+from pinsage_tf import neighborhoods as nb_lib
+from pinsage_tf import pipeline
+from pinsage_tf import schedules
+
+EXPERIMENT_FILE = "experiment.json"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+LOSSES = ("max_margin", "sampled_softmax")
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation and loop settings.
+
+  Attributes:
+    epochs: passes of `steps_per_epoch` steps.
+    steps_per_epoch: None = one pass over the training pairs
+      (`num_pairs // batch_size`).
+    learning_rate: peak learning rate (Adam) after the linear warm-up.
+    warmup_steps: linear warm-up length.
+    decay_steps, decay_rate: exponential decay after the warm-up.
+    loss: "max_margin" (the paper) or "sampled_softmax" (its baseline).
+    margin: Delta of the max-margin loss.
+    temperature: of the sampled softmax.
+    clip_norm: global gradient-norm clipping; None disables it.
+    checkpoint_every_steps: also checkpoint every this many steps.
+    keep_checkpoints: checkpoints kept on disk.
+    validation_queries: validation pairs (seeded subsample) scored for
+      hit-rate@10 at each epoch end; 0 disables validation.
+    log_every_steps: summary / log interval.
+  """
+
+  epochs: int = 5
+  steps_per_epoch: int | None = None
+  learning_rate: float = 1e-3
+  warmup_steps: int = 100
+  decay_steps: int = 1000
+  decay_rate: float = 0.9
+  loss: str = "max_margin"
+  margin: float = 0.1
+  temperature: float = 0.1
+  clip_norm: float | None = 10.0
+  checkpoint_every_steps: int = 500
+  keep_checkpoints: int = 3
+  validation_queries: int = 2000
+  log_every_steps: int = 50
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}.")
+    for name in ("epochs", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+    if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+      raise ValueError("TrainConfig.steps_per_epoch must be >= 1 or None.")
+    if self.learning_rate <= 0:
+      raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Everything a training run depends on; saved as `experiment.json`."""
+
+  neighborhoods: nb_lib.NeighborhoodConfig = dataclasses.field(
+      default_factory=nb_lib.NeighborhoodConfig)
+  hard_negatives: hard_lib.HardNegativeConfig = dataclasses.field(
+      default_factory=hard_lib.HardNegativeConfig)
+  pipeline: pipeline.PipelineConfig = dataclasses.field(default_factory=pipeline.PipelineConfig)
+  model: model_lib.PinSageConfig = dataclasses.field(default_factory=model_lib.PinSageConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  strategy: str = "mirrored"
+  num_cpu_devices: int = 1
+
+  def __post_init__(self):
+    if self.model.num_layers != self.pipeline.num_layers:
+      raise ValueError(
+          f"model.num_layers={self.model.num_layers} differs from pipeline.num_layers="
+          f"{self.pipeline.num_layers}; set both from one flag.")
+
+  def to_dict(self) -> dict[str, Any]:
+    return {
+        "neighborhoods": self.neighborhoods.to_json(),
+        "hard_negatives": self.hard_negatives.to_json(),
+        "pipeline": dataclasses.asdict(self.pipeline),
+        "model": self.model.to_dict(),
+        "train": dataclasses.asdict(self.train),
+        "strategy": self.strategy,
+        "num_cpu_devices": self.num_cpu_devices,
+    }
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ExperimentConfig":
+    values = dict(values)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"ExperimentConfig: unknown keys {unknown}.")
+    return cls(
+        neighborhoods=nb_lib.NeighborhoodConfig(**values.get("neighborhoods", {})),
+        hard_negatives=hard_lib.HardNegativeConfig(**values.get("hard_negatives", {})),
+        pipeline=pipeline.PipelineConfig(**values.get("pipeline", {})),
+        model=model_lib.PinSageConfig.from_dict(values.get("model", {})),
+        train=TrainConfig(**values.get("train", {})),
+        strategy=values.get("strategy", "mirrored"),
+        num_cpu_devices=int(values.get("num_cpu_devices", 1)),
+    )
+
+  def save(self, model_dir: str | os.PathLike) -> None:
+    atomic.write_json(os.path.join(os.fspath(model_dir), EXPERIMENT_FILE), self.to_dict())
+
+  @classmethod
+  def load(cls, model_dir: str | os.PathLike) -> "ExperimentConfig":
+    path = os.path.join(os.fspath(model_dir), EXPERIMENT_FILE)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: no experiment config; is this a model_dir written by "
+                              "`python -m trainer.train`?")
+    with open(path) as f:
+      return cls.from_dict(json.load(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingInputs:
+  """The graph and its derived tables, ready for the producer."""
+
+  graph: graph_lib.Graph
+  neighborhoods: nb_lib.Neighborhoods
+  hard_negatives: hard_lib.HardNegatives | None
+  tables: pipeline.SamplingTables
+
+
+def prepare_inputs(graph_dir: str, config: ExperimentConfig,
+                   progress: Callable[[str, int, int], None] | None = None) -> TrainingInputs:
+  """Loads the graph and loads (or computes and caches) its sampling tables."""
+  graph = graph_lib.load_graph(graph_dir)
+  if config.model.encoder.num_items not in (0, graph.num_items):
+    raise ValueError(f"the model was configured for {config.model.encoder.num_items} items "
+                     f"but {graph_dir} has {graph.num_items}.")
+  report = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (
+      lambda name: None)
+  nb = nb_lib.load_or_compute_neighborhoods(graph_dir, graph, config.neighborhoods,
+                                            progress=report("neighborhoods"))
+  hard = None
+  if config.pipeline.max_hard_negatives > 0:
+    hard = hard_lib.load_or_compute_hard_negatives(graph_dir, graph, config.hard_negatives,
+                                                   progress=report("hard negatives"))
+  tables = pipeline.SamplingTables.build(
+      graph, np.asarray(nb.ids), np.asarray(nb.weights),
+      hard_pool=None if hard is None else np.asarray(hard.pool),
+      max_sparse_length=config.pipeline.max_sparse_length)
+  return TrainingInputs(graph, nb, hard, tables)
+
+
+def resolve_model_config(config: ExperimentConfig, graph: graph_lib.Graph) -> ExperimentConfig:
+  """Fills the encoder's feature schema from the graph (keeping its options)."""
+  enc = config.model.encoder
+  options = {f.name: getattr(enc, f.name) for f in dataclasses.fields(enc)
+             if f.name not in ("dense_dim", "sparse_features", "num_items")}
+  encoder = model_lib.EncoderConfig.from_graph(graph, **options)
+  return dataclasses.replace(config, model=dataclasses.replace(config.model, encoder=encoder))
+
+
+def validation_hit_rate(model: model_lib.PinSageModel, inputs: TrainingInputs,
+                        max_queries: int, k: int = 10) -> float | None:
+  """Hit-rate@k on (a seeded subsample of) the validation pairs, or None."""
+  graph = inputs.graph
+  split = "validation"
+  if max_queries <= 0 or graph.pairs.count(graph_lib.Split.VALIDATION) == 0:
+    return None
+  embeddings = inference.layerwise_embeddings(model, inputs.tables)
+  result = evaluation.evaluate(
+      graph, baselines.EmbeddingScorer(embeddings, name="pinsage"),
+      evaluation.EvalConfig(protocol="item", split=split, ks=(k,), max_queries=max_queries))
+  return float(result["metrics"][f"hit_rate@{k}"])
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0)
+
+
+def _worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+  """Non-chief workers write their (required) checkpoints to a scratch dir."""
+  if _is_chief(strategy):
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return os.path.join(model_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
+
+
+def build_train_step(model, optimizer, strategy, config: ExperimentConfig):
+  """A `tf.function` running one synchronous step over all replicas.
+
+  Returns:
+    step(distributed_batch) -> (loss, grad_norm) scalars, summed over replicas
+    (the loss of the global batch).
+  """
+  tc = config.train
+  global_batch = config.pipeline.batch_size
+
+  def replica_step(batch):
+    with tf.GradientTape() as tape:
+      z = model(batch, training=True)
+      z_q, z_p = tf.gather(z, batch.query), tf.gather(z, batch.positive)
+      z_n, z_h = tf.gather(z, batch.negative), tf.gather(z, batch.hard_negative)
+      neg_mask = losses.shared_negative_mask(batch.query, batch.positive, batch.negative)
+      if tc.loss == "max_margin":
+        per_example = losses.max_margin_loss(z_q, z_p, z_n, z_h, batch.hard_mask, neg_mask,
+                                             margin=tc.margin)
+      else:
+        per_example = losses.sampled_softmax_loss(z_q, z_p, z_n, z_h, batch.hard_mask, neg_mask,
+                                                  temperature=tc.temperature)
+      loss = losses.average_loss(per_example, global_batch_size=global_batch)
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+             for g, v in zip(grads, variables)]
+    # All-reduce explicitly, so the norm (and clipping) sees the global gradient.
+    ctx = tf.distribute.get_replica_context()
+    grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    norm = tf.linalg.global_norm(grads)
+    if tc.clip_norm is not None:
+      grads, _ = tf.clip_by_global_norm(grads, tc.clip_norm, use_norm=norm)
+    # A non-finite step is reported by the caller, which stops before the
+    # next checkpoint: on disk the last good state is kept.
+    optimizer.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
+    return loss, norm
+
+  @tf.function
+  def step(dist_batch):
+    loss, norm = strategy.run(replica_step, args=(dist_batch,))
+    loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+    norm = strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None)
+    return loss, norm
+
+  return step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """What a finished `train` call reports."""
+
+  steps: int
+  epochs: int
+  final_loss: float
+  validation_hit_rate: dict[int, float]
+  examples_per_second: float
+  wall_time_s: float
+
+
+def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
+          strategy: tf.distribute.Strategy, *, verbose: bool = True) -> TrainResult:
+  """Trains PinSage on `graph_dir`, checkpointing into `model_dir` (resumable).
+
+  Args:
+    graph_dir: a graph written by `data.prepare`.
+    model_dir: outputs: experiment.json, checkpoints/, train/ summaries, model/.
+    config: the experiment; its encoder schema is filled from the graph.
+    strategy: from `pinsage_tf.distribute.get_strategy`.
+    verbose: print a progress bar with ETA and per-epoch lines.
+
+  Raises:
+    TrainingDivergedError: the loss or gradient norm became NaN/Inf.
+  """
+  started = time.perf_counter()
+
+  def progress(stage, done, total):
+    if verbose and (done == total or done % max(1, total // 10) < 1024):
+      logging.info("%s: %d/%d", stage, done, total)
+
+  inputs = prepare_inputs(graph_dir, config, progress)
+  config = resolve_model_config(config, inputs.graph)
+  os.makedirs(model_dir, exist_ok=True)
+  if _is_chief(strategy):
+    config.save(model_dir)
+  pc, tc = config.pipeline, config.train
+  train_pairs = inputs.graph.pairs.of(graph_lib.Split.TRAIN)
+  steps_per_epoch = tc.steps_per_epoch or train_pairs[0].shape[0] // pc.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"{train_pairs[0].shape[0]} training pairs do not fill one batch of "
+                     f"{pc.batch_size}; lower --batch_size.")
+  total_steps = steps_per_epoch * tc.epochs
+
+  with strategy.scope():
+    model = model_lib.PinSageModel(config.model)
+    model_lib.build_variables(model)
+    schedule = schedules.WarmupExponentialDecay(
+        peak_learning_rate=tc.learning_rate, warmup_steps=tc.warmup_steps,
+        decay_steps=tc.decay_steps, decay_rate=tc.decay_rate)
+    optimizer = tf.keras.optimizers.Adam(learning_rate=schedule)
+    optimizer.build(model.trainable_variables)
+    epoch_var = tf.Variable(1, dtype=tf.int64, trainable=False, name="epoch")
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(_worker_dir(model_dir, strategy), CHECKPOINT_DIR),
+      max_to_keep=tc.keep_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    logging.info("Resumed from %s at step %d, epoch %d", manager.latest_checkpoint,
+                 int(optimizer.iterations.numpy()), int(epoch_var.numpy()))
+  step_fn = build_train_step(model, optimizer, strategy, config)
+  writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+            if _is_chief(strategy) else tf.summary.create_noop_writer())
+
+  val_history: dict[int, float] = {}
+  loss_value = float("nan")
+  examples, train_time = 0, 0.0
+  while int(epoch_var.numpy()) <= tc.epochs:
+    epoch = int(epoch_var.numpy())
+    step = int(optimizer.iterations.numpy())
+    done_in_epoch = step - (epoch - 1) * steps_per_epoch
+    num_hard = hard_lib.num_hard_negatives_for_epoch(epoch, pc.max_hard_negatives)
+    dataset = strategy.distribute_datasets_from_function(
+        pipeline.make_distributed_dataset_fn(
+            inputs.tables, train_pairs, pc, epoch=epoch, num_hard_negatives=num_hard,
+            repeat=True, skip_batches=done_in_epoch))
+    bar = tf.keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0,
+                                 stateful_metrics=["loss", "grad_norm", "lr", "ex/s"],
+                                 unit_name="step")
+    bar.update(done_in_epoch)
+    iterator = iter(dataset)
+    window_start, window_examples = time.perf_counter(), 0
+    for i in range(done_in_epoch, steps_per_epoch):
+      loss, norm = step_fn(next(iterator))
+      loss_value, norm_value = float(loss.numpy()), float(norm.numpy())
+      if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+        raise TrainingDivergedError(
+            f"loss={loss_value} grad_norm={norm_value} at step {step + 1} (epoch {epoch}); "
+            f"the update was not applied and the last good checkpoint "
+            f"({manager.latest_checkpoint}) is kept. Lower --learning_rate or set --clip_norm.")
+      step = int(optimizer.iterations.numpy())
+      window_examples += pc.batch_size
+      if step % tc.log_every_steps == 0 or i + 1 == steps_per_epoch:
+        elapsed = time.perf_counter() - window_start
+        rate = window_examples / max(elapsed, 1e-9)
+        train_time += elapsed
+        examples += window_examples
+        lr = float(schedule(step))
+        with writer.as_default(step=step):
+          tf.summary.scalar("loss", loss_value)
+          tf.summary.scalar("learning_rate", lr)
+          tf.summary.scalar("examples_per_second", rate)
+          tf.summary.scalar("gradient_norm", norm_value)
+        bar.update(i + 1, [("loss", loss_value), ("grad_norm", norm_value), ("lr", lr),
+                           ("ex/s", rate)])
+        window_start, window_examples = time.perf_counter(), 0
+      if step % tc.checkpoint_every_steps == 0:
+        manager.save(checkpoint_number=step)
+    epoch_var.assign(epoch + 1)
+    manager.save(checkpoint_number=step)
+    hit = validation_hit_rate(model, inputs, tc.validation_queries)
+    if hit is not None:
+      val_history[epoch] = hit
+      with writer.as_default(step=step):
+        tf.summary.scalar("validation/hit_rate@10", hit)
+    if verbose:
+      logging.info("epoch %d/%d: step %d loss %.4f validation hit_rate@10 %s (hard negatives %d)",
+                   epoch, tc.epochs, step, loss_value,
+                   "n/a" if hit is None else f"{hit:.4f}", num_hard)
+  writer.flush()
+  if _is_chief(strategy):
+    model_lib.save_model(model, os.path.join(model_dir, MODEL_DIR), overwrite=True)
+  return TrainResult(
+      steps=int(optimizer.iterations.numpy()), epochs=tc.epochs, final_loss=loss_value,
+      validation_hit_rate=val_history,
+      examples_per_second=examples / train_time if train_time else 0.0,
+      wall_time_s=time.perf_counter() - started)

@@ -1,0 +1,143 @@
+"""TF Serving's gRPC services: PredictionService and ModelService.
+
+Implemented RPCs (the stock `tensorflow_serving.apis` stubs talk to them
+unchanged):
+
+* `PredictionService.Predict`: `model_spec` {name, version | version_label,
+  signature_name ("" = serving_default)}, `inputs` {alias: TensorProto},
+  `output_filter`. The response carries `model_spec` {name, version,
+  signature_name} of the version that ran and the outputs as TensorProtos
+  (`tf.make_tensor_proto`).
+* `PredictionService.GetModelMetadata`: `metadata_field` must be
+  ["signature_def"]; the SignatureDefMap is packed in an Any, as TF Serving.
+* `ModelService.GetModelStatus`.
+
+Classify, Regress, MultiInference and HandleReloadConfigRequest answer
+UNIMPLEMENTED. Errors use TF Serving's status codes and messages (see
+`tensor_codec` / `model_manager`); request messages over the size limit get
+gRPC's own RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+from absl import logging
+import grpc
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from serving import model_manager as model_manager_lib
+from serving import tensor_codec
+from serving.tensor_codec import ServingError
+
+_SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def _model_spec_args(spec: Any) -> tuple[str, int | None, str | None]:
+  choice = spec.WhichOneof("version_choice")
+  version = spec.version.value if choice == "version" else None
+  label = spec.version_label if choice == "version_label" else None
+  return spec.name, version, label
+
+
+def _abort(context: grpc.ServicerContext, error: ServingError) -> None:
+  context.abort(error.code, error.message)
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+  """Predict and GetModelMetadata over a `ModelManager`."""
+
+  def __init__(self, manager: model_manager_lib.ModelManager):
+    self._manager = manager
+
+  def Predict(self, request, context):  # pylint: disable=invalid-name
+    try:
+      if not request.HasField("model_spec"):
+        raise tensor_codec.invalid_argument("Missing ModelSpec")
+      servable = self._manager.get_servable(*_model_spec_args(request.model_spec))
+      signature = servable.signature(request.model_spec.signature_name)
+      tensor_codec.check_signature_is_runnable(signature)
+      inputs = {alias: tensor_codec.tensor_proto_to_array(alias, proto)
+                for alias, proto in request.inputs.items()}
+      outputs = self._manager.predict(servable, signature.name, inputs,
+                                      list(request.output_filter))
+      response = predict_pb2.PredictResponse()
+      response.model_spec.name = servable.name
+      response.model_spec.version.value = servable.version
+      response.model_spec.signature_name = signature.name
+      for alias, array in outputs.items():
+        response.outputs[alias].CopyFrom(tensor_codec.array_to_tensor_proto(array))
+      return response
+    except ServingError as e:
+      _abort(context, e)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("gRPC Predict: internal error")
+      _abort(context, ServingError(grpc.StatusCode.INTERNAL,
+                                   f"Internal error: {type(e).__name__}: {e}"))
+
+  def GetModelMetadata(self, request, context):  # pylint: disable=invalid-name
+    try:
+      if not request.HasField("model_spec"):
+        raise tensor_codec.invalid_argument("Missing ModelSpec")
+      if not request.metadata_field:
+        raise tensor_codec.invalid_argument(
+            "GetModelMetadataRequest must specify at least one metadata_field")
+      for field in request.metadata_field:
+        if field != _SIGNATURE_DEF_FIELD:
+          raise tensor_codec.invalid_argument(f"Metadata field {field} is not supported")
+      return self._manager.get_model_metadata(*_model_spec_args(request.model_spec))
+    except ServingError as e:
+      _abort(context, e)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+  """GetModelStatus over a `ModelManager`."""
+
+  def __init__(self, manager: model_manager_lib.ModelManager):
+    self._manager = manager
+
+  def GetModelStatus(self, request, context):  # pylint: disable=invalid-name
+    try:
+      if not request.HasField("model_spec"):
+        raise tensor_codec.invalid_argument("Missing ModelSpec")
+      return self._manager.get_model_status(*_model_spec_args(request.model_spec))
+    except ServingError as e:
+      _abort(context, e)
+
+
+def create_server(manager: model_manager_lib.ModelManager, *, host: str, port: int,
+                  max_threads: int, max_request_bytes: int) -> tuple[grpc.Server, int]:
+  """A started-ready (not yet started) gRPC server with both services.
+
+  Args:
+    manager: the model core.
+    host, port: bind address (port 0 picks a free one).
+    max_threads: handler threads (--grpc_max_threads).
+    max_request_bytes: largest request message; larger ones get
+      RESOURCE_EXHAUSTED from gRPC itself.
+
+  Returns:
+    (server, bound port).
+
+  Raises:
+    RuntimeError: if the address cannot be bound.
+  """
+  server = grpc.server(
+      concurrent.futures.ThreadPoolExecutor(max_workers=max_threads,
+                                            thread_name_prefix="grpc"),
+      options=[
+          ("grpc.max_receive_message_length", max_request_bytes),
+          ("grpc.max_send_message_length", -1),
+          ("grpc.so_reuseport", 0),
+      ])
+  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+      PredictionServicer(manager), server)
+  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+  address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+  bound = server.add_insecure_port(address)
+  if bound == 0:
+    raise RuntimeError(f"could not bind the gRPC port at {address}")
+  return server, bound

@@ -1,0 +1,162 @@
+r"""Model server speaking TensorFlow Serving's REST and gRPC protocols.
+
+Serves SavedModels laid out as TF Serving expects (`BASE/NAME/VERSION/`, integer
+versions), so a client written for `tensorflow_model_server` works unchanged
+against either:
+
+  python -m serving.server --model_name=pinsage --model_base_path=/models/pinsage \
+      --port=8500 --rest_api_port=8501
+
+or with a text-format `model_config_list` (several models, version policies,
+labels):
+
+  python -m serving.server --model_config_file=models.config
+
+Startup loads every model's versions before the ports open. Base paths are
+re-scanned every --file_system_poll_wait_seconds; new versions are loaded in
+the background and swapped in atomically. SIGTERM / SIGINT: stop accepting,
+finish in-flight requests (up to --shutdown_grace_seconds), exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from serving import grpc_service
+from serving import model_manager as model_manager_lib
+from serving import rest
+
+_PORT = flags.DEFINE_integer("port", 8500, "Port for the gRPC API.")
+_REST_API_PORT = flags.DEFINE_integer(
+    "rest_api_port", 8501, "Port for the HTTP/REST API; 0 disables REST.")
+_HOST = flags.DEFINE_string(
+    "host", "127.0.0.1", "Address both APIs bind to (0.0.0.0 to serve other hosts).")
+_MODEL_CONFIG_FILE = flags.DEFINE_string(
+    "model_config_file", "",
+    "Text-format ModelServerConfig (model_config_list). Exclusive with "
+    "--model_name/--model_base_path.")
+_MODEL_NAME = flags.DEFINE_string("model_name", "default", "Name of the single served model.")
+_MODEL_BASE_PATH = flags.DEFINE_string(
+    "model_base_path", "", "Directory with the single model's integer version subdirectories.")
+_FILE_SYSTEM_POLL_WAIT_SECONDS = flags.DEFINE_integer(
+    "file_system_poll_wait_seconds", 2,
+    "Seconds between scans of the base paths for new versions; 0 = scan once at startup.")
+_SAVED_MODEL_TAGS = flags.DEFINE_string(
+    "saved_model_tags", "serve", "Comma-separated tag set of the MetaGraphDef to serve.")
+_REST_API_NUM_THREADS = flags.DEFINE_integer(
+    "rest_api_num_threads", 16, "REST requests processed at once (others wait).")
+_REST_API_TIMEOUT_IN_MS = flags.DEFINE_integer(
+    "rest_api_timeout_in_ms", 30000, "Deadline of a REST predict; 0 = none (504 when hit).")
+_REST_API_MAX_CONNECTIONS = flags.DEFINE_integer(
+    "rest_api_max_connections", 256, "Open REST connections allowed; more get 503.")
+_GRPC_MAX_THREADS = flags.DEFINE_integer("grpc_max_threads", 32, "gRPC handler threads.")
+_MAX_REQUEST_BYTES = flags.DEFINE_integer(
+    "max_request_bytes", 4 << 20,
+    "Largest request body / message (REST 413, gRPC RESOURCE_EXHAUSTED).")
+_MAX_BATCH_SIZE = flags.DEFINE_integer(
+    "max_batch_size", 1024, "Largest batch (rows) per request; 0 = unbounded (INVALID_ARGUMENT).")
+_MAX_CONCURRENT_REQUESTS = flags.DEFINE_integer(
+    "max_concurrent_requests", 64, "Predictions running at once across REST and gRPC.")
+_MAX_QUEUED_REQUESTS = flags.DEFINE_integer(
+    "max_queued_requests", 64,
+    "Predictions allowed to wait for a running slot; more get RESOURCE_EXHAUSTED "
+    "(REST 429).")
+_SHUTDOWN_GRACE_SECONDS = flags.DEFINE_float(
+    "shutdown_grace_seconds", 30.0, "How long shutdown waits for in-flight requests.")
+
+
+def model_configs_from_flags() -> list[model_manager_lib.ModelConfig]:
+  """The served models from --model_config_file or --model_name/--model_base_path."""
+  if _MODEL_CONFIG_FILE.value and _MODEL_BASE_PATH.value:
+    raise app.UsageError("Pass either --model_config_file or --model_base_path, not both.")
+  if _MODEL_CONFIG_FILE.value:
+    path = _MODEL_CONFIG_FILE.value
+    try:
+      with open(path, encoding="utf-8") as f:
+        text = f.read()
+    except OSError as e:
+      raise app.UsageError(f"--model_config_file={path}: {e}") from None
+    try:
+      return model_manager_lib.model_configs_from_text(text, source=path)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+  if not _MODEL_BASE_PATH.value:
+    raise app.UsageError("Pass --model_base_path (with --model_name) or --model_config_file.")
+  try:
+    return [model_manager_lib.ModelConfig(_MODEL_NAME.value,
+                                          os.path.abspath(_MODEL_BASE_PATH.value))]
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  configs = model_configs_from_flags()
+  try:
+    limits = model_manager_lib.ServingLimits(
+        max_concurrent_requests=_MAX_CONCURRENT_REQUESTS.value,
+        max_queued_requests=_MAX_QUEUED_REQUESTS.value,
+        max_batch_size=_MAX_BATCH_SIZE.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  tags = [t.strip() for t in _SAVED_MODEL_TAGS.value.split(",") if t.strip()]
+
+  stop = threading.Event()
+  # Installed before loading so a SIGTERM during startup also exits cleanly.
+  signal.signal(signal.SIGTERM, lambda *_: stop.set())
+  signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+  model_manager_lib.import_custom_ops()
+  manager = model_manager_lib.ModelManager(configs, saved_model_tags=tags, limits=limits)
+  manager.poll_once()  # Every model's first load happens before the ports open.
+  if stop.is_set():
+    logging.info("Stopped during startup.")
+    manager.stop(0)
+    return
+
+  grpc_server, grpc_port = grpc_service.create_server(
+      manager, host=_HOST.value, port=_PORT.value, max_threads=_GRPC_MAX_THREADS.value,
+      max_request_bytes=_MAX_REQUEST_BYTES.value)
+  grpc_server.start()
+  logging.info("Running gRPC ModelServer at %s:%d ...", _HOST.value, grpc_port)
+  rest_server = None
+  if _REST_API_PORT.value:
+    timeout_ms = _REST_API_TIMEOUT_IN_MS.value
+    api = rest.RestApi(manager, timeout_seconds=timeout_ms / 1000 if timeout_ms > 0 else None)
+    rest_server = rest.RestServer(
+        api, host=_HOST.value, port=_REST_API_PORT.value,
+        num_threads=_REST_API_NUM_THREADS.value, max_request_bytes=_MAX_REQUEST_BYTES.value,
+        max_connections=_REST_API_MAX_CONNECTIONS.value)
+    rest_server.start()
+    logging.info("Exporting HTTP/REST API at:%s:%d ...", _HOST.value, rest_server.port)
+  manager.start_polling(_FILE_SYSTEM_POLL_WAIT_SECONDS.value)
+
+  while not stop.wait(0.5):
+    pass
+
+  grace = _SHUTDOWN_GRACE_SECONDS.value
+  logging.info("Shutting down: no new requests; waiting up to %.0fs for in-flight ones.", grace)
+  drained = True
+  if rest_server is not None:
+    drained &= rest_server.stop(grace)
+  grpc_server.stop(grace).wait(grace + 1)
+  drained &= manager.stop(grace)
+  if not drained:
+    logging.warning("Some requests were still running after %.0fs.", grace)
+  logging.info("Server stopped.")
+
+
+def run() -> None:
+  """Console-script entry point (`pinsage-serve`)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,239 @@
+r"""Offline evaluation CLI: learned embeddings and baselines, exact by default.
+
+    python -m trainer.evaluate --graph_dir=GRAPH \
+        --embeddings=pinsage=EMB_DIR1,pinsage_mean=EMB_DIR2 \
+        --methods=pinsage,pinsage_mean,popularity,itemknn,pixie,features \
+        --protocol=auto --split=test --output_json=results.json \
+        [--dump_topk=topk.jsonl] [--ks=10,50,100,500] [--mrr_scale=100] \
+        [--max_queries=N] [--scann]
+
+Methods are embedding directories (`--embeddings_dir` is the method
+"pinsage"; `--embeddings=name=DIR,...` adds named ones, e.g. the paper's
+Table 1 variants) and the baselines popularity, itemknn, pixie, features
+(`pinsage_tf.baselines`). Without `--methods`, every given embedding set plus
+popularity, itemknn, pixie and (when the graph has item features) features.
+
+Prints a table and writes JSON: {"dataset", "protocol", "split", "config",
+"methods": {name: {"metrics", "counts", "wall_time_s", "source", ["scann"]}},
+"total_wall_time_s", ...}. `--dump_topk` writes JSON lines, one per evaluated
+query (item protocol: {"method", "query", "positives", "topk", "scores"}) or
+user ({"method", "user", "relevant", "topk", "scores"}), raw ids, so results
+can be re-scored independently. `--scann` also scores each embedding method
+through a ScaNN index and reports its recall@10 against exact search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import pinsage_tf  # noqa: F401  (must precede any TensorFlow import, e.g. by scann)
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from pinsage_tf import atomic
+from pinsage_tf import baselines
+from pinsage_tf import embeddings_io
+from pinsage_tf import evaluation
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import metrics
+
+_GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "Graph directory (data.prepare output).")
+_EMBEDDINGS_DIR = flags.DEFINE_string(
+    "embeddings_dir", None, "Embeddings directory of the method 'pinsage'.")
+_EMBEDDINGS = flags.DEFINE_list(
+    "embeddings", [], "More embedding sets as name=DIR (e.g. pinsage_mean=/path/emb).")
+_METHODS = flags.DEFINE_list(
+    "methods", None, "Methods to evaluate: embedding names and/or "
+    f"{','.join(baselines.BASELINES)}. Default: all embeddings + applicable baselines.")
+_PROTOCOL = flags.DEFINE_enum("protocol", "auto", list(evaluation.PROTOCOLS),
+                              "item (PinSage pairs), user (NGCF/LightGCN) or auto.")
+_SPLIT = flags.DEFINE_enum("split", "test", list(evaluation.SPLITS), "Held-out split.")
+_OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the results JSON here.")
+_DUMP_TOPK = flags.DEFINE_string("dump_topk", None, "Write per-query top-K raw ids (JSONL).")
+_DUMP_K = flags.DEFINE_integer("dump_k", None, "Length of dumped lists (default: max cutoff).")
+_KS = flags.DEFINE_list("ks", [str(k) for k in metrics.DEFAULT_ITEM_KS],
+                        "Hit-rate cutoffs (item protocol).")
+_USER_KS = flags.DEFINE_list("user_ks", [str(k) for k in metrics.DEFAULT_USER_KS],
+                             "Recall/NDCG cutoffs (user protocol).")
+_MRR_SCALE = flags.DEFINE_float("mrr_scale", metrics.DEFAULT_MRR_SCALE,
+                                "Scale s of the paper's MRR = mean 1/ceil(rank/s) (paper: "
+                                "100 for ~5M items).")
+_TIES = flags.DEFINE_enum("ties", "expected", list(metrics.TIES),
+                          "How a positive is ranked among equal scores (item protocol).")
+_USER_QUERY = flags.DEFINE_enum("user_query", "mean", list(baselines.SET_AGGREGATIONS),
+                                "User scores: mean or max over the user's train items.")
+_MAX_QUERIES = flags.DEFINE_integer("max_queries", None,
+                                    "Evaluate a seeded subsample of pairs/users.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the subsample and of the pixie walks.")
+_SCANN = flags.DEFINE_bool("scann", False, "Also search embeddings through a ScaNN index.")
+_PIXIE_STEPS = flags.DEFINE_integer("pixie_steps", 10_000, "Pixie visits per query.")
+_PIXIE_RESTART = flags.DEFINE_float("pixie_restart_prob", 0.5, "Pixie restart probability.")
+_MAX_BLOCK_MB = flags.DEFINE_integer("max_block_mb", 64,
+                                     "Size bound (MiB, float32) of one [queries, items] score block.")
+
+
+def parse_embedding_specs(embeddings_dir: str | None, specs: Sequence[str]) -> dict[str, str]:
+  """{"pinsage": embeddings_dir, name: dir for each "name=dir"}; rejects bad specs."""
+  out: dict[str, str] = {}
+  if embeddings_dir:
+    out["pinsage"] = embeddings_dir
+  for spec in specs:
+    name, sep, path = spec.partition("=")
+    name = name.strip()
+    if not sep or not name or not path:
+      raise ValueError(f"--embeddings entry {spec!r} must look like name=DIR.")
+    if name in baselines.BASELINES:
+      raise ValueError(f"--embeddings name {name!r} clashes with a baseline; rename it.")
+    if name in out:
+      raise ValueError(f"--embeddings name {name!r} is given twice.")
+    out[name] = path
+  return out
+
+
+def _default_methods(graph: graph_lib.Graph, embedding_names: Sequence[str]) -> list[str]:
+  methods = list(embedding_names) + ["popularity", "itemknn", "pixie"]
+  f = graph.features
+  if f.dense_dim or any(s.values.nnz for s in f.sparse):
+    methods.append("features")
+  return methods
+
+
+def _progress_logger(method: str, unit: str):
+  started = time.monotonic()
+
+  def log(done: int, total: int) -> None:
+    logging.info("%s: %d/%d %s (%.0f%%), %.1f s", method, done, total, unit,
+                 100.0 * done / max(total, 1), time.monotonic() - started)
+  return log
+
+
+def run(
+    *,
+    graph_dir: str,
+    embeddings: Mapping[str, str],
+    methods: Sequence[str] | None,
+    config: evaluation.EvalConfig,
+    output_json: str | None = None,
+    dump_topk: str | None = None,
+    use_scann: bool = False,
+    pixie_steps: int = 10_000,
+    pixie_restart_prob: float = 0.5,
+) -> dict[str, Any]:
+  """Evaluates `methods` and returns (and optionally writes) the results dict."""
+  started = time.perf_counter()
+  graph = graph_lib.load_graph(graph_dir)
+  fingerprint = graph_lib.graph_fingerprint(graph_dir)
+  protocol = evaluation.resolve_protocol(graph, config.protocol, config.split)
+  methods = list(methods) if methods else _default_methods(graph, list(embeddings))
+  if len(set(methods)) != len(methods):
+    raise ValueError(f"--methods lists a method twice: {methods}.")
+  # Build every scorer before evaluating anything, so bad inputs fail fast.
+  scorers: dict[str, baselines.ItemScorer] = {}
+  sources: dict[str, str] = {}
+  for name in methods:
+    if name in embeddings:
+      emb = embeddings_io.load_embeddings(embeddings[name], graph, graph_fingerprint=fingerprint)
+      scorers[name] = baselines.EmbeddingScorer(emb.vectors, name=name,
+                                                max_block_elements=config.max_block_elements)
+      sources[name] = os.path.abspath(embeddings[name])
+    elif name in baselines.BASELINES:
+      scorers[name] = baselines.make_baseline(
+          name, graph, seed=config.seed, pixie_steps=pixie_steps,
+          pixie_restart_prob=pixie_restart_prob, max_block_elements=config.max_block_elements)
+      sources[name] = "baseline"
+    elif name == "pinsage":
+      raise ValueError("method 'pinsage' needs --embeddings_dir (or --embeddings=pinsage=DIR).")
+    else:
+      raise ValueError(f"unknown method {name!r}: not a baseline {baselines.BASELINES} nor an "
+                       f"--embeddings name {sorted(embeddings)}.")
+  if use_scann:
+    evaluation._import_scann()  # fail before the long exact runs
+
+  results: dict[str, dict[str, Any]] = {}
+  with contextlib.ExitStack() as stack:
+    # The dump is published only when every method succeeded (atomic_file).
+    dump = stack.enter_context(atomic.atomic_file(dump_topk)) if dump_topk else None
+    sink = (lambda record: dump.write(json.dumps(record) + "\n")) if dump else None
+    for name, scorer in scorers.items():
+      logging.info("evaluating %s (%s protocol, %s split)", name, protocol, config.split)
+      unit = "queries" if protocol == "item" else "users"
+      result = evaluation.evaluate(graph, scorer, config, _progress_logger(name, unit), sink)
+      result["source"] = sources[name]
+      if use_scann and isinstance(scorer, baselines.EmbeddingScorer):
+        result["scann"] = evaluation.evaluate_scann(graph, scorer, config)
+      results[name] = result
+
+  first = next(iter(results.values()))
+  output = {
+      "dataset": graph.name,
+      "graph_dir": os.path.abspath(graph_dir),
+      "graph_fingerprint": fingerprint,
+      "protocol": protocol,
+      "split": config.split,
+      # Data counts shared by all methods (per-method ones stay under "methods").
+      "counts": {k: v for k, v in first["counts"].items() if k != "ties_at_positive"},
+      "config": {"ks": list(config.ks), "user_ks": list(config.user_ks),
+                 "mrr_scale": config.mrr_scale, "ties": config.ties,
+                 "user_query": config.user_query, "max_queries": config.max_queries,
+                 "seed": config.seed, "exact": True, "scann": use_scann,
+                 "pixie_steps": pixie_steps, "pixie_restart_prob": pixie_restart_prob},
+      "methods": {name: {k: v for k, v in r.items() if k not in ("protocol", "split")}
+                  for name, r in results.items()},
+      "total_wall_time_s": round(time.perf_counter() - started, 3),
+  }
+  if dump_topk:
+    output["dump_topk"] = os.path.abspath(dump_topk)
+  if output_json:
+    atomic.write_json(output_json, output)
+  return output
+
+
+def _ints(values: Sequence[str], flag: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError as e:
+    raise app.UsageError(f"--{flag} must be a comma-separated list of integers: {e}") from e
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _GRAPH_DIR.value:
+    raise app.UsageError("--graph_dir is required.")
+  try:
+    config = evaluation.EvalConfig(
+        protocol=_PROTOCOL.value, split=_SPLIT.value, ks=_ints(_KS.value, "ks"),
+        user_ks=_ints(_USER_KS.value, "user_ks"), mrr_scale=_MRR_SCALE.value, ties=_TIES.value,
+        user_query=_USER_QUERY.value, max_queries=_MAX_QUERIES.value, seed=_SEED.value,
+        max_block_elements=max(1, _MAX_BLOCK_MB.value * (1 << 20) // 4), dump_k=_DUMP_K.value)
+    output = run(graph_dir=_GRAPH_DIR.value,
+                 embeddings=parse_embedding_specs(_EMBEDDINGS_DIR.value, _EMBEDDINGS.value),
+                 methods=_METHODS.value, config=config, output_json=_OUTPUT_JSON.value,
+                 dump_topk=_DUMP_TOPK.value, use_scann=_SCANN.value,
+                 pixie_steps=_PIXIE_STEPS.value, pixie_restart_prob=_PIXIE_RESTART.value)
+  except (ValueError, ImportError, FileNotFoundError) as e:
+    # Bad inputs (graph/embeddings format errors are ValueErrors): one clear
+    # line on stderr and exit status 1, no traceback.
+    sys.exit(f"evaluate: error: {e}")
+  counts = ", ".join(f"{k}={v}" for k, v in output["counts"].items())
+  print(f"{output['dataset']}: {output['protocol']} protocol, {output['split']} split ({counts})")
+  print(evaluation.format_table(output["methods"]))
+  for name, r in output["methods"].items():
+    if "scann" in r:
+      s = r["scann"]
+      recall = next(v for k, v in s.items() if k.startswith("recall@"))
+      print(f"{name} via ScaNN ({s['index']}): recall@10 vs exact {recall:.4f}, "
+            + ", ".join(f"{k}={v:.4f}" for k, v in s["metrics"].items()))
+  if _OUTPUT_JSON.value:
+    print(f"wrote {_OUTPUT_JSON.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
