@@ -10,7 +10,7 @@ DATASETS ?= ../shared/datasets
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup test run bench clean
+.PHONY: setup test run serve bench clean
 
 # Re-installs only when setup.py changed (or the venv is new).
 $(STAMP): setup.py
@@ -24,8 +24,27 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest -q -n 2 --timeout=900
 
+SYN := $(OUT)/synthetic
+
+# The main job end to end on the built-in synthetic dataset (a few minutes on 2 cores).
 run: setup
-	$(PY) -m data.prepare --dataset=synthetic --output_dir=$(OUT)/synthetic/graph --overwrite
+	$(PY) -m data.prepare --dataset=synthetic --output_dir=$(SYN)/graph --overwrite
+	rm -rf $(SYN)/model
+	$(PY) -m trainer.train --graph_dir=$(SYN)/graph --model_dir=$(SYN)/model \
+	    --config_json=trainer/configs/synthetic.json
+	$(PY) -m trainer.infer --graph_dir=$(SYN)/graph --model_dir=$(SYN)/model \
+	    --output_dir=$(SYN)/embeddings --overwrite
+	$(PY) -m trainer.evaluate --graph_dir=$(SYN)/graph --embeddings_dir=$(SYN)/embeddings \
+	    --methods=pinsage,popularity,itemknn,pixie,features --split=validation \
+	    --output_json=$(SYN)/eval_validation.json
+	$(PY) -m trainer.export --model_dir=$(SYN)/model --graph_dir=$(SYN)/graph \
+	    --embeddings_dir=$(SYN)/embeddings --export_base=$(SYN)/exports
+	@echo "Serve the export with: make serve   (REST 127.0.0.1:8501, gRPC 127.0.0.1:8500)"
+
+# TF-Serving-compatible server on the latest export of `make run`.
+serve: setup
+	$(PY) -m serving.server --port=8500 --rest_api_port=8501 \
+	    --model_config_file=$(SYN)/exports/models.config
 
 bench: setup
 	mkdir -p bench/results

@@ -36,6 +36,11 @@ setup(
     entry_points={
         "console_scripts": [
             "pinsage-prepare=data.prepare:run",
+            "pinsage-train=trainer.train:run",
+            "pinsage-infer=trainer.infer:run",
+            "pinsage-evaluate=trainer.evaluate:cli",
+            "pinsage-export=trainer.export:run",
+            "pinsage-serve=serving.server:run",
         ],
     },
 )

@@ -46,6 +46,8 @@ from pinsage_tf.retrieval_exact import DEFAULT_MAX_BLOCK_ELEMENTS
 
 SET_AGGREGATIONS = ("mean", "max")
 BASELINES = ("popularity", "itemknn", "pixie", "features")
+DEFAULT_PIXIE_STEPS = 10_000
+DEFAULT_PIXIE_RESTART_PROB = 0.5
 
 
 def segment_means(values: np.ndarray, sets: CSR) -> np.ndarray:
@@ -391,8 +393,8 @@ class PixieScorer(ItemScorer):
   other queries of its block, on block sizes or on call order.
   """
 
-  def __init__(self, graph: Graph, num_steps: int = 10_000, restart_prob: float = 0.5,
-               num_walkers: int = 200, seed: int = 0, name: str = "pixie",
+  def __init__(self, graph: Graph, num_steps: int = DEFAULT_PIXIE_STEPS,
+               restart_prob: float = DEFAULT_PIXIE_RESTART_PROB, num_walkers: int = 200, seed: int = 0, name: str = "pixie",
                max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS):
     """Args:
       graph: the training graph.
@@ -476,7 +478,8 @@ class PixieScorer(ItemScorer):
 
 
 def make_baseline(name: str, graph: Graph, *, seed: int = 0,
-                  pixie_steps: int = 10_000, pixie_restart_prob: float = 0.5,
+                  pixie_steps: int = DEFAULT_PIXIE_STEPS,
+                  pixie_restart_prob: float = DEFAULT_PIXIE_RESTART_PROB,
                   max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS) -> ItemScorer:
   """Builds the baseline called `name` (one of `BASELINES`) for `graph`."""
   if name == "popularity":

@@ -55,8 +55,7 @@ class EvalConfig:
   """What and how to evaluate.
 
   Attributes:
-    protocol: "item", "user" or "auto" (user when the split has held-out
-      user interactions, else item when it has pairs).
+    protocol: "item", "user" or "auto" (see `resolve_protocol`).
     split: "validation" or "test".
     ks: hit-rate cutoffs of the item protocol.
     user_ks: Recall/Precision/NDCG cutoffs of the user protocol.
@@ -104,21 +103,30 @@ class EvalConfig:
 
 
 def resolve_protocol(graph: Graph, protocol: str, split: str) -> str:
-  """"item" or "user": `protocol` checked against the graph's held-out data."""
+  """"item" or "user": `protocol` checked against the graph's held-out data.
+
+  "auto" picks the protocol named by `graph.metadata["primary_protocol"]`
+  (a string starting with "item" or "user", as the data preparers write it)
+  when the split has data for it; otherwise the item protocol (PinSage's own)
+  when the split has item pairs, else the user protocol.
+  """
   s = SPLITS[split]
-  has_users = graph.heldout.of(s).nnz > 0
-  has_pairs = graph.pairs.count(s) > 0
+  has = {"user": graph.heldout.of(s).nnz > 0, "item": graph.pairs.count(s) > 0}
   if protocol == "auto":
-    if has_users:
-      return "user"
-    if has_pairs:
+    primary = str(graph.metadata.get("primary_protocol", "")).strip().lower()
+    for name in ("item", "user"):
+      if primary.startswith(name) and has[name]:
+        return name
+    if has["item"]:
       return "item"
+    if has["user"]:
+      return "user"
     raise ValueError(f"graph {graph.name!r} has neither held-out user interactions nor item "
                      f"pairs for split {split!r}; nothing to evaluate.")
-  if protocol == "user" and not has_users:
+  if protocol == "user" and not has["user"]:
     raise ValueError(f"graph {graph.name!r} has no held-out user interactions for split "
                      f"{split!r} (heldout.{split} is empty); use --protocol=item.")
-  if protocol == "item" and not has_pairs:
+  if protocol == "item" and not has["item"]:
     raise ValueError(f"graph {graph.name!r} has no {split} item pairs; use --protocol=user.")
   return protocol
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from pinsage_tf import baselines
 from pinsage_tf import evaluation as ev
-from pinsage_tf.graph import CSR, HeldOut, ItemPairs, Split, build_graph
+from pinsage_tf.graph import CSR, HeldOut, ItemPairs, build_graph
 
 
 def _csr(rows):
@@ -69,8 +70,8 @@ def test_item_protocol_by_hand():
   assert result["counts"]["ties_at_positive"] == 1
   optimistic = ev.evaluate(graph, scorer, ev.EvalConfig(protocol="item", ks=(4,), ties="optimistic"))
   assert optimistic["metrics"]["hit_rate@4"] == pytest.approx(3 / 4)
-  # The validation split has the single pair (2, 1): from 2, item 1 (cos 10) ties
-  # with nothing and beats 0 (cos 20)... rank 1.
+  # The validation split has the single pair (2, 1): seen from 2 (20 deg),
+  # item 1 (cos 10) beats 5 (cos 25) and 0 (cos 20): rank 1.
   val = ev.evaluate(graph, scorer, ev.EvalConfig(protocol="item", split="validation", ks=(1,)))
   assert val["metrics"]["hit_rate@1"] == 1.0 and val["counts"]["pairs"] == 1
 
@@ -178,7 +179,15 @@ def test_max_queries_subsample_is_seeded():
 
 def test_protocol_resolution_and_config_errors():
   graph = hand_graph()
-  assert ev.resolve_protocol(graph, "auto", "test") == "user"
+  # Both pairs and held-out users: the item protocol unless the data preparer
+  # named another primary protocol.
+  assert ev.resolve_protocol(graph, "auto", "test") == "item"
+  user_first = dataclasses.replace(graph, metadata={"primary_protocol": "user (heldout ...)"})
+  assert ev.resolve_protocol(user_first, "auto", "test") == "user"
+  # Without held-out validation users, "auto" falls back to the validation pairs.
+  no_val_users = dataclasses.replace(
+      user_first, heldout=HeldOut(validation=_csr([[], [], []]), test=graph.heldout.test))
+  assert ev.resolve_protocol(no_val_users, "auto", "validation") == "item"
   no_heldout = build_graph(name="pairs_only", item_ids=["a", "b"], pivot_ids=["p"],
                            edge_items=np.array([0, 1]), edge_pivots=np.array([0, 0]),
                            pairs=ItemPairs(np.array([0], np.int32), np.array([1], np.int32),

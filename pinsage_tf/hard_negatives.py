@@ -7,12 +7,14 @@ ranking over billions of items. This module precomputes, for every query, a
 pool of P such candidates; the producer samples from the pool each epoch, and
 `num_hard_negatives_for_epoch` gives the paper's curriculum.
 
-PPR. Items move item -> pivot -> item (`P = D_item^-1 A D_pivot^-1 A^T`, both
-steps uniform) and restart at q with probability `alpha` before each step. The
-scores of a block of B queries are computed exactly (not sampled) by power
-iteration of `R <- alpha E + (1 - alpha) R P` from `R = alpha E`, with the two
-sparse products of P applied as `tf.raw_ops.SparseMatrixMatMul` (CSR; ~5x
-faster than `tf.sparse.sparse_dense_matmul` here, and multi-threaded).
+PPR. A walk from q moves item -> pivot -> item (`P = D_item^-1 A D_pivot^-1
+A^T`, both steps uniform) and stops with probability `alpha` before each step;
+the PPR score of item i is the probability that the walk stops at i,
+`alpha * sum_t (1 - alpha)^t e_q P^t`. The scores of a block of B queries are
+computed exactly (not sampled) by power iteration of
+`R <- alpha E + (1 - alpha) R P` from `R = alpha E`, with the two sparse
+products of P applied as `tf.raw_ops.SparseMatrixMatMul` (CSR; ~6x faster than
+`tf.sparse.sparse_dense_matmul` on Gowalla, see bench/bench_neighborhoods.py).
 After `num_iterations` iterations the missing probability mass is
 `(1 - alpha) ** (num_iterations + 1)` per query; items not reachable within
 that many item steps score 0.

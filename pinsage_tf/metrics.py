@@ -50,7 +50,7 @@ so the same code scores learned embeddings and every baseline.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -270,7 +270,3 @@ def user_metrics(top_items: np.ndarray, relevant: CSR,
   values = user_metric_values(hits, relevant.degrees(), ks)
   return {name: float(v.mean()) if v.size else 0.0 for name, v in values.items()}
 
-
-def mean_of(values: Mapping[str, np.ndarray]) -> dict[str, float]:
-  """Means of per-query metric arrays (0.0 for empty arrays)."""
-  return {name: float(np.mean(v)) if np.size(v) else 0.0 for name, v in values.items()}

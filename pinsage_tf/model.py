@@ -65,7 +65,7 @@ class EncoderConfig:
   num_items: int = 0
   use_id_embedding: bool | None = None
   use_log_degree: bool = True
-  log_degree_scale: float = 0.1
+  log_degree_scale: float = 1.0
   dense_projection_dim: int = 64
   sparse_embedding_dim: int = 32
   id_embedding_dim: int = 64

@@ -379,12 +379,12 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
     for i in range(done_in_epoch, steps_per_epoch):
       loss, norm = step_fn(next(iterator))
       loss_value, norm_value = float(loss.numpy()), float(norm.numpy())
+      step = int(optimizer.iterations.numpy())
       if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
         raise TrainingDivergedError(
-            f"loss={loss_value} grad_norm={norm_value} at step {step + 1} (epoch {epoch}); "
-            f"the update was not applied and the last good checkpoint "
+            f"loss={loss_value} grad_norm={norm_value} at step {step} (epoch {epoch}); "
+            f"training stopped without saving, the last good checkpoint "
             f"({manager.latest_checkpoint}) is kept. Lower --learning_rate or set --clip_norm.")
-      step = int(optimizer.iterations.numpy())
       window_examples += pc.batch_size
       if step % tc.log_every_steps == 0 or i + 1 == steps_per_epoch:
         elapsed = time.perf_counter() - window_start

@@ -317,18 +317,28 @@ class Servable:
 
 
 def read_meta_graph(path: str, tags: Sequence[str]) -> Any:
-  """The MetaGraphDef of `path/saved_model.pb` whose tag set equals `tags`."""
-  pb_path = os.path.join(path, "saved_model.pb")
-  if not os.path.exists(pb_path):
-    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                       f"SavedModel file does not exist at: {pb_path}")
+  """The MetaGraphDef in `path` (saved_model.pb or .pbtxt) whose tag set equals `tags`.
+
+  Raises:
+    ServingError: NOT_FOUND if there is no SavedModel file or no such tag set,
+      DATA_LOSS if the file does not parse.
+  """
   saved_model = saved_model_pb2.SavedModel()
+  pb_path = os.path.join(path, "saved_model.pb")
+  pbtxt_path = os.path.join(path, "saved_model.pbtxt")
   try:
-    with open(pb_path, "rb") as f:
-      saved_model.ParseFromString(f.read())
-  except protobuf_message.DecodeError as e:
+    if os.path.exists(pb_path):
+      with open(pb_path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    elif os.path.exists(pbtxt_path):
+      with open(pbtxt_path, encoding="utf-8") as f:
+        text_format.Parse(f.read(), saved_model)
+    else:
+      raise ServingError(grpc.StatusCode.NOT_FOUND,
+                         f"SavedModel file does not exist at: {pb_path}")
+  except (protobuf_message.DecodeError, text_format.ParseError, UnicodeDecodeError) as e:
     raise ServingError(grpc.StatusCode.DATA_LOSS,
-                       f"Can't parse {pb_path} as binary proto: {e}") from None
+                       f"Can't parse the SavedModel in {path}: {e}") from None
   wanted = set(tags)
   for meta_graph in saved_model.meta_graphs:
     if set(meta_graph.meta_info_def.tags) == wanted:

@@ -3,9 +3,10 @@
 Endpoints (paths matched case-insensitively with TF Serving's own regexes from
 model_servers/http_rest_api_util.cc):
 
-  GET  /v1/models/NAME[/versions/N | /labels/L]            -> GetModelStatusResponse JSON
-  GET  /v1/models/NAME[/versions/N | /labels/L]/metadata   -> {"model_spec", "metadata": {"signature_def"}}
-  POST /v1/models/NAME[/versions/N | /labels/L]:predict    -> {"predictions"} / {"outputs"}
+  GET  /v1/models/NAME[/versions/N | /labels/L]           -> GetModelStatusResponse
+  GET  /v1/models/NAME[/versions/N | /labels/L]/metadata  -> {"model_spec", "metadata":
+                                                              {"signature_def": {...}}}
+  POST /v1/models/NAME[/versions/N | /labels/L]:predict   -> {"predictions"} / {"outputs"}
 
 Errors are `{ "error": "<message>" }` with TF Serving's HTTP code for the
 status (400 INVALID_ARGUMENT / FAILED_PRECONDITION, 404 NOT_FOUND, 429
@@ -34,6 +35,7 @@ from typing import Any
 from absl import logging
 import grpc
 from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving import model_manager as model_manager_lib
 from serving import tensor_codec
@@ -130,7 +132,7 @@ class RestApi:
 
   def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
     response = self._manager.get_model_metadata(name, version, label)
-    signature_defs = model_manager_lib.get_model_metadata_pb2.SignatureDefMap()
+    signature_defs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signature_defs)
     # TF Serving prints the two parts separately and joins them (see
     # http_rest_api_util.cc ToJsonString), so the layout matches it.

@@ -1,11 +1,12 @@
 """End-to-end tests: `python -m serving.server` in a subprocess, stock clients.
 
 One server per module (started by the `server` fixture on free ports of
-127.0.0.1) serves three models from a model_config_file:
+127.0.0.1) serves four models from a model_config_file:
   lookup  (toy lookup model, score offset 0, label "stable" -> 1)
   float   (toy float model: serving_default, multi, bytes, slow)
   swap    (toy lookup model; starts at version 1 with offset 100, the hot-swap
-           test adds version 2 with offset 200 and a corrupt version 3)
+           test adds version 2 with offset 200, another test a corrupt version 9)
+  scann   (toy retrieval through tensorflow-recommenders' ScaNN layer)
 Clients are plain urllib / http.client and the unchanged
 `tensorflow_serving.apis` gRPC stubs. Results are compared with the same
 SavedModels loaded in-process. The SIGTERM test runs last and stops the server.
@@ -35,6 +36,7 @@ import pinsage_tf  # noqa: F401
 import tensorflow as tf
 
 from serving import client
+from serving import model_manager
 from serving import toy_models
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
@@ -74,12 +76,14 @@ def models(tmp_path_factory):
   toy_models.build_lookup_model(base / "lookup" / "1", 0.0)
   toy_models.build_float_model(base / "float" / "1")
   toy_models.build_lookup_model(base / "swap" / "1", _SWAP_OFFSETS[1])
+  toy_models.build_scann_model(base / "scann" / "1")
   (base / "models.config").write_text(f"""
 model_config_list {{
   config {{ name: "lookup" base_path: "{base / 'lookup'}" model_platform: "tensorflow"
            version_labels {{ key: "stable" value: 1 }} }}
   config {{ name: "float" base_path: "{base / 'float'}" model_platform: "tensorflow" }}
   config {{ name: "swap" base_path: "{base / 'swap'}" model_platform: "tensorflow" }}
+  config {{ name: "scann" base_path: "{base / 'scann'}" model_platform: "tensorflow" }}
 }}
 """)
   return base
@@ -152,12 +156,15 @@ _CASES = {
                                        "b": np.array([3, 4], np.int64)}),
     "float_bytes": ("float", "bytes",
                     {"data_bytes": np.array([b"\x00\xffbin", b"hi"], dtype=object)}),
+    # ScaNN custom ops: the server must `import scann` before loading.
+    "scann_default": ("scann", "", {"item_ids": np.array([b"item1", b"item7"], dtype=object)}),
 }
 
 
 @pytest.fixture(scope="module")
 def expected(models):
   """Outputs of each case computed by tf.saved_model.load in this process."""
+  model_manager.import_custom_ops()  # the ScaNN model needs its ops registered
   results = {}
   for case, (model, signature, inputs) in _CASES.items():
     loaded = tf.saved_model.load(str(models / model / "1"))
@@ -373,6 +380,16 @@ def test_grpc_bad_requests(server, request_, code, message):
   assert outputs["y"].tolist() == [6.5]  # 1 + 2 + 3 + 0.5
 
 
+def test_grpc_outputs_fill_typed_fields_like_tf_serving(server):
+  # Clients written for TF Serving often read .float_val / .string_val directly.
+  with grpc.insecure_channel(server.grpc) as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    response = stub.Predict(_request("lookup", _IDS), timeout=30)
+  assert list(response.outputs["scores"].float_val) == [2.0, 1.0]
+  assert response.outputs["ids"].string_val[0] == b"d"
+  assert [d.size for d in response.outputs["scores"].tensor_shape.dim] == [1, 2]
+
+
 def test_grpc_metadata_requires_signature_def_field(server):
   with grpc.insecure_channel(server.grpc) as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -479,21 +496,23 @@ def test_hot_swap_under_load_drops_nothing(server):
     assert versions == sorted(versions)
   statuses = {s["version"]: s["state"]
               for s in client.rest_status(server.rest, "swap")["model_version_status"]}
-  assert statuses == {"2": "AVAILABLE", "1": "END"}
+  assert (statuses["1"], statuses["2"]) == ("END", "AVAILABLE")
 
 
 def test_corrupt_version_is_reported_and_previous_keeps_serving(server):
+  _, spec = client.grpc_predict(server.grpc, "swap", _IDS)
+  serving_before = spec.version.value  # 1 or 2, whether or not the hot-swap test ran
   base = os.path.join(server.base, "swap")
-  tmp = os.path.join(base, ".tmp-3")
+  tmp = os.path.join(base, ".tmp-9")
   os.makedirs(tmp)
   with open(os.path.join(tmp, "saved_model.pb"), "wb") as f:
     f.write(b"\x0a\xff\xff this is not a SavedModel")
-  os.rename(tmp, os.path.join(base, "3"))
+  os.rename(tmp, os.path.join(base, "9"))
   deadline = time.monotonic() + 60
   status = {}
   while time.monotonic() < deadline:
     with contextlib.suppress(client.RestError):
-      status = client.rest_status(server.rest, "swap", version=3)["model_version_status"][0]
+      status = client.rest_status(server.rest, "swap", version=9)["model_version_status"][0]
       if status["state"] == "END":
         break
     time.sleep(0.2)
@@ -501,10 +520,12 @@ def test_corrupt_version_is_reported_and_previous_keeps_serving(server):
   assert status["status"]["error_code"] == "DATA_LOSS"
   assert "Can't parse" in status["status"]["error_message"]
   _, spec = client.grpc_predict(server.grpc, "swap", _IDS)
-  assert spec.version.value == 2
+  assert spec.version.value == serving_before
   prediction = client.rest_predict(server.rest, "swap", instances=["a"])
-  assert _swap_version_from_scores(prediction["predictions"][0]["scores"]) == 2
-  shutil.rmtree(os.path.join(base, "3"))
+  assert _swap_version_from_scores(prediction["predictions"][0]["scores"]) == serving_before
+  assert client.rest_status(server.rest, "swap", version=serving_before)[
+      "model_version_status"][0]["state"] == "AVAILABLE"
+  shutil.rmtree(os.path.join(base, "9"))
 
 
 # ---------------------------------------------------------------------------

@@ -657,9 +657,44 @@ def tensor_proto_to_array(alias: str, proto: Any) -> np.ndarray:
   return array
 
 
+# TF Serving answers with Tensor::AsProtoField: values in the typed repeated
+# field, not in tensor_content. Clients that read e.g. `.float_val` rely on it.
+_TYPED_FIELDS = {
+    types_pb2.DT_FLOAT: ("float_val", None),
+    types_pb2.DT_DOUBLE: ("double_val", None),
+    types_pb2.DT_INT32: ("int_val", None),
+    types_pb2.DT_INT16: ("int_val", None),
+    types_pb2.DT_INT8: ("int_val", None),
+    types_pb2.DT_UINT8: ("int_val", None),
+    types_pb2.DT_UINT16: ("int_val", None),
+    types_pb2.DT_INT64: ("int64_val", None),
+    types_pb2.DT_UINT32: ("uint32_val", None),
+    types_pb2.DT_UINT64: ("uint64_val", None),
+    types_pb2.DT_BOOL: ("bool_val", None),
+    types_pb2.DT_HALF: ("half_val", np.uint16),
+    types_pb2.DT_BFLOAT16: ("half_val", np.uint16),
+    types_pb2.DT_COMPLEX64: ("scomplex_val", np.float32),
+    types_pb2.DT_COMPLEX128: ("dcomplex_val", np.float64),
+}
+
+
 def array_to_tensor_proto(array: np.ndarray) -> Any:
-  """An output array as a TensorProto (tf.make_tensor_proto)."""
-  return tf.make_tensor_proto(array)
+  """An output array as a TensorProto laid out like TF Serving's responses.
+
+  Built with tf.make_tensor_proto; numeric values are then moved from
+  `tensor_content` into the typed field (`float_val`, `int64_val`, ...) as
+  TF Serving's Tensor::AsProtoField does. tf.make_ndarray reads either form.
+  """
+  proto = tf.make_tensor_proto(array)
+  typed = _TYPED_FIELDS.get(proto.dtype)
+  if typed is not None and proto.tensor_content:
+    field, view = typed
+    flat = tf.make_ndarray(proto).ravel()
+    if view is not None:
+      flat = flat.view(view)
+    proto.ClearField("tensor_content")
+    getattr(proto, field).extend(flat.tolist())
+  return proto
 
 
 # ---------------------------------------------------------------------------
@@ -706,9 +741,10 @@ def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray], *,
         f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
         f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
         f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
-  for alias in sorted(sent - expected):
+  unknown = sorted(sent - expected)
+  if unknown:
     raise invalid_argument(
-        f"input tensor alias not found in signature: {alias}. Inputs expected "
+        f"input tensor alias not found in signature: {unknown[0]}. Inputs expected "
         f"to be in the set {{{','.join(sorted(expected))}}}.")
   for alias in sorted(inputs):
     spec = signature.inputs[alias]

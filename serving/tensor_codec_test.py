@@ -88,14 +88,16 @@ def test_row_format_single_b64_instances():
     ({"instances": [1, 2]}, _STR_IDS, "Type: Number is not of expected type: string"),
     ({"instances": [[1, 2, 3], [1, 2]]}, _FLOAT_X, "Expecting tensor size: 3 but got: 2"),
     ({"instances": [[1, 2, 3], [[1], [2], [3]]]}, _FLOAT_X, "Expecting shape [3] but got: [3,1]"),
-    ({"instances": [[1, [2], 3]]}, _FLOAT_X, "Encountered list at unexpected level: 1 expected < 1"),
+    ({"instances": [[1, [2], 3]]}, _FLOAT_X,
+     "Encountered list at unexpected level: 1 expected < 1"),
     ({"instances": [[[1], 2, 3]]}, _FLOAT_X, "JSON Value: 2 found at incorrect level: 2"),
     ({"instances": [[16777217, 0, 0]]}, _FLOAT_X, "without loss of precision"),
     ({"instances": [{"a": [1, 2]}]}, _MULTI, "must only have keys: a,b"),
     ({"instances": [{"a": [1, 2], "b": 1, "c": 2}]}, _MULTI,
      "does not have named input: c"),
     ({"instances": [[1, 2]]}, _MULTI, "instances is a plain list, but expecting list of objects"),
-    ({"instances": [{"a": [1, 2], "b": 1}, [1]]}, _MULTI, "Expecting object but got list at item 1"),
+    ({"instances": [{"a": [1, 2], "b": 1}, [1]]}, _MULTI,
+     "Expecting object but got list at item 1"),
     ({"instances": [{"a": [1, 2], "b": 1.5}]}, _MULTI, "is not of expected type: int64"),
     ({"inputs": [[1, 2]]}, _MULTI, "inputs is a plain value/list, but expecting an object"),
     ({"inputs": {"a": [[1, 2]]}}, _MULTI, "Missing named input: b in 'inputs' object."),
@@ -190,6 +192,22 @@ def test_output_filter():
     tc.check_output_filter(_STR_IDS, ["z"])
   with pytest.raises(tc.ServingError, match="duplicate output tensor alias: ids"):
     tc.check_output_filter(_STR_IDS, ["ids", "ids"])
+
+
+@pytest.mark.parametrize("array, field", [
+    (np.array([[0.5, -1.0]], np.float32), "float_val"),
+    (np.array([1.25], np.float64), "double_val"),
+    (np.array([[1, 2, 3]], np.int32), "int_val"),
+    (np.array([7, -8], np.int64), "int64_val"),
+    (np.array([True, False]), "bool_val"),
+    (np.array([1.5, 2.0], np.float16), "half_val"),
+    (np.array([1 + 2j], np.complex64), "scomplex_val"),
+])
+def test_output_tensor_protos_use_typed_fields_like_tf_serving(array, field):
+  proto = tc.array_to_tensor_proto(array)
+  assert proto.tensor_content == b""
+  assert len(getattr(proto, field)) == array.size * (2 if array.dtype.kind == "c" else 1)
+  np.testing.assert_array_equal(tf.make_ndarray(proto), array)
 
 
 def test_tensor_proto_round_trip_and_parse_error():

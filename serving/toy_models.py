@@ -11,6 +11,14 @@ versions apart), top 2 per query. An id outside the vocabulary fails inside the
 graph with tf.debugging's InvalidArgumentError "unknown item id", like the
 PinSage exports.
 
+`build_scann_model(path)` is the same kind of retrieval served through a
+tensorflow-recommenders ScaNN layer (custom "Scann>..." ops, so it loads only
+after `import scann`):
+
+  serving_default: item_ids string [B] -> ids string [B, 5], scores float32 [B, 5]
+
+over items "item0".."item199" with seeded random 8-d embeddings.
+
 `build_float_model(path)`:
 
   serving_default: x float32 [B, 3] -> y float32 [B] = x . (1, 2, 3) + 0.5
@@ -114,4 +122,39 @@ def build_float_model(path: str | os.PathLike) -> str:
   tf.saved_model.save(model, os.fspath(path), signatures={
       "serving_default": model.linear, "multi": model.multi, "bytes": model.bytes_fn,
       "slow": model.slow})
+  return os.fspath(path)
+
+
+class _ScannModel(tf.Module):
+
+  def __init__(self, num_items: int, dim: int, seed: int):
+    super().__init__()
+    import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
+    ids = tf.constant([f"item{i}" for i in range(num_items)])
+    embeddings = np.random.default_rng(seed).normal(size=(num_items, dim)).astype(np.float32)
+    self._table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(ids, tf.range(num_items, dtype=tf.int64)),
+        default_value=-1)
+    self._embeddings = tf.Variable(embeddings, trainable=False)
+    self._scann = tfrs.layers.factorized_top_k.ScaNN(
+        k=5, num_leaves=4, num_leaves_to_search=2, num_reordering_candidates=20)
+    self._scann.index_from_dataset(
+        tf.data.Dataset.from_tensor_slices((ids, embeddings)).batch(64))
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
+  def top5(self, item_ids):
+    indices = self._table.lookup(item_ids)
+    with tf.control_dependencies([
+        tf.debugging.assert_non_negative(indices, message="unknown item id")]):
+      queries = tf.gather(self._embeddings, indices)  # [B, 8]
+    scores, ids = self._scann(queries)
+    return {"ids": ids, "scores": scores}
+
+
+def build_scann_model(path: str | os.PathLike, num_items: int = 200, dim: int = 8,
+                      seed: int = 0) -> str:
+  """Saves the ScaNN retrieval model at `path` (a version directory); returns the path."""
+  model = _ScannModel(num_items, dim, seed)
+  tf.saved_model.save(model, os.fspath(path), signatures={"serving_default": model.top5},
+                      options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
   return os.fspath(path)

@@ -43,6 +43,7 @@ from pinsage_tf import embeddings_io
 from pinsage_tf import evaluation
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import metrics
+from pinsage_tf import retrieval_exact
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "Graph directory (data.prepare output).")
 _EMBEDDINGS_DIR = flags.DEFINE_string(
@@ -53,7 +54,8 @@ _METHODS = flags.DEFINE_list(
     "methods", None, "Methods to evaluate: embedding names and/or "
     f"{','.join(baselines.BASELINES)}. Default: all embeddings + applicable baselines.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "auto", list(evaluation.PROTOCOLS),
-                              "item (PinSage pairs), user (NGCF/LightGCN) or auto.")
+                              "item (PinSage pairs), user (NGCF/LightGCN) or auto (the "
+                              "graph's metadata primary_protocol, else item when it has pairs).")
 _SPLIT = flags.DEFINE_enum("split", "test", list(evaluation.SPLITS), "Held-out split.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the results JSON here.")
 _DUMP_TOPK = flags.DEFINE_string("dump_topk", None, "Write per-query top-K raw ids (JSONL).")
@@ -73,10 +75,13 @@ _MAX_QUERIES = flags.DEFINE_integer("max_queries", None,
                                     "Evaluate a seeded subsample of pairs/users.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the subsample and of the pixie walks.")
 _SCANN = flags.DEFINE_bool("scann", False, "Also search embeddings through a ScaNN index.")
-_PIXIE_STEPS = flags.DEFINE_integer("pixie_steps", 10_000, "Pixie visits per query.")
-_PIXIE_RESTART = flags.DEFINE_float("pixie_restart_prob", 0.5, "Pixie restart probability.")
-_MAX_BLOCK_MB = flags.DEFINE_integer("max_block_mb", 64,
-                                     "Size bound (MiB, float32) of one [queries, items] score block.")
+_PIXIE_STEPS = flags.DEFINE_integer("pixie_steps", baselines.DEFAULT_PIXIE_STEPS,
+                                    "Pixie visits per query (or per user).")
+_PIXIE_RESTART = flags.DEFINE_float("pixie_restart_prob", baselines.DEFAULT_PIXIE_RESTART_PROB,
+                                    "Pixie restart probability.")
+_MAX_BLOCK_MB = flags.DEFINE_integer(
+    "max_block_mb", retrieval_exact.DEFAULT_MAX_BLOCK_ELEMENTS * 4 >> 20,
+    "Size bound (MiB, float32) of one [queries, items] score block.")
 
 
 def parse_embedding_specs(embeddings_dir: str | None, specs: Sequence[str]) -> dict[str, str]:
@@ -123,8 +128,8 @@ def run(
     output_json: str | None = None,
     dump_topk: str | None = None,
     use_scann: bool = False,
-    pixie_steps: int = 10_000,
-    pixie_restart_prob: float = 0.5,
+    pixie_steps: int = baselines.DEFAULT_PIXIE_STEPS,
+    pixie_restart_prob: float = baselines.DEFAULT_PIXIE_RESTART_PROB,
 ) -> dict[str, Any]:
   """Evaluates `methods` and returns (and optionally writes) the results dict."""
   started = time.perf_counter()
@@ -235,5 +240,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"wrote {_OUTPUT_JSON.value}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console-script entry point (`pinsage-evaluate`)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

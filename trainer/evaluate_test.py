@@ -96,7 +96,7 @@ def test_cli_end_to_end_item_protocol(workdir):
 
 
 def test_run_user_protocol_defaults(workdir):
-  config = evaluation.EvalConfig(protocol="auto", user_ks=(5, 20))
+  config = evaluation.EvalConfig(protocol="user", user_ks=(5, 20))
   result = evaluate.run(graph_dir=str(workdir / "graph"),
                         embeddings={"pinsage": str(workdir / "emb_a")}, methods=None,
                         config=config, output_json=str(workdir / "user.json"))

@@ -81,6 +81,8 @@ _QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 flags.mark_flags_as_required(["graph_dir", "model_dir"])
 
+_ID_EMBEDDING_VALUES = {"auto": None, "on": True, "off": False}
+
 
 def config_from_flags() -> training.ExperimentConfig:
   """The one place flags become an `ExperimentConfig`."""
@@ -91,10 +93,11 @@ def config_from_flags() -> training.ExperimentConfig:
 
   def pick(flag, current):
     """An explicitly given flag wins over the base config's value."""
-    return flag.value if (flag.present or not _CONFIG_JSON.value) else current
+    if flag.present or not _CONFIG_JSON.value:
+      return _ID_EMBEDDING_VALUES[flag.value] if flag is _ID_EMBEDDING else flag.value
+    return current
 
   nb, hn, pc, mc, tc = base.neighborhoods, base.hard_negatives, base.pipeline, base.model, base.train
-  id_embedding = {"auto": None, "on": True, "off": False}[_ID_EMBEDDING.value]
   num_layers = pick(_NUM_LAYERS, pc.num_layers)
   seed = pick(_SEED, pc.seed)
   clip = pick(_CLIP_NORM, tc.clip_norm)
@@ -115,8 +118,7 @@ def config_from_flags() -> training.ExperimentConfig:
           embedding_dim=pick(_EMBEDDING_DIM, mc.embedding_dim), num_layers=num_layers,
           pooling=pick(_POOLING, mc.pooling), dropout_rate=pick(_DROPOUT, mc.dropout_rate),
           encoder=dataclasses.replace(
-              mc.encoder, use_id_embedding=pick(_ID_EMBEDDING, None) and id_embedding
-              if _ID_EMBEDDING.present or not _CONFIG_JSON.value else mc.encoder.use_id_embedding)),
+              mc.encoder, use_id_embedding=pick(_ID_EMBEDDING, mc.encoder.use_id_embedding))),
       train=dataclasses.replace(
           tc, epochs=pick(_EPOCHS, tc.epochs),
           steps_per_epoch=pick(_STEPS_PER_EPOCH, tc.steps_per_epoch),
@@ -145,6 +147,10 @@ def main(argv):
   except training.TrainingDivergedError as e:
     print(f"error: training diverged: {e}", file=sys.stderr)
     sys.exit(3)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    # Bad inputs or configuration (GraphFormatError is a ValueError): one line.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   summary = {
       "steps": result.steps,
       "epochs": result.epochs,

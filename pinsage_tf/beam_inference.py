@@ -1,0 +1,501 @@
+r"""Layer-wise embedding inference as an Apache Beam pipeline (MapReduce style).
+
+The paper (Ying et al., KDD'18, section 3.3) embeds billions of items with a
+MapReduce job that never recomputes a node: layer 1 for ALL items from their
+neighbors' input representations, then layer 2 from the layer-1 results, ...,
+then the dense head. `pinsage_tf.inference` does this in one process; this
+module runs the same computation as a Beam pipeline, so it runs on the
+DirectRunner here and on Flink, Spark or Dataflow with standard pipeline
+options.
+
+Pipeline (K = `num_layers`, T = neighbors per item, d = hidden width):
+
+    item ranges [start, stop)  (beam.Create + Reshuffle: one read task each)
+      -> Read: features of the range (graph arrays, memory-mapped) and its rows
+         of the cached neighborhood table; the encoder gives h^0 and conv 0's
+         neighbor transform t^0 = ReLU(Q h^0 + q), and every valid slot
+         (u, s, v, alpha) becomes a message keyed by the NEIGHBOR:
+             H0  = (u, h^0_u)                     one per item
+             T0  = (u, t^0_u)                     one per item
+             MSG = (v, (u, s, alpha_us))          one per valid slot (weight > 0)
+      -> for k = 0 .. K-1 (layer k+1):
+           Send:    CoGroupByKey({t: T_k, m: MSG}) by neighbor v, then each
+                    message (u, s, alpha) gets t^k_v:  (u, (s, alpha, t^k_v))
+           Regroup: CoGroupByKey({h: H_k, n: sent}) by item u
+                    -> (u, h^k_u, [(s, alpha, t^k_v), ...])
+           Reduce:  beam.BatchElements, then one model call per batch:
+                    conv_k.combine(h^k, conv_k.pool([U, T, d'] slots, [U, T]))
+                    = h^{k+1}; for k+1 < K also t^{k+1} = conv_{k+1}'s neighbor
+                    transform (H_{k+1}, T_{k+1}); for k+1 = K the head instead
+                    (the final, L2-normalised embeddings)
+      -> Write: keyed by item // output_shard_size, GroupByKey, one
+         `part-<start>-<stop>.npy` float32 `[stop - start, E]` per shard,
+         written to a temporary name and renamed (idempotent under retries).
+
+The driver then assembles the shards into the `[N, E]` array
+(`assemble_shards`, which can fill a memory map for large N), checking that
+the shards tile `[0, N)` exactly.
+
+Contract: `run_layerwise(config)` returns float32 `[N, E]` equal, within float
+round-off (1e-5), to `inference.layerwise_embeddings(model, tables)` for the
+same weights, graph and neighborhood table: the same layer functions
+(`encode_inputs`, `PinSageConv.transform_neighbors` / `pool` / `combine`,
+`head`) run on the same inputs. Padding slots (id -1 or weight 0) send no
+message and are zero-filled in the reducer; they never contribute to any
+pooling, exactly as in `PinSageConv.pool`. An isolated item receives no
+message and pools to 0, as in the local runner. Each node is transformed
+once per layer (on the sending side), as in the local runner and the paper.
+
+Scaling notes:
+* Vectors travel as raw float32 bytes (no pickling), keys are item ints.
+* Workers never receive a pickled Keras model: each DoFn rebuilds the model
+  from the weights directory (`model.load_model`) in `DoFn.setup`, and reads
+  the graph and neighborhood table memory-mapped, touching only its range.
+  `graph_dir` and `weights_dir` must therefore be readable by the workers at
+  the same paths (a shared filesystem; the weights may be on any
+  `tf.io.gfile` filesystem, the graph arrays must be local/mounted files).
+  Workers check the graph's fingerprint against the one the driver saw.
+* Per-layer shuffle volume is about N * T * 4 * d' bytes (each message
+  carries one transformed neighbor vector); a very popular neighbor is a hot
+  key whose messages are iterated lazily, never materialised as a list.
+* Output shards go to `output_dir` (kept) or to a temporary directory under
+  `--temp_location` (or the local temp dir), deleted after assembly; any
+  Beam filesystem (local, gs://, ...) works for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import re
+import tempfile
+import uuid
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import minibatch
+from pinsage_tf import model as model_lib
+from pinsage_tf import neighborhoods as nb_lib
+
+# pinsage_tf (above) must be imported before TensorFlow; Beam may import it.
+import apache_beam as beam  # pylint: disable=g-bad-import-order
+from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-bad-import-order
+from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-bad-import-order
+from apache_beam.options import pipeline_options  # pylint: disable=g-bad-import-order
+import tensorflow as tf  # pylint: disable=g-bad-import-order
+
+SHARD_PATTERN = "part-*.npy"
+_SHARD_RE = re.compile(r"part-(\d+)-(\d+)\.npy$")
+_TRANSFORMED = "transformed"
+_MESSAGES = "messages"
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamInferenceConfig:
+  """What to embed and how to split the work.
+
+  Attributes:
+    graph_dir: the graph directory (`data.prepare` output); its cached
+      neighborhood table for `neighborhoods` must exist.
+    weights_dir: a `model.save_model` directory (`<model_dir>/model`).
+    neighborhoods: the config of the cached table training used
+      (`ExperimentConfig.neighborhoods`).
+    max_sparse_length: sparse id lists are truncated to this many ids
+      (`ExperimentConfig.pipeline.max_sparse_length`).
+    read_shard_size: items per read task (one element of the initial Create).
+    batch_size: maximum items per model call in the encoder and reducers.
+    output_shard_size: rows per output `.npy` shard.
+    verify_checksums: the driver checks the SHA-256 of every graph and table
+      file once before launching (workers only check the graph fingerprint).
+  """
+
+  graph_dir: str
+  weights_dir: str
+  neighborhoods: nb_lib.NeighborhoodConfig = dataclasses.field(
+      default_factory=nb_lib.NeighborhoodConfig)
+  max_sparse_length: int = 32
+  read_shard_size: int = 4096
+  batch_size: int = 256
+  output_shard_size: int = 65536
+  verify_checksums: bool = True
+
+  def __post_init__(self):
+    for name in ("max_sparse_length", "read_shard_size", "batch_size", "output_shard_size"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"BeamInferenceConfig.{name} must be a positive int, got {value!r}.")
+    if not self.graph_dir or not self.weights_dir:
+      raise ValueError("BeamInferenceConfig needs graph_dir and weights_dir (paths).")
+
+
+@dataclasses.dataclass(frozen=True)
+class _JobInfo:
+  """Facts the driver checked once and the workers rely on."""
+
+  num_items: int
+  embedding_dim: int
+  num_layers: int
+  fingerprint: str
+
+
+def inspect_inputs(config: BeamInferenceConfig) -> _JobInfo:
+  """Checks the inputs on the driver before anything is launched.
+
+  Raises:
+    graph.GraphFormatError / FileNotFoundError / ValueError: naming the
+      missing or inconsistent file (graph, neighborhood table, model).
+  """
+  manifest = graph_lib.read_manifest(config.graph_dir)
+  num_items = int(manifest["counts"]["items"])
+  if config.verify_checksums:
+    graph_lib.load_graph(config.graph_dir, mmap=True, verify=True)
+  nb = nb_lib.load_neighborhoods(config.graph_dir, config.neighborhoods, mmap=True,
+                                 verify=config.verify_checksums)
+  del nb
+  model_config = model_lib.load_config(config.weights_dir)
+  if model_config.encoder.num_items not in (0, num_items):
+    raise ValueError(f"{config.weights_dir}: the model was built for "
+                     f"{model_config.encoder.num_items} items but {config.graph_dir} has "
+                     f"{num_items}.")
+  prefix = f"{config.weights_dir.rstrip('/')}/{model_lib.CHECKPOINT_PREFIX}"
+  if not tf.io.gfile.exists(prefix + ".index"):
+    raise FileNotFoundError(f"{prefix}.index: no weights checkpoint; was {config.weights_dir} "
+                            "written by model.save_model?")
+  return _JobInfo(num_items=num_items, embedding_dim=model_config.embedding_dim,
+                  num_layers=model_config.num_layers,
+                  fingerprint=graph_lib.graph_fingerprint(config.graph_dir))
+
+
+def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
+  """`[(start, stop), ...]` tiling `[0, num_items)` in blocks of `shard_size`."""
+  return [(start, min(start + shard_size, num_items))
+          for start in range(0, num_items, shard_size)]
+
+
+def shard_path(directory: str, start: int, stop: int) -> str:
+  """Path of the output shard holding rows `[start, stop)`."""
+  return FileSystems.join(directory, f"part-{start:012d}-{stop:012d}.npy")
+
+
+def _to_bytes(vector: np.ndarray) -> bytes:
+  return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def _from_bytes(data: bytes) -> np.ndarray:
+  return np.frombuffer(data, dtype="<f4")
+
+
+class _LayerFunctions:
+  """The model's pieces as `tf.function`s with fixed signatures (no retracing)."""
+
+  def __init__(self, weights_dir: str, num_neighbors: int):
+    model = model_lib.load_model(weights_dir)
+    self.model = model
+    cfg = model.config
+    hidden = cfg.hidden_dim
+    self.encode = tf.function(
+        lambda inputs: model.encode_inputs(inputs, training=False),
+        input_signature=[model_lib.node_inputs_spec(cfg.encoder)])
+    self.transform, self.convolve = [], []
+    for conv in model.convs:
+      self.transform.append(tf.function(
+          lambda h, conv=conv: conv.transform_neighbors(h, training=False),
+          input_signature=[tf.TensorSpec([None, hidden], tf.float32)]))
+      self.convolve.append(tf.function(
+          lambda self_h, t, w, conv=conv: conv.combine(self_h, conv.pool(t, w), training=False),
+          input_signature=[tf.TensorSpec([None, hidden], tf.float32),
+                           tf.TensorSpec([None, num_neighbors, conv.neighbor_units], tf.float32),
+                           tf.TensorSpec([None, num_neighbors], tf.float32)]))
+    self.head = tf.function(lambda h: model.head(h),
+                            input_signature=[tf.TensorSpec([None, hidden], tf.float32)])
+    self.neighbor_units = [conv.neighbor_units for conv in model.convs]
+
+
+class _ReadFn(beam.DoFn):
+  """Item range -> (u, h^0_u), tagged (u, t^0_u) and neighbor-keyed messages."""
+
+  def __init__(self, config: BeamInferenceConfig, fingerprint: str):
+    super().__init__()
+    self._config = config
+    self._fingerprint = fingerprint
+
+  def setup(self):
+    cfg = self._config
+    fingerprint = graph_lib.graph_fingerprint(cfg.graph_dir)
+    if fingerprint != self._fingerprint:
+      raise ValueError(f"{cfg.graph_dir}: the graph changed since the pipeline was launched "
+                       f"(fingerprint {fingerprint[:12]} != {self._fingerprint[:12]}).")
+    self._graph = graph_lib.load_graph(cfg.graph_dir, mmap=True, verify=False)
+    self._nb = nb_lib.load_neighborhoods(cfg.graph_dir, cfg.neighborhoods, mmap=True,
+                                         verify=False)
+    # The padded width SamplingTables.build uses (the encoder's bag means do
+    # not depend on it; kept identical anyway).
+    self._sparse_width = [
+        max(1, min(cfg.max_sparse_length, int(s.values.degrees().max(initial=0))))
+        for s in self._graph.features.sparse]
+    self._fns = _LayerFunctions(cfg.weights_dir, cfg.neighborhoods.num_neighbors)
+
+  def _inputs(self, start: int, stop: int) -> minibatch.NodeInputs:
+    features = self._graph.features
+    sparse = []
+    for feature, width in zip(features.sparse, self._sparse_width):
+      indptr = np.asarray(feature.values.indptr[start:stop + 1])
+      rows = graph_lib.CSR(indptr - indptr[0],
+                           np.asarray(feature.values.indices[indptr[0]:indptr[-1]]))
+      sparse.append(tf.constant(rows.to_padded(width)))
+    return minibatch.NodeInputs(
+        item=tf.range(start, stop, dtype=tf.int32),
+        dense=tf.constant(np.asarray(features.dense[start:stop], np.float32)),
+        log_degree=tf.constant(np.asarray(features.log_degree[start:stop], np.float32)),
+        sparse=tuple(sparse))
+
+  def process(self, item_range: tuple[int, int]) -> Iterator[Any]:
+    start, stop = item_range
+    for a in range(start, stop, self._config.batch_size):
+      b = min(a + self._config.batch_size, stop)
+      h0 = self._fns.encode(self._inputs(a, b))
+      t0 = self._fns.transform[0](h0).numpy()
+      h0 = h0.numpy()
+      for i in range(b - a):
+        yield a + i, _to_bytes(h0[i])
+        yield beam.pvalue.TaggedOutput(_TRANSFORMED, (a + i, _to_bytes(t0[i])))
+      ids = np.asarray(self._nb.ids[a:b])
+      weights = np.asarray(self._nb.weights[a:b])
+      # Padding (id -1) and zero-weight slots never contribute to pooling.
+      rows, slots = np.nonzero((ids >= 0) & (weights > 0))
+      for r, s in zip(rows.tolist(), slots.tolist()):
+        yield beam.pvalue.TaggedOutput(
+            _MESSAGES, (int(ids[r, s]), (a + r, s, float(weights[r, s]))))
+
+
+def _send(element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[int, Any]]:
+  """Neighbor v with its t^k_v and messages -> (u, (slot, alpha, t^k_v)) per message."""
+  neighbor, groups = element
+  vectors = list(groups[_TRANSFORMED])
+  messages = groups[_MESSAGES]
+  if len(vectors) != 1:
+    for _ in messages:
+      raise ValueError(f"neighbor {neighbor} has {len(vectors)} transformed vectors (expected "
+                       "1); is the neighborhood table for another graph?")
+    return
+  vector = vectors[0]
+  for item, slot, weight in messages:
+    yield item, (slot, weight, vector)
+
+
+class _ConvolveFn(beam.DoFn):
+  """A batch of (u, {h: [h^k_u], n: [(slot, alpha, t^k_v)...]}) -> layer k+1.
+
+  Emits (u, h^{k+1}_u) and tagged (u, t^{k+1}_u) for a middle layer, or
+  (u, z_u) with the head applied after the last layer.
+  """
+
+  def __init__(self, config: BeamInferenceConfig, layer: int, last: bool):
+    super().__init__()
+    self._config = config
+    self._layer = layer
+    self._last = last
+
+  def setup(self):
+    self._fns = _LayerFunctions(self._config.weights_dir,
+                                self._config.neighborhoods.num_neighbors)
+
+  def process(self, batch: Sequence[tuple[int, dict[str, Iterable[Any]]]]) -> Iterator[Any]:
+    k, fns = self._layer, self._fns
+    t_width = self._config.neighborhoods.num_neighbors
+    hidden = fns.model.config.hidden_dim
+    u = len(batch)
+    items = [0] * u
+    self_h = np.empty((u, hidden), np.float32)
+    transformed = np.zeros((u, t_width, fns.neighbor_units[k]), np.float32)
+    weights = np.zeros((u, t_width), np.float32)
+    for i, (item, groups) in enumerate(batch):
+      hs = list(groups["h"])
+      if len(hs) != 1:
+        raise ValueError(f"item {item}: {len(hs)} layer-{k} vectors (expected 1).")
+      items[i] = item
+      self_h[i] = _from_bytes(hs[0])
+      for slot, weight, vector in groups["n"]:
+        transformed[i, slot] = _from_bytes(vector)
+        weights[i, slot] = weight
+    h = fns.convolve[k](self_h, transformed, weights)
+    if self._last:
+      z = fns.head(h).numpy()
+      for i, item in enumerate(items):
+        yield item, _to_bytes(z[i])
+      return
+    t_next = fns.transform[k + 1](h).numpy()
+    h = h.numpy()
+    for i, item in enumerate(items):
+      yield item, _to_bytes(h[i])
+      yield beam.pvalue.TaggedOutput(_TRANSFORMED, (item, _to_bytes(t_next[i])))
+
+
+class _WriteShardFn(beam.DoFn):
+  """(shard index, [(u, z_u)...]) -> one complete `part-<start>-<stop>.npy`."""
+
+  def __init__(self, output_dir: str, num_items: int, shard_size: int, dim: int):
+    super().__init__()
+    self._output_dir = output_dir
+    self._num_items = num_items
+    self._shard_size = shard_size
+    self._dim = dim
+
+  def process(self, element: tuple[int, Iterable[tuple[int, bytes]]]) -> Iterator[str]:
+    shard, rows = element
+    start = shard * self._shard_size
+    stop = min(start + self._shard_size, self._num_items)
+    out = np.empty((stop - start, self._dim), np.float32)
+    seen = np.zeros(stop - start, bool)
+    for item, data in rows:
+      r = item - start
+      if seen[r]:
+        raise ValueError(f"item {item} was embedded twice.")
+      seen[r] = True
+      out[r] = _from_bytes(data)
+    if not seen.all():
+      missing = np.flatnonzero(~seen)
+      raise ValueError(f"shard [{start}, {stop}): {missing.size} items missing "
+                       f"(first: {start + int(missing[0])}).")
+    buffer = io.BytesIO()
+    np.save(buffer, out, allow_pickle=False)
+    path = shard_path(self._output_dir, start, stop)
+    tmp = FileSystems.join(self._output_dir, f".tmp-{uuid.uuid4().hex}-{start:012d}.npy")
+    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      f.write(buffer.getvalue())
+    # A retried bundle rewrites the same complete shard: the rename is idempotent.
+    FileSystems.rename([tmp], [path])
+    yield path
+
+
+def _build(root, config: BeamInferenceConfig, info: _JobInfo, output_dir: str):
+  min_batch = min(32, config.batch_size)
+  read = (
+      root
+      | "ItemRanges" >> beam.Create(shard_ranges(info.num_items, config.read_shard_size))
+      | "DistributeRanges" >> beam.Reshuffle()
+      | "ReadEncode" >> beam.ParDo(_ReadFn(config, info.fingerprint)).with_outputs(
+          _TRANSFORMED, _MESSAGES, main="h"))
+  h, transformed, messages = read.h, read[_TRANSFORMED], read[_MESSAGES]
+  for k in range(info.num_layers):
+    last = k == info.num_layers - 1
+    name = f"Layer{k + 1}"
+    sent = (
+        {_TRANSFORMED: transformed, _MESSAGES: messages}
+        | f"{name}/JoinByNeighbor" >> beam.CoGroupByKey()
+        | f"{name}/Send" >> beam.FlatMap(_send))
+    reduced = (
+        {"h": h, "n": sent}
+        | f"{name}/RegroupByItem" >> beam.CoGroupByKey()
+        | f"{name}/Batch" >> beam.BatchElements(min_batch_size=min_batch,
+                                                max_batch_size=config.batch_size)
+        | f"{name}/Convolve" >> beam.ParDo(_ConvolveFn(config, k, last)).with_outputs(
+            _TRANSFORMED, main="h"))
+    h, transformed = reduced.h, reduced[_TRANSFORMED]
+  shard_size = config.output_shard_size
+  return (
+      h
+      | "KeyByShard" >> beam.Map(lambda kv: (kv[0] // shard_size, kv))
+      | "GroupShards" >> beam.GroupByKey()
+      | "WriteShards" >> beam.ParDo(
+          _WriteShardFn(output_dir, info.num_items, shard_size, info.embedding_dim)))
+
+
+def build_pipeline(root, config: BeamInferenceConfig, output_dir: str):
+  """Adds the layer-wise inference transforms to `root` (a `beam.Pipeline`).
+
+  Checks the inputs on the driver first (`inspect_inputs`).
+
+  Returns:
+    The PCollection of written shard paths (`part-<start>-<stop>.npy`,
+    float32 `[stop - start, E]`, under `output_dir`).
+  """
+  return _build(root, config, inspect_inputs(config), output_dir)
+
+
+def assemble_shards(shard_dir: str, num_items: int, dim: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
+  """Reads the shards under `shard_dir` into float32 `[num_items, dim]`.
+
+  Args:
+    shard_dir: the pipeline's output directory (any Beam filesystem).
+    num_items, dim: the expected shape.
+    out: optional preallocated `[num_items, dim]` array (e.g. an
+      `np.lib.format.open_memmap`) to fill instead of allocating.
+
+  Raises:
+    ValueError: the shards do not tile `[0, num_items)` exactly, or a shard
+      has the wrong shape or dtype (naming it).
+  """
+  pattern = FileSystems.join(shard_dir, SHARD_PATTERN)
+  found = []
+  for metadata in FileSystems.match([pattern])[0].metadata_list:
+    m = _SHARD_RE.search(metadata.path)
+    if m:
+      found.append((int(m.group(1)), int(m.group(2)), metadata.path))
+  found.sort()
+  position = 0
+  for start, stop, path in found:
+    if start != position or stop <= start:
+      raise ValueError(f"{path}: shards do not tile [0, {num_items}) (expected a shard "
+                       f"starting at {position}).")
+    position = stop
+  if position != num_items:
+    raise ValueError(f"{shard_dir}: shards cover [0, {position}) but the graph has "
+                     f"{num_items} items.")
+  if out is None:
+    out = np.empty((num_items, dim), np.float32)
+  if out.shape != (num_items, dim):
+    raise ValueError(f"out has shape {out.shape}, expected {(num_items, dim)}.")
+  for start, stop, path in found:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      array = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    if array.shape != (stop - start, dim) or array.dtype != np.float32:
+      raise ValueError(f"{path}: shape/dtype {array.shape} {array.dtype}, expected "
+                       f"{(stop - start, dim)} float32.")
+    out[start:stop] = array
+  return out
+
+
+def run_layerwise(config: BeamInferenceConfig, *, pipeline_args: Sequence[str] = (),
+                  output_dir: str | None = None) -> np.ndarray:
+  """Runs the pipeline and returns the embeddings float32 `[N, E]`.
+
+  Args:
+    config: inputs and work split.
+    pipeline_args: Beam pipeline options, e.g. `["--direct_num_workers=2",
+      "--direct_running_mode=multi_processing"]` or `["--runner=FlinkRunner",
+      ...]`; empty = DirectRunner in one process.
+    output_dir: where to write (and keep) the shards; must not hold shards
+      already. None = a temporary directory under `--temp_location` (or the
+      local temp dir), deleted after assembly.
+
+  Raises:
+    FileNotFoundError / ValueError: bad inputs, found before launching.
+    FileExistsError: `output_dir` already holds shards.
+  """
+  info = inspect_inputs(config)
+  options = pipeline_options.PipelineOptions(list(pipeline_args))
+  keep = output_dir is not None
+  if output_dir is None:
+    base = options.view_as(pipeline_options.GoogleCloudOptions).temp_location
+    output_dir = FileSystems.join(base or tempfile.gettempdir(),
+                                  f"pinsage-beam-inference-{uuid.uuid4().hex}")
+  elif FileSystems.match([FileSystems.join(output_dir, SHARD_PATTERN)])[0].metadata_list:
+    raise FileExistsError(f"{output_dir} already holds embedding shards; pass an empty "
+                          "directory.")
+  if not FileSystems.exists(output_dir):
+    FileSystems.mkdirs(output_dir)
+  try:
+    with beam.Pipeline(options=options) as pipeline:
+      _build(pipeline, config, info, output_dir)
+    return assemble_shards(output_dir, info.num_items, info.embedding_dim)
+  finally:
+    if not keep:
+      try:
+        FileSystems.delete([output_dir])
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("could not delete the temporary shards in %s: %s", output_dir, e)

@@ -1,0 +1,210 @@
+"""Tests of the training task and loop (pinsage_tf.training)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+import pinsage_tf  # noqa: F401
+import tensorflow as tf
+
+from data import synthetic
+from pinsage_tf import baselines
+from pinsage_tf import distribute
+from pinsage_tf import evaluation
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import inference
+from pinsage_tf import losses
+from pinsage_tf import model as model_lib
+from pinsage_tf import neighborhoods as nb_lib
+from pinsage_tf import pipeline
+from pinsage_tf import training
+
+
+def _small_config(**train_overrides) -> training.ExperimentConfig:
+  train = dict(epochs=1, steps_per_epoch=5, learning_rate=3e-3, warmup_steps=2,
+               checkpoint_every_steps=2, validation_queries=200, log_every_steps=1)
+  train.update(train_overrides)
+  return training.ExperimentConfig(
+      neighborhoods=nb_lib.NeighborhoodConfig(num_neighbors=5, num_walks=20),
+      pipeline=pipeline.PipelineConfig(batch_size=32, num_negatives=32, max_hard_negatives=1),
+      model=model_lib.PinSageConfig(hidden_dim=32, embedding_dim=16),
+      train=training.TrainConfig(**train))
+
+
+@pytest.fixture(scope="module")
+def small_graph_dir(tmp_path_factory):
+  graph = synthetic.generate(synthetic.SyntheticConfig(
+      num_items=400, num_boards=120, num_communities=8, num_pairs=3000, seed=1))
+  path = str(tmp_path_factory.mktemp("graph") / "g")
+  graph_lib.save_graph(graph, path)
+  return path
+
+
+def test_config_json_round_trip():
+  config = _small_config()
+  again = training.ExperimentConfig.from_dict(config.to_dict())
+  assert again == config
+  with pytest.raises(ValueError, match="unknown keys"):
+    training.ExperimentConfig.from_dict({"typo": 1})
+  with pytest.raises(ValueError, match="num_layers"):
+    training.ExperimentConfig(model=model_lib.PinSageConfig(num_layers=3))
+
+
+def test_train_checkpoints_and_resumes(small_graph_dir, tmp_path):
+  strategy = distribute.get_strategy("one_device")
+  model_dir = str(tmp_path / "m")
+  result = training.train(small_graph_dir, model_dir, _small_config(), strategy, verbose=False)
+  assert result.steps == 5
+  assert 0.0 <= result.validation_hit_rate[1] <= 1.0
+  assert os.path.isfile(os.path.join(model_dir, training.EXPERIMENT_FILE))
+  saved = training.ExperimentConfig.load(model_dir)
+  assert saved.model.encoder.num_items == 400  # schema filled from the graph
+  ckpt = tf.train.latest_checkpoint(os.path.join(model_dir, training.CHECKPOINT_DIR))
+  assert ckpt.endswith("ckpt-5")
+  model = model_lib.load_model(os.path.join(model_dir, training.MODEL_DIR))
+  assert model.config.hidden_dim == 32
+  # A second epoch resumes at step 5 (epoch 2, one hard negative) and ends at 10.
+  more = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=2))
+  result2 = training.train(small_graph_dir, model_dir, more, strategy, verbose=False)
+  assert result2.steps == 10
+  assert sorted(result2.validation_hit_rate) == [2]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_graph_dir, tmp_path,
+                                                              monkeypatch):
+  real = losses.max_margin_loss
+  calls = {"n": 0}
+
+  def poisoned(*args, **kwargs):
+    # Traced once: the variable turns the loss into Inf after 3 good steps
+    # (tf.where would leak NaN gradients from the unselected branch).
+    return real(*args, **kwargs) / (1.0 - poison)
+
+  poison = tf.Variable(0.0)
+  monkeypatch.setattr(losses, "max_margin_loss", poisoned)
+  model_dir = str(tmp_path / "m")
+  strategy = distribute.get_strategy("one_device")
+  original_build = training.build_train_step
+
+  def build(*args, **kwargs):
+    step = original_build(*args, **kwargs)
+
+    def wrapped(batch):
+      calls["n"] += 1
+      if calls["n"] == 4:
+        poison.assign(1.0)
+      return step(batch)
+
+    return wrapped
+
+  monkeypatch.setattr(training, "build_train_step", build)
+  with pytest.raises(training.TrainingDivergedError, match="step 4"):
+    training.train(small_graph_dir, model_dir, _small_config(steps_per_epoch=6), strategy,
+                   verbose=False)
+  ckpt = tf.train.latest_checkpoint(os.path.join(model_dir, training.CHECKPOINT_DIR))
+  assert ckpt.endswith("ckpt-2"), ckpt  # checkpoints every 2 steps: the last good one
+  reader = tf.train.load_checkpoint(ckpt)
+  for name in reader.get_variable_to_shape_map():
+    if name.startswith("model/"):
+      value = reader.get_tensor(name)
+      if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        assert np.all(np.isfinite(value)), name
+
+
+def _replica_batches(small_graph_dir):
+  graph = graph_lib.load_graph(small_graph_dir)
+  nb = nb_lib.compute_neighborhoods(graph, nb_lib.NeighborhoodConfig(num_neighbors=5,
+                                                                      num_walks=10))
+  tables = pipeline.SamplingTables.build(graph, nb.ids, nb.weights)
+  cfg = pipeline.PipelineConfig(batch_size=16, num_negatives=8)
+  builder = pipeline.MinibatchBuilder(tables, cfg, 8)
+  q, p = graph.pairs.of(graph_lib.Split.TRAIN)
+  halves = [builder(tf.constant([7, i], tf.int64), tf.constant(q[8 * i:8 * i + 8]),
+                    tf.constant(p[8 * i:8 * i + 8])) for i in range(2)]
+  return graph, cfg, halves
+
+
+def test_two_replicas_match_one_replica_with_the_same_global_batch(small_graph_dir):
+  """2 replicas x 8 pairs == 1 replica on both half-batches (global batch 16).
+
+  On one replica the same two half-batches are applied as one step by summing
+  their gradients (each loss divided by the global batch 16); on two replicas
+  each replica gets one half and the step all-reduces. Same initial weights.
+  """
+  graph, cfg, halves = _replica_batches(small_graph_dir)
+  config = dataclasses.replace(
+      _small_config(learning_rate=1e-2, warmup_steps=0, clip_norm=None),
+      pipeline=cfg, model=model_lib.PinSageConfig(
+          hidden_dim=16, embedding_dim=8, encoder=model_lib.EncoderConfig.from_graph(graph)))
+
+  def make(strategy):
+    with strategy.scope():
+      tf.keras.utils.set_random_seed(3)
+      model = model_lib.PinSageModel(config.model)
+      model_lib.build_variables(model)
+      optimizer = tf.keras.optimizers.SGD(1e-1)
+      optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+  devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+  two = tf.distribute.MirroredStrategy(devices)
+  assert two.num_replicas_in_sync == 2
+  model2, opt2 = make(two)
+  step2 = training.build_train_step(model2, opt2, two, config)
+  dist = two.experimental_distribute_values_from_function(
+      lambda ctx: halves[ctx.replica_id_in_sync_group])
+  loss2, _ = step2(dist)
+
+  one = tf.distribute.OneDeviceStrategy(devices[0])
+  model1, opt1 = make(one)
+  # model1 starts from the same seeded initial weights model2 had before its step.
+  total_loss = 0.0
+  grads_sum = None
+  for half in halves:
+    with tf.GradientTape() as tape:
+      z = model1(half, training=True)
+      per = losses.max_margin_loss(
+          tf.gather(z, half.query), tf.gather(z, half.positive), tf.gather(z, half.negative),
+          tf.gather(z, half.hard_negative), half.hard_mask,
+          losses.shared_negative_mask(half.query, half.positive, half.negative),
+          margin=config.train.margin)
+      loss = tf.reduce_sum(per) / 16.0
+    grads = tape.gradient(loss, model1.trainable_variables)
+    grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+             for g, v in zip(grads, model1.trainable_variables)]
+    grads_sum = grads if grads_sum is None else [x + y for x, y in zip(grads_sum, grads)]
+    total_loss += float(loss)
+  opt1.apply_gradients(zip(grads_sum, model1.trainable_variables))
+  assert float(loss2) == pytest.approx(total_loss, rel=1e-5)
+  changed = 0
+  for a, b in zip(model1.trainable_variables, model2.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.name)
+    changed += 1
+  assert changed == len(model1.trainable_variables) > 0
+
+
+def test_training_beats_popularity_on_synthetic(tmp_path):
+  graph = synthetic.generate(synthetic.SyntheticConfig(seed=0))
+  graph_dir = str(tmp_path / "g")
+  graph_lib.save_graph(graph, graph_dir)
+  # The paper's max-margin loss, ~one pass over the 40k training pairs.
+  config = training.ExperimentConfig(
+      pipeline=pipeline.PipelineConfig(batch_size=256, num_negatives=256),
+      model=model_lib.PinSageConfig(hidden_dim=64, embedding_dim=32),
+      train=training.TrainConfig(epochs=1, steps_per_epoch=150, learning_rate=3e-3,
+                                 warmup_steps=20, validation_queries=0))
+  training.train(graph_dir, str(tmp_path / "m"), config,
+                 distribute.get_strategy("one_device"), verbose=False)
+  model = model_lib.load_model(str(tmp_path / "m" / training.MODEL_DIR))
+  inputs = training.prepare_inputs(graph_dir, config)
+  z = inference.layerwise_embeddings(model, inputs.tables)
+  eval_cfg = evaluation.EvalConfig(protocol="item", split="validation", ks=(10,))
+  ours = evaluation.evaluate(graph, baselines.EmbeddingScorer(z), eval_cfg)
+  popular = evaluation.evaluate(graph, baselines.PopularityScorer(graph), eval_cfg)
+  ours_hr = ours["metrics"]["hit_rate@10"]
+  pop_hr = popular["metrics"]["hit_rate@10"]
+  assert ours_hr > 2 * pop_hr, (ours_hr, pop_hr)

@@ -1,0 +1,98 @@
+r"""Embeds every item, layer by layer: `python -m trainer.infer`.
+
+    python -m trainer.infer --graph_dir=GRAPH --model_dir=MODEL_DIR \
+        --output_dir=EMB_DIR [--runner=local|beam] [--overwrite]
+
+Reads `MODEL_DIR/experiment.json` and the trained weights in `MODEL_DIR/model`,
+the graph and its cached neighborhood table (the one training used), computes
+each layer once for all items (`pinsage_tf.inference`, or the Apache Beam
+pipeline of `pinsage_tf.beam_inference` with `--runner=beam`; extra Beam
+pipeline options such as `--direct_num_workers=2` or `--runner=FlinkRunner`
+go after `--`), and writes atomically:
+
+    EMB_DIR/embeddings.npy    float32 [num_items, dim], L2-normalised
+    EMB_DIR/item_ids.txt      raw item id of each row
+    EMB_DIR/manifest.json     model checkpoint, graph fingerprint, dim, count
+    EMB_DIR/projector/        TensorBoard embedding-projector files
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+import pinsage_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
+from pinsage_tf import embeddings_io
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import inference
+from pinsage_tf import model as model_lib
+from pinsage_tf import training
+
+_GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "Graph directory (data.prepare output).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training output directory.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Embeddings directory to write.")
+_RUNNER = flags.DEFINE_enum("runner", "local", ["local", "beam"],
+                            "local (in-process, batched) or beam (Apache Beam pipeline).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8192, "Items per block (local runner).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir.")
+
+flags.mark_flags_as_required(["graph_dir", "model_dir", "output_dir"])
+
+
+def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int = 8192,
+          beam_args: list[str] | None = None):
+  """Returns (graph, embeddings [N, E], checkpoint path) for a trained model."""
+  config = training.ExperimentConfig.load(model_dir)
+  inputs = training.prepare_inputs(graph_dir, config)
+  weights_dir = os.path.join(model_dir, training.MODEL_DIR)
+  model = model_lib.load_model(weights_dir)
+
+  def progress(stage, done, total):
+    if done == total or done % (batch_size * 4) == 0:
+      logging.info("%s: %d/%d items", stage, done, total)
+
+  if runner == "beam":
+    from pinsage_tf import beam_inference  # pylint: disable=g-import-not-at-top
+    # Workers rebuild the model from weights_dir and read the graph and its
+    # cached neighborhood table themselves (prepare_inputs made sure it exists).
+    beam_config = beam_inference.BeamInferenceConfig(
+        graph_dir=os.path.abspath(graph_dir), weights_dir=os.path.abspath(weights_dir),
+        neighborhoods=config.neighborhoods,
+        max_sparse_length=config.pipeline.max_sparse_length)
+    vectors = beam_inference.run_layerwise(beam_config, pipeline_args=beam_args or [])
+  else:
+    vectors = inference.layerwise_embeddings(model, inputs.tables, batch_size=batch_size,
+                                             progress=progress)
+  return inputs.graph, vectors, weights_dir
+
+
+def main(argv):
+  started = time.perf_counter()
+  try:
+    graph, vectors, weights_dir = embed(_GRAPH_DIR.value, _MODEL_DIR.value, _RUNNER.value,
+                                        _BATCH_SIZE.value, beam_args=list(argv[1:]))
+    manifest = embeddings_io.save_embeddings(
+        _OUTPUT_DIR.value, vectors, graph.item_ids,
+        {"graph_fingerprint": graph_lib.graph_fingerprint(_GRAPH_DIR.value),
+         "graph_dir": os.path.abspath(_GRAPH_DIR.value),
+         "model_checkpoint": os.path.abspath(weights_dir),
+         "runner": _RUNNER.value},
+        item_titles=graph.item_titles, overwrite=_OVERWRITE.value)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"wrote {manifest['count']} embeddings of dim {manifest['dim']} to "
+        f"{_OUTPUT_DIR.value} in {time.perf_counter() - started:.1f} s ({_RUNNER.value} runner)")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

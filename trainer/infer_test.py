@@ -1,0 +1,132 @@
+"""End-to-end tests of `python -m trainer.infer` (local and Beam runners) in subprocesses.
+
+Entry points are run as subprocesses (never imported here): their absl flags
+would clash with other entry points' flags in one pytest process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pinsage_tf  # noqa: F401
+from pinsage_tf import embeddings_io
+from pinsage_tf import graph as graph_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+NUM_ITEMS = 300
+
+
+def _run(args, timeout=600):
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(graph_dir, model_dir) of a tiny model trained for 3 steps."""
+  root = tmp_path_factory.mktemp("infer")
+  graph_dir, model_dir = str(root / "g"), str(root / "m")
+  out = _run(["data.prepare", "--dataset=synthetic", f"--output_dir={graph_dir}",
+              f"--num_items={NUM_ITEMS}", "--num_boards=80", "--num_communities=5",
+              "--num_pairs=2000"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              "--epochs=1", "--steps_per_epoch=3", "--batch_size=32", "--num_negatives=16",
+              "--num_neighbors=5", "--num_walks=10", "--hidden_dim=16", "--embedding_dim=8",
+              "--validation_queries=0", "--quiet"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  return graph_dir, model_dir
+
+
+@pytest.fixture(scope="module")
+def outputs(trained, tmp_path_factory):
+  """Embedding dirs written by both runners: {"local": dir, "beam": dir}."""
+  graph_dir, model_dir = trained
+  root = tmp_path_factory.mktemp("emb")
+  dirs = {}
+  for runner, extra in (("local", []),
+                        ("beam", ["--", "--direct_num_workers=2",
+                                  "--direct_running_mode=multi_threading"])):
+    dirs[runner] = str(root / runner)
+    out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+                f"--output_dir={dirs[runner]}", f"--runner={runner}", *extra])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"wrote {NUM_ITEMS} embeddings of dim 8" in out.stdout
+    assert f"({runner} runner)" in out.stdout
+  return dirs
+
+
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_output_directory_contract(trained, outputs, runner):
+  graph_dir, model_dir = trained
+  directory = outputs[runner]
+  graph = graph_lib.load_graph(graph_dir)
+  # load_embeddings checks checksums, norms, row order vs the graph and the fingerprint.
+  emb = embeddings_io.load_embeddings(directory, graph_dir)
+  assert emb.vectors.shape == (NUM_ITEMS, 8) and emb.vectors.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-5)
+  with open(os.path.join(directory, "item_ids.txt"), encoding="utf-8") as f:
+    assert f.read().splitlines() == [str(i) for i in graph.item_ids]
+  with open(os.path.join(directory, "manifest.json")) as f:
+    manifest = json.load(f)
+  assert manifest["count"] == NUM_ITEMS and manifest["dim"] == 8
+  assert manifest["runner"] == runner
+  assert manifest["graph_fingerprint"] == graph_lib.graph_fingerprint(graph_dir)
+  assert manifest["model_checkpoint"] == os.path.join(os.path.abspath(model_dir), "model")
+  projector = os.path.join(directory, "projector")
+  assert sorted(os.listdir(projector)) == [
+      "metadata.tsv", "projector_config.pbtxt", "vectors.tsv"]
+  with open(os.path.join(projector, "vectors.tsv")) as f:
+    rows = f.read().splitlines()
+  assert len(rows) == NUM_ITEMS and len(rows[0].split("\t")) == 8
+  np.testing.assert_allclose(np.array(rows[3].split("\t"), np.float32), emb.vectors[3],
+                             atol=1e-5)
+
+
+def test_local_and_beam_runners_agree(outputs):
+  local = np.load(os.path.join(outputs["local"], "embeddings.npy"), allow_pickle=False)
+  beam = np.load(os.path.join(outputs["beam"], "embeddings.npy"), allow_pickle=False)
+  np.testing.assert_allclose(beam, local, atol=1e-5)
+  # Not a constant output: the items' embeddings differ.
+  assert np.abs(local - local[0]).max() > 1e-2
+
+
+def _error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_missing_model_dir_fails_cleanly(trained, tmp_path, runner):
+  graph_dir, _ = trained
+  out_dir = str(tmp_path / "out")
+  out = _run(["trainer.infer", f"--graph_dir={graph_dir}",
+              f"--model_dir={tmp_path / 'no_such_model'}", f"--output_dir={out_dir}",
+              f"--runner={runner}"])
+  assert out.returncode != 0
+  errors = _error_lines(out.stderr)
+  assert len(errors) == 1 and "no_such_model" in errors[0], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert not os.path.exists(out_dir)
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".out")]  # no temporaries
+
+
+def test_existing_output_needs_overwrite(trained, outputs):
+  graph_dir, model_dir = trained
+  target = outputs["local"]
+  manifest = os.path.join(target, "manifest.json")
+  with open(manifest) as f:
+    before = f.read()
+  out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              f"--output_dir={target}"])
+  assert out.returncode != 0
+  errors = _error_lines(out.stderr)
+  assert len(errors) == 1 and "already exists" in errors[0], out.stderr[-2000:]
+  with open(manifest) as f:
+    assert f.read() == before

@@ -1,0 +1,132 @@
+"""End-to-end tests of `python -m trainer.train` in real subprocesses.
+
+Entry points are run as subprocesses (never imported here): their absl flags
+would clash with other entry points' flags in one pytest process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+
+
+def _run(args, timeout=600, **kwargs):
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=kwargs.pop("env", ENV),
+                        capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def graph_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("graph") / "g")
+  out = _run(["data.prepare", "--dataset=synthetic", f"--output_dir={path}", "--num_items=400",
+              "--num_boards=120", "--num_communities=8", "--num_pairs=4000"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  return path
+
+
+SMALL = ["--num_neighbors=5", "--num_walks=20", "--batch_size=32", "--num_negatives=32",
+         "--hidden_dim=32", "--embedding_dim=16", "--validation_queries=100", "--quiet"]
+
+
+def _last_json(stdout: str) -> dict:
+  starts = [m.start() for m in re.finditer(r"(?m)^\{$", stdout)]
+  assert starts, stdout[-2000:]
+  return json.loads(stdout[starts[-1]:])
+
+
+def test_sigkill_mid_run_then_rerun_resumes_from_checkpoint(graph_dir, tmp_path):
+  model_dir = str(tmp_path / "m")
+  args = ["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}", *SMALL,
+          "--epochs=2", "--steps_per_epoch=200", "--checkpoint_every_steps=20",
+          "--max_hard_negatives=1"]
+  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(model_dir, "checkpoints")
+  deadline = time.time() + 300
+  killed_after = None
+  try:
+    while time.time() < deadline and proc.poll() is None:
+      names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+      steps = [int(m.group(1)) for n in names if (m := re.match(r"ckpt-(\d+)\.index$", n))]
+      if steps and max(steps) >= 40:
+        killed_after = max(steps)
+        proc.send_signal(signal.SIGKILL)
+        break
+      time.sleep(0.2)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    proc.wait()
+  assert killed_after is not None, "no checkpoint appeared before the deadline"
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.isdir(os.path.join(model_dir, "model")), "killed run must not publish"
+
+  out = _run(args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  match = re.search(r"Resumed from \S+ckpt-(\d+) at step (\d+), epoch (\d+)", out.stderr)
+  assert match, out.stderr[-3000:]
+  resumed_step = int(match.group(2))
+  assert resumed_step >= killed_after and resumed_step % 20 == 0
+  summary = _last_json(out.stdout)
+  assert summary["steps"] == 400
+  assert set(summary["validation_hit_rate@10"]) <= {"1", "2"}
+  assert os.path.isfile(os.path.join(model_dir, "model", "config.json"))
+  with open(os.path.join(model_dir, "experiment.json")) as f:
+    assert json.load(f)["train"]["steps_per_epoch"] == 200
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_multi_worker_two_local_processes(graph_dir, tmp_path):
+  ports = [_free_port(), _free_port()]
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  model_dir = str(tmp_path / "mw")
+  procs = []
+  for index in range(2):
+    env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
+                                          "task": {"type": "worker", "index": index}}))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "trainer.train", f"--graph_dir={graph_dir}",
+         f"--model_dir={model_dir}", *SMALL, "--strategy=multi_worker_mirrored", "--epochs=1",
+         "--steps_per_epoch=4", "--validation_queries=0"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=400))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (stdout, stderr) in zip(procs, outputs):
+    assert p.returncode == 0, stderr[-3000:]
+    assert "2 replica(s)" in stderr
+    assert _last_json(stdout)["steps"] == 4
+  # Only the chief (worker 0) publishes the model and the config.
+  assert os.path.isfile(os.path.join(model_dir, "model", "config.json"))
+  assert os.path.isdir(os.path.join(model_dir, "workers", "worker_1", "checkpoints"))
+
+
+def test_bad_flags_fail_clearly(graph_dir, tmp_path):
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={tmp_path}/m",
+              "--batch_size=100000", "--quiet"])
+  assert out.returncode != 0
+  assert "lower --batch_size" in out.stderr or "lower batch_size" in out.stderr
+  out = _run(["trainer.train", f"--graph_dir={tmp_path}/missing", f"--model_dir={tmp_path}/m"])
+  assert out.returncode != 0
+  assert "no graph manifest" in out.stderr
