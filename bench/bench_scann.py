@@ -7,7 +7,7 @@ top_k, the `pinsage_retrieval_exact` model) and the approximate one a
 the automatic configuration for the corpus size (tree + asymmetric hashing +
 reorder above 100k points). The exact results are the ground truth of
 recall@k. The same index is then searched with other `leaves_to_search`
-values to show the speed/recall trade-off.
+and re-scoring (`reorder`) values to show the speed/recall trade-off.
 
 Data: `--num_clusters` Gaussian centers, each corpus point a center plus noise,
 L2-normalised (embedding-like: inner product = cosine); queries are fresh
@@ -16,7 +16,8 @@ points from the same distribution (not in the corpus).
 Prints one JSON object (and writes it to --output_json if given):
   {"corpus": {...}, "scann_config": {...}, "build_seconds",
    "exact": {"qps", "seconds"}, "scann": {"qps", "seconds", "recall@k"},
-   "speedup", "sweep": [{"leaves_to_search", "qps", "recall@k"}, ...]}
+   "speedup", "sweep": [{"leaves_to_search", "reorder_num_neighbors", "qps",
+                         "recall@k"}, ...]}
 
   python bench/bench_scann.py --output_json=bench/results/scann.json
 """
@@ -108,16 +109,25 @@ def main(argv):
   recall = scann_index.recall_at_k(scann_ids, exact_ids)
 
   sweep = []
-  if config.num_leaves_to_search:
+  if config.algorithm != "brute_force":
+    # Query-time knobs of the same index: partitions searched (tree) and
+    # candidates re-scored exactly.
     searcher = scann_ops.searcher_from_module(state)
-    default = config.num_leaves_to_search
-    for leaves in sorted({max(1, default // 4), max(1, default // 2), default,
-                          min(config.num_leaves, default * 2)}):
-      fn = tf.function(lambda q, leaves=leaves: searcher.search_batched_parallel(
-          q, final_num_neighbors=k, leaves_to_search=leaves).indices)
-      ids, seconds = timed_batches(fn, queries, batch)
-      sweep.append({"leaves_to_search": leaves, "qps": round(len(queries) / seconds, 1),
-                    f"recall@{k}": round(scann_index.recall_at_k(ids, exact_ids), 4)})
+    leaves_default = config.num_leaves_to_search
+    leaves_grid = ([None] if leaves_default is None else sorted(
+        {max(1, leaves_default // 2), leaves_default,
+         min(config.num_leaves, leaves_default * 2)}))
+    reorder_default = config.reorder_num_neighbors
+    for leaves in leaves_grid:
+      for reorder in (reorder_default, 4 * reorder_default):
+        fn = tf.function(lambda q, leaves=leaves, reorder=reorder:
+                         searcher.search_batched_parallel(
+                             q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder,
+                             leaves_to_search=leaves).indices)
+        ids, seconds = timed_batches(fn, queries, batch)
+        sweep.append({"leaves_to_search": leaves, "reorder_num_neighbors": reorder,
+                      "qps": round(len(queries) / seconds, 1),
+                      f"recall@{k}": round(scann_index.recall_at_k(ids, exact_ids), 4)})
 
   result = {
       "corpus": {"num_items": n, "dim": int(corpus.shape[1]), "clusters": _NUM_CLUSTERS.value,

@@ -5,6 +5,8 @@
     EXPORT_BASE/<model name>/<version>/      integer versions, increasing
         saved_model.pb, variables/, assets/ (id vocabularies)
         assets.extra/export_report.json      what was exported, checks, recall
+        assets.extra/tf_serving_warmup_requests  one request per signature,
+                                             replayed by TF Serving at load time
     EXPORT_BASE/models.config                text-format model_config_list of
                                              every model under EXPORT_BASE
     EXPORT_BASE/models_stock.config          the same, restricted to models
@@ -98,6 +100,8 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from pinsage_tf import atomic
@@ -115,6 +119,8 @@ ALL_MODELS = (RETRIEVAL, RETRIEVAL_EXACT, EMBEDDER)
 MODELS_CONFIG = "models.config"
 MODELS_STOCK_CONFIG = "models_stock.config"
 REPORT_FILE = os.path.join("assets.extra", "export_report.json")
+# TF Serving replays these requests when it loads a version, before serving it.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DEFAULT_SIGNATURE = "serving_default"
 _VERSION_DIR = re.compile(r"^\d+$")
 _DIR_MODE = 0o755
@@ -541,7 +547,8 @@ class EmbedderModule(tf.Module):
     self.embeddings = tf.Variable(np.asarray(vectors, np.float32), trainable=False,
                                   name="embeddings")
     self.embed_items = tf.function(
-        self._embed_items, autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
+        self._embed_items, autograph=False,
+        input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
     self.embed_new_items = None
     if model is None:
       return
@@ -712,6 +719,52 @@ def _write_vocab(path: str, ids: np.ndarray, what: str, forbid_empty: bool) -> N
       f.write(raw + "\n")
 
 
+def write_warmup_requests(version_dir: str, model_name: str,
+                          requests: Sequence[tuple[str, Mapping[str, np.ndarray]]]) -> str:
+  """Writes `assets.extra/tf_serving_warmup_requests` (TFRecord of PredictionLog).
+
+  TF Serving runs them when it loads the version, so the first real request
+  does not pay for lazy initialisation (e.g. building the ScaNN searcher).
+
+  Args:
+    version_dir: the SavedModel directory.
+    model_name: the served model name.
+    requests: (signature name, {input alias: array}) pairs.
+
+  Returns:
+    The file path.
+  """
+  path = os.path.join(version_dir, WARMUP_FILE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as writer:
+    for signature, inputs in requests:
+      request = predict_pb2.PredictRequest()
+      request.model_spec.name = model_name
+      request.model_spec.signature_name = signature
+      for alias, value in inputs.items():
+        request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
+      log = prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request))
+      writer.write(log.SerializeToString())
+  return path
+
+
+def replay_warmup_requests(version_dir: str, loaded: Any) -> int:
+  """Runs every warmup request of `version_dir` through `loaded` (a loaded SavedModel).
+
+  Returns:
+    The number of requests run. Raises whatever a request raises.
+  """
+  count = 0
+  for record in tf.data.TFRecordDataset(os.path.join(version_dir, WARMUP_FILE)):
+    log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+    request = log.predict_log.request
+    fn = loaded.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE]
+    fn(**{alias: tf.constant(tf.make_ndarray(proto)) for alias, proto in request.inputs.items()})
+    count += 1
+  return count
+
+
 def _sample(n: int, size: int, seed: int) -> np.ndarray:
   size = min(size, n)
   return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)).astype(np.int32)
@@ -731,6 +784,9 @@ def _check_retrieval(path: str, item_ids: np.ndarray, vectors: np.ndarray, k: in
                      sample: np.ndarray, exact: bool) -> dict[str, Any]:
   """Loads an exported retrieval model and compares it with numpy exact search."""
   loaded = tf.saved_model.load(path)
+  replay_warmup_requests(path, loaded)
+  if sample.size == 0:
+    return {"queries": 0}
   fn = loaded.signatures["related_items"]
   out = _batched(fn, item_ids[sample], "item_ids")
   index = {raw: i for i, raw in enumerate(item_ids.tolist())}
@@ -786,6 +842,7 @@ def _check_embedder(path: str, graph: graph_lib.Graph, tables: pipeline.Sampling
                     ) -> dict[str, Any]:
   """Loads the embedder; embed_items must return the rows, embed_new_items unit vectors."""
   loaded = tf.saved_model.load(path)
+  replay_warmup_requests(path, loaded)
   out = _batched(loaded.signatures["embed_items"], np.asarray(graph.item_ids)[sample],
                  "item_ids")
   if not np.allclose(out["embeddings"], vectors[sample], atol=1e-6):
@@ -866,7 +923,9 @@ def export_models(
       raise FileExistsError(f"{dest} already exists; versions are immutable, pass another "
                             f"--version or omit it (next: {next_version(export_base, models)}).")
   item_ids = np.asarray(graph.item_ids)
-  sample = _sample(n, config.recall_queries, config.seed)
+  sample = _sample(n, config.recall_queries, config.seed)  # recall@k queries
+  # The exact model and the embedder are always checked, on a few items at least.
+  check_sample = sample if sample.size else _sample(n, 64, config.seed)
   created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   common = {"format": "pinsage_tf.export", "version": version, "created": created,
             "num_items": n, "embedding_dim": int(vectors.shape[1]),
@@ -879,8 +938,13 @@ def export_models(
     item_vocab = os.path.join(staging, "item_ids.txt")
     _write_vocab(item_vocab, item_ids, "item id", forbid_empty=True)
 
+    warm_ids = np.char.encode(item_ids[:2].astype(str), "utf-8").astype(object)
+    warm_retrieval = [("related_items", {"item_ids": warm_ids}),
+                      ("related_items_by_embedding", {"embeddings": vectors[:2]})]
+
     def build(name: str, module: tf.Module, signatures: Mapping[str, Any],
-              options: tf.saved_model.SaveOptions | None, extra: Mapping[str, Any]) -> str:
+              options: tf.saved_model.SaveOptions | None, extra: Mapping[str, Any],
+              warmup: Sequence[tuple[str, Mapping[str, np.ndarray]]]) -> str:
       parent = os.path.join(export_base, name)
       os.makedirs(parent, exist_ok=True)
       tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=parent)
@@ -888,6 +952,7 @@ def export_models(
       os.chmod(tmp, _DIR_MODE)  # mkdtemp's 0700 would hide it from a server user
       t0 = time.perf_counter()
       tf.saved_model.save(module, tmp, signatures=dict(signatures), options=options)
+      write_warmup_requests(tmp, name, warmup)
       ops = saved_model_ops(tmp)
       reports[name] = {
           **common, "model": name, **extra,
@@ -900,14 +965,14 @@ def export_models(
     if RETRIEVAL_EXACT in models:
       module = RetrievalModule(item_ids, vectors, item_vocab, k, None, config.exact_block_size)
       tmp = build(RETRIEVAL_EXACT, module, module.signatures(), None,
-                  {"search": {"algorithm": "exact", "block_size": module.block_size}})
-      reports[RETRIEVAL_EXACT]["check"] = _check_retrieval(tmp, item_ids, vectors, k, sample,
-                                                           exact=True)
+                  {"search": {"algorithm": "exact", "block_size": module.block_size}},
+                  warm_retrieval)
+      reports[RETRIEVAL_EXACT]["check"] = _check_retrieval(tmp, item_ids, vectors, k,
+                                                           check_sample, exact=True)
       _LOG.info("%s: built and checked", RETRIEVAL_EXACT)
 
     if EMBEDDER in models:
       inductive = is_inductive(model)
-      transformed: list[np.ndarray] = []
       extra: dict[str, Any] = {"embed_new_items": inductive}
       if inductive:
         pivot_vocab = os.path.join(staging, "pivot_ids.txt")
@@ -928,9 +993,12 @@ def export_models(
             "the model learns a per-item id embedding (a graph without item features), so a "
             "new item has no input representation; only embed_items is exported.")
         module = EmbedderModule(item_vocab, vectors)
-      tmp = build(EMBEDDER, module, module.signatures(), None, extra)
-      reports[EMBEDDER]["check"] = _check_embedder(tmp, graph, tables, vectors, sample[:256],
-                                                   inductive)
+      warmup = [("embed_items", {"item_ids": warm_ids})]
+      if inductive:
+        warmup.append(("embed_new_items", existing_item_inputs(graph, tables, np.arange(1))))
+      tmp = build(EMBEDDER, module, module.signatures(), None, extra, warmup)
+      reports[EMBEDDER]["check"] = _check_embedder(tmp, graph, tables, vectors,
+                                                   check_sample[:256], inductive)
       _LOG.info("%s: built and checked", EMBEDDER)
 
     if RETRIEVAL in models:
@@ -941,11 +1009,13 @@ def export_models(
       module = RetrievalModule(item_ids, vectors, item_vocab, k, state)
       tmp = build(RETRIEVAL, module, module.signatures(), scann_index.SAVE_OPTIONS,
                   {"search": {"algorithm": "scann", "scann": scann_config.to_json(),
-                              "index_build_seconds": round(build_seconds, 2)}})
+                              "index_build_seconds": round(build_seconds, 2)}},
+                  warm_retrieval)
       check = _check_retrieval(tmp, item_ids, vectors, k, sample, exact=False)
       reports[RETRIEVAL]["check"] = check
-      _LOG.info("%s: recall@%d = %.4f on %d queries", RETRIEVAL, k, check[f"recall@{k}"],
-                check["queries"])
+      if check["queries"]:
+        _LOG.info("%s: recall@%d = %.4f on %d queries", RETRIEVAL, k, check[f"recall@{k}"],
+                  check["queries"])
 
     for name, tmp in built.items():
       atomic.write_json(os.path.join(tmp, REPORT_FILE), reports[name])

@@ -143,6 +143,20 @@ def test_layout_versions_and_model_configs(setup):
     assert all(e.base_path == os.path.join(base, e.name) for e in entries)
 
 
+def test_warmup_requests_cover_every_signature_and_run(setup):
+  from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+  for name, signatures in ((export.RETRIEVAL, {"related_items", "related_items_by_embedding"}),
+                           (export.RETRIEVAL_EXACT, {"related_items",
+                                                     "related_items_by_embedding"}),
+                           (export.EMBEDDER, {"embed_items", "embed_new_items"})):
+    path = os.path.join(setup["base"], name, "1")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(os.path.join(path, export.WARMUP_FILE))]
+    assert {log.predict_log.request.model_spec.signature_name for log in logs} == signatures
+    assert all(log.predict_log.request.model_spec.name == name for log in logs)
+    assert export.replay_warmup_requests(path, setup["loaded"][name]) == len(signatures)
+
+
 def test_exact_model_equals_numpy_exact_search(setup):
   vectors = setup["vectors"]
   fn = setup["loaded"][export.RETRIEVAL_EXACT].signatures["related_items"]
@@ -185,6 +199,16 @@ def test_query_item_is_excluded(setup):
     assert not np.any(rows == np.arange(_N)[:, None]), name
 
 
+def test_empty_batches_give_empty_results(setup):
+  for name in (export.RETRIEVAL, export.RETRIEVAL_EXACT):
+    out = setup["loaded"][name].signatures["related_items"](item_ids=tf.zeros([0], tf.string))
+    assert out["neighbor_ids"].shape == (0, _K) and out["scores"].shape == (0, _K)
+  fn = setup["loaded"][export.EMBEDDER].signatures["embed_new_items"]
+  out = fn(dense=tf.zeros([0, 3]), sparse_color=tf.zeros([0, 1], tf.int32),
+           pivot_ids=tf.zeros([0, 2], tf.string))
+  assert out["embeddings"].shape == (0, 8)
+
+
 @pytest.mark.parametrize("name,signature,key", [
     (export.RETRIEVAL, "related_items", "item_ids"),
     (export.RETRIEVAL_EXACT, "related_items", "item_ids"),
@@ -219,8 +243,8 @@ def test_embed_new_items_matches_the_model_on_the_one_hop_neighborhood(setup):
       [np.pad(graph.pivots_of(i), (0, 3 - len(graph.pivots_of(i))), constant_values=-1)
        for i in items]), tf.int32)
   ids, weights = export.first_traversal_neighborhoods(
-      pivot_index, tf.constant(graph.pivot_to_item.indptr), tf.constant(graph.pivot_to_item.indices),
-      _N, tables.num_neighbors)
+      pivot_index, tf.constant(graph.pivot_to_item.indptr),
+      tf.constant(graph.pivot_to_item.indices), _N, tables.num_neighbors)
   node_inputs = pipeline.gather_node_inputs(tables, tf.constant(items, tf.int32))
   num_pivots = np.array([len(graph.pivots_of(i)) for i in items], np.float32)
   h = model.encode_inputs(node_inputs._replace(log_degree=tf.math.log1p(num_pivots)))

@@ -13,8 +13,11 @@ layer is computed once per node per batch:
 
 Shapes are fixed for a given `(batch config, graph)`, so a `tf.function` or a
 replica never retraces: each level `k` is padded to `U_k`, an upper bound
-(`min(num_targets * (T + 1) ** (K - k), num_items)`). Padding rows point at
-item 0 with zero weights and are never referenced by a real node.
+(`min(num_targets * (T + 1) ** (K - k), num_items)`). The first
+`num_nodes[k]` rows of a level are its real nodes; padding rows come after
+them, point at item 0 with zero weights and are never referenced by a real
+node, so a consumer may slice every level to `num_nodes[k]` rows (the model
+does, inside its traced function) and skip the padding.
 
 Shapes below: `B` pairs per (replica) batch, `Nn` shared negatives, `H` the
 maximum number of hard negatives per query, `T` neighbors per node, `U_k` the

@@ -187,18 +187,25 @@ class PinSageModel(tf.keras.Model):
       training: Keras training flag (enables dropout).
 
     Returns:
-      float32 `[U_K, embedding_dim]`, rows of unit L2 norm.
+      float32 `[num_nodes[K], embedding_dim]` (the real level-K nodes; every
+      position in `batch.query` etc. is below it), rows of unit L2 norm.
     """
     if len(batch.hops) != len(self.convs):
       raise ValueError(
           f"the minibatch has {len(batch.hops)} hops but the model has num_layers="
           f"{len(self.convs)}; build the pipeline with the model's num_layers.")
-    h = self.encode_inputs(batch.inputs, training=training)  # [U_0, hidden]
+    # Only the real (unpadded) rows of each level are computed: the padded
+    # input shapes keep the function from retracing, while slicing to
+    # `num_nodes` inside it skips the padding (often most of a level).
+    count = batch.num_nodes
+    inputs = tf.nest.map_structure(lambda x: x[:count[0]], batch.inputs)
+    h = self.encode_inputs(inputs, training=training)  # [c_0, hidden]
     for k, hop in enumerate(batch.hops):
+      c = count[k + 1]
       # The previous level is the neighbor table: the neighbor transform runs
       # once per level-(k-1) node, then rows are gathered per (u, t) slot.
-      h = self.convolve(k, tf.gather(h, hop.self_index), h, hop.neighbor_weight,
-                        neighbor_index=hop.neighbor_index, training=training)  # [U_k, hidden]
+      h = self.convolve(k, tf.gather(h, hop.self_index[:c]), h, hop.neighbor_weight[:c],
+                        neighbor_index=hop.neighbor_index[:c], training=training)  # [c_k, hidden]
     return self.head(h)
 
   def encode_inputs(self, inputs: minibatch.NodeInputs, training: bool | None = None) -> tf.Tensor:

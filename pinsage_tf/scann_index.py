@@ -15,7 +15,7 @@ follows ScaNN's own rules of thumb (google-research/scann/docs/algorithms.md):
   then exact re-scoring ("reorder") of the best candidates;
 * more: a k-means tree with `num_leaves ~ sqrt(N)` partitions of which
   `num_leaves / 10` are searched per query, AH scoring inside them, then
-  re-scoring.
+  exact re-scoring of the best `40 k` candidates.
 
 Every field can be set explicitly to override the choice. Scores are inner
 products (`distance_measure="dot_product"`, larger is better; the cosine for
@@ -60,7 +60,9 @@ class ScannConfig:
     anisotropic_quantization_threshold: AH's anisotropic loss threshold for
       inner products (ScaNN's README uses 0.2); NaN disables it.
     reorder_num_neighbors: candidates re-scored exactly (ah, tree_ah);
-      default max(100, 10 * k).
+      default max(100, 40 * k). (bench/bench_scann.py, 1M x 64 clustered:
+      recall@10 0.970 with 100 candidates, 0.9999 with 400, at ~80% of the
+      queries/s.)
     training_sample_size: points sampled to train the tree and codebooks.
     training_iterations: k-means iterations of the tree.
     training_threads: threads for training (0 = all cores).
@@ -136,7 +138,7 @@ def resolve_config(num_items: int, k: int, config: ScannConfig = ScannConfig()) 
     num_leaves_to_search = config.num_leaves_to_search or max(1, math.ceil(num_leaves / 10))
     num_leaves_to_search = min(num_leaves_to_search, num_leaves)
   if algorithm in ("ah", "tree_ah"):
-    reorder = config.reorder_num_neighbors or max(100, 10 * k)
+    reorder = config.reorder_num_neighbors or max(100, 40 * k)
     reorder = max(reorder, k)
   return dataclasses.replace(config, algorithm=algorithm, num_leaves=num_leaves,
                              num_leaves_to_search=num_leaves_to_search,

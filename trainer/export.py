@@ -75,7 +75,7 @@ _SCANN_NUM_LEAVES = flags.DEFINE_integer("scann_num_leaves", None,
 _SCANN_LEAVES_TO_SEARCH = flags.DEFINE_integer(
     "scann_num_leaves_to_search", None, "Partitions searched per query (default leaves/10).")
 _SCANN_REORDER = flags.DEFINE_integer(
-    "scann_reorder_num_neighbors", None, "Candidates re-scored exactly (default max(100, 10k)).")
+    "scann_reorder_num_neighbors", None, "Candidates re-scored exactly (default max(100, 40k)).")
 _SCANN_DIMS_PER_BLOCK = flags.DEFINE_integer("scann_dimensions_per_block", 2,
                                              "Asymmetric-hashing block width.")
 _SCANN_AQ_THRESHOLD = flags.DEFINE_float(
@@ -160,7 +160,7 @@ def main(argv):
     sys.exit(2)
   summary = _summary(result)
   retrieval = summary["models"].get(export_lib.RETRIEVAL)
-  if retrieval:
+  if retrieval and retrieval["check"].get("queries"):
     k = config.num_neighbors
     logging.info("ScaNN (%s) recall@%d vs exact: %.4f on %d queries",
                  retrieval["search"]["scann"]["algorithm"], k,

@@ -178,17 +178,20 @@ def test_export_layout_reports_and_models_config(exported):
 def test_saved_model_cli_show_all_is_clean(exported):
   base, _ = exported
   cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-  for name, signatures in ((export.RETRIEVAL, ("related_items", "related_items_by_embedding")),
-                           (export.RETRIEVAL_EXACT, ("related_items",
-                                                     "related_items_by_embedding")),
-                           (export.EMBEDDER, ("embed_items", "embed_new_items"))):
-    proc = subprocess.run([cli, "show", "--dir", os.path.join(base, name, "1"), "--all"],
-                          capture_output=True, text=True, env=_ENV, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "Error" not in proc.stdout, proc.stdout[-3000:]
+  expected = {export.RETRIEVAL: ("related_items", "related_items_by_embedding"),
+              export.RETRIEVAL_EXACT: ("related_items", "related_items_by_embedding"),
+              export.EMBEDDER: ("embed_items", "embed_new_items")}
+  procs = {name: subprocess.Popen(  # in parallel: each one starts TensorFlow
+      [cli, "show", "--dir", os.path.join(base, name, "1"), "--all"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ENV)
+           for name in expected}
+  for name, signatures in expected.items():
+    stdout, stderr = procs[name].communicate(timeout=300)
+    assert procs[name].returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "Error" not in stdout, stdout[-3000:]
     for signature in (*signatures, "serving_default"):
-      assert f"signature_def['{signature}']" in proc.stdout
-    assert "Method name is: tensorflow/serving/predict" in proc.stdout
+      assert f"signature_def['{signature}']" in stdout
+    assert "Method name is: tensorflow/serving/predict" in stdout
 
 
 def test_versions_increase_and_existing_versions_are_refused(trained, exported):
