@@ -22,7 +22,7 @@ $(STAMP): setup.py
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -n 2 --timeout=900
+	$(PY) -m pytest -q -n 2 --dist loadfile --timeout=900
 
 SYN := $(OUT)/synthetic
 
@@ -46,10 +46,14 @@ serve: setup
 	$(PY) -m serving.server --port=8500 --rest_api_port=8501 \
 	    --model_config_file=$(SYN)/exports/models.config
 
+# Benchmarks (JSON in bench/results/); each compares its variants in one run.
 bench: setup
 	mkdir -p bench/results
 	$(PY) bench/bench_neighborhoods.py --datasets_dir=$(DATASETS) --output_json=bench/results/neighborhoods.json
-	$(PY) bench/bench_pipeline.py --datasets_dir=$(DATASETS) --output_json=bench/results/pipeline.json
+	$(PY) bench/bench_training.py --datasets_dir=$(DATASETS) --output_json=bench/results/training.json
+	$(PY) bench/bench_inference.py --datasets_dir=$(DATASETS) --output_json=bench/results/inference.json
+	$(PY) bench/bench_scann.py --output_json=bench/results/scann.json
+	$(PY) bench/bench_serving.py --output=bench/results/serving.json
 
 clean:
 	rm -rf $(OUT) bench/results
