@@ -10,19 +10,20 @@ options.
 
 Pipeline (K = `num_layers`, T = neighbors per item, d = hidden width):
 
-    item ranges [start, stop)  (beam.Create + Reshuffle: one read task each)
+    item ranges [start, stop)  (beam.Create, which reshuffles: one read task each)
       -> Read: features of the range (graph arrays, memory-mapped) and its rows
          of the cached neighborhood table; the encoder gives h^0 and conv 0's
          neighbor transform t^0 = ReLU(Q h^0 + q), and every valid slot
          (u, s, v, alpha) becomes a message keyed by the NEIGHBOR:
-             H0  = (u, h^0_u)                     one per item
+             H0  = (u, (c_u, h^0_u))              one per item; c_u = its valid slots
              T0  = (u, t^0_u)                     one per item
              MSG = (v, (u, s, alpha_us))          one per valid slot (weight > 0)
       -> for k = 0 .. K-1 (layer k+1):
            Send:    CoGroupByKey({t: T_k, m: MSG}) by neighbor v, then each
                     message (u, s, alpha) gets t^k_v:  (u, (s, alpha, t^k_v))
            Regroup: CoGroupByKey({h: H_k, n: sent}) by item u
-                    -> (u, h^k_u, [(s, alpha, t^k_v), ...])
+                    -> (u, (c_u, h^k_u), [(s, alpha, t^k_v), ...]); the reducer
+                    fails unless exactly c_u messages on c_u distinct slots arrived
            Reduce:  beam.BatchElements, then one model call per batch:
                     conv_k.combine(h^k, conv_k.pool([U, T, d'] slots, [U, T]))
                     = h^{k+1}; for k+1 < K also t^{k+1} = conv_{k+1}'s neighbor
@@ -61,6 +62,18 @@ Scaling notes:
 * Output shards go to `output_dir` (kept) or to a temporary directory under
   `--temp_location` (or the local temp dir), deleted after assembly; any
   Beam filesystem (local, gs://, ...) works for them.
+
+Join integrity. A runner that loses or duplicates elements would silently
+give wrong embeddings, so the pipeline checks what it can: each neighbor key
+has exactly one vector, each item exactly one h and exactly c_u messages on
+distinct slots, and each output shard every item exactly once; any violation
+raises. Beam 2.77's DirectRunner with several workers was observed to drop
+elements in this pipeline's GroupByKeys (reproduced with a TensorFlow-free
+pipeline of the same shape): always with `direct_running_mode=multi_threading`,
+which `run_layerwise` therefore refuses, and with `multi_processing` when a
+`beam.Reshuffle()` followed the `beam.Create` (which reshuffles already), so
+none is used. `in_memory` (one worker) and `multi_processing` without that
+Reshuffle gave exact results in every run here.
 """
 
 from __future__ import annotations
@@ -259,16 +272,24 @@ class _ReadFn(beam.DoFn):
       h0 = self._fns.encode(self._inputs(a, b))
       t0 = self._fns.transform[0](h0).numpy()
       h0 = h0.numpy()
-      for i in range(b - a):
-        yield a + i, _to_bytes(h0[i])
-        yield beam.pvalue.TaggedOutput(_TRANSFORMED, (a + i, _to_bytes(t0[i])))
       ids = np.asarray(self._nb.ids[a:b])
       weights = np.asarray(self._nb.weights[a:b])
       # Padding (id -1) and zero-weight slots never contribute to pooling.
-      rows, slots = np.nonzero((ids >= 0) & (weights > 0))
+      valid = (ids >= 0) & (weights > 0)
+      counts = valid.sum(axis=1).tolist()
+      for i in range(b - a):
+        yield a + i, (counts[i], _to_bytes(h0[i]))
+        yield beam.pvalue.TaggedOutput(_TRANSFORMED, (a + i, _to_bytes(t0[i])))
+      rows, slots = np.nonzero(valid)
       for r, s in zip(rows.tolist(), slots.tolist()):
         yield beam.pvalue.TaggedOutput(
             _MESSAGES, (int(ids[r, s]), (a + r, s, float(weights[r, s]))))
+
+
+def _join_error(what: str) -> RuntimeError:
+  return RuntimeError(
+      f"{what}: the runner lost or duplicated elements of the neighbor join; the embeddings "
+      "would be wrong, so the pipeline stops (see the beam_inference module docstring).")
 
 
 def _send(element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[int, Any]]:
@@ -278,8 +299,8 @@ def _send(element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[int, 
   messages = groups[_MESSAGES]
   if len(vectors) != 1:
     for _ in messages:
-      raise ValueError(f"neighbor {neighbor} has {len(vectors)} transformed vectors (expected "
-                       "1); is the neighborhood table for another graph?")
+      raise _join_error(f"neighbor {neighbor} has {len(vectors)} transformed vectors "
+                        "(expected 1)")
     return
   vector = vectors[0]
   for item, slot, weight in messages:
@@ -287,10 +308,12 @@ def _send(element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[int, 
 
 
 class _ConvolveFn(beam.DoFn):
-  """A batch of (u, {h: [h^k_u], n: [(slot, alpha, t^k_v)...]}) -> layer k+1.
+  """A batch of (u, {h: [(c_u, h^k_u)], n: [(slot, alpha, t^k_v)...]}) -> layer k+1.
 
-  Emits (u, h^{k+1}_u) and tagged (u, t^{k+1}_u) for a middle layer, or
-  (u, z_u) with the head applied after the last layer.
+  `c_u` is u's number of valid neighbor slots, carried along with h so the
+  reducer can check that the join delivered exactly one message per slot.
+  Emits (u, (c_u, h^{k+1}_u)) and tagged (u, t^{k+1}_u) for a middle layer,
+  or (u, z_u) with the head applied after the last layer.
   """
 
   def __init__(self, config: BeamInferenceConfig, layer: int, last: bool):
@@ -309,18 +332,26 @@ class _ConvolveFn(beam.DoFn):
     hidden = fns.model.config.hidden_dim
     u = len(batch)
     items = [0] * u
+    counts = [0] * u
     self_h = np.empty((u, hidden), np.float32)
     transformed = np.zeros((u, t_width, fns.neighbor_units[k]), np.float32)
     weights = np.zeros((u, t_width), np.float32)
     for i, (item, groups) in enumerate(batch):
       hs = list(groups["h"])
       if len(hs) != 1:
-        raise ValueError(f"item {item}: {len(hs)} layer-{k} vectors (expected 1).")
+        raise _join_error(f"item {item}: {len(hs)} layer-{k} vectors (expected 1)")
+      count, data = hs[0]
+      counts[i] = count
       items[i] = item
-      self_h[i] = _from_bytes(hs[0])
+      self_h[i] = _from_bytes(data)
+      received = 0
       for slot, weight, vector in groups["n"]:
         transformed[i, slot] = _from_bytes(vector)
         weights[i, slot] = weight
+        received += 1
+      if received != count or np.count_nonzero(weights[i]) != count:
+        raise _join_error(f"layer {k + 1}, item {item}: received {received} neighbor messages "
+                          f"for {np.count_nonzero(weights[i])} distinct slots; expected {count}")
     h = fns.convolve[k](self_h, transformed, weights)
     if self._last:
       z = fns.head(h).numpy()
@@ -330,7 +361,7 @@ class _ConvolveFn(beam.DoFn):
     t_next = fns.transform[k + 1](h).numpy()
     h = h.numpy()
     for i, item in enumerate(items):
-      yield item, _to_bytes(h[i])
+      yield item, (counts[i], _to_bytes(h[i]))
       yield beam.pvalue.TaggedOutput(_TRANSFORMED, (item, _to_bytes(t_next[i])))
 
 
@@ -375,8 +406,10 @@ def _build(root, config: BeamInferenceConfig, info: _JobInfo, output_dir: str):
   min_batch = min(32, config.batch_size)
   read = (
       root
+      # Create already reshuffles its elements across workers. (A second,
+      # explicit Reshuffle here made Beam 2.77's multi-worker DirectRunner drop
+      # elements in the later GroupByKeys.)
       | "ItemRanges" >> beam.Create(shard_ranges(info.num_items, config.read_shard_size))
-      | "DistributeRanges" >> beam.Reshuffle()
       | "ReadEncode" >> beam.ParDo(_ReadFn(config, info.fingerprint)).with_outputs(
           _TRANSFORMED, _MESSAGES, main="h"))
   h, transformed, messages = read.h, read[_TRANSFORMED], read[_MESSAGES]
@@ -460,6 +493,18 @@ def assemble_shards(shard_dir: str, num_items: int, dim: int,
   return out
 
 
+def _check_runner(options: pipeline_options.PipelineOptions) -> None:
+  """Refuses the DirectRunner mode that was observed to lose elements."""
+  runner = options.view_as(pipeline_options.StandardOptions).runner
+  direct = options.view_as(pipeline_options.DirectOptions)
+  if (runner in (None, "DirectRunner", "SwitchingDirectRunner")
+      and direct.direct_running_mode == "multi_threading" and direct.direct_num_workers != 1):
+    raise ValueError(
+        "--direct_running_mode=multi_threading with --direct_num_workers != 1 loses elements "
+        "in this pipeline's GroupByKeys with Beam 2.77 (observed, also without TensorFlow); "
+        "use --direct_running_mode=multi_processing or in_memory.")
+
+
 def run_layerwise(config: BeamInferenceConfig, *, pipeline_args: Sequence[str] = (),
                   output_dir: str | None = None) -> np.ndarray:
   """Runs the pipeline and returns the embeddings float32 `[N, E]`.
@@ -474,11 +519,14 @@ def run_layerwise(config: BeamInferenceConfig, *, pipeline_args: Sequence[str] =
       local temp dir), deleted after assembly.
 
   Raises:
-    FileNotFoundError / ValueError: bad inputs, found before launching.
+    FileNotFoundError / ValueError: bad inputs (or the DirectRunner's
+      multi_threading mode with several workers), found before launching.
     FileExistsError: `output_dir` already holds shards.
+    RuntimeError: the runner lost or duplicated elements (integrity checks).
   """
-  info = inspect_inputs(config)
   options = pipeline_options.PipelineOptions(list(pipeline_args))
+  _check_runner(options)
+  info = inspect_inputs(config)
   keep = output_dir is not None
   if output_dir is None:
     base = options.view_as(pipeline_options.GoogleCloudOptions).temp_location

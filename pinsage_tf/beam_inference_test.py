@@ -87,7 +87,7 @@ def _config(graph_dir, weights_dir, **kwargs):
 
 @pytest.mark.parametrize("pooling,num_layers,args", [
     ("importance", 2, []),
-    ("max", 3, ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]),
+    ("max", 3, ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]),
 ])
 def test_beam_equals_local_layerwise(graph_dir, tmp_path, pooling, num_layers, args):
   g, model, weights_dir = _model(graph_dir, tmp_path, pooling, num_layers)
@@ -144,6 +144,29 @@ def test_bad_inputs_fail_before_launch(graph_dir, tmp_path):
         graph_dir=graph_dir, weights_dir=weights_dir, neighborhoods=other))
   with pytest.raises(ValueError, match="batch_size must be a positive int"):
     _config(graph_dir, weights_dir, batch_size=0)
+  with pytest.raises(ValueError, match="multi_threading"):
+    beam_inference.run_layerwise(_config(graph_dir, weights_dir), pipeline_args=[
+        "--direct_num_workers=2", "--direct_running_mode=multi_threading"])
+
+
+def test_lost_or_orphan_messages_stop_the_pipeline(graph_dir, tmp_path):
+  # What a runner that drops elements would hand the reducer: item 7 has
+  # c_u = 3 valid slots but only two messages arrived.
+  _, _, weights_dir = _model(graph_dir, tmp_path, "importance", 2)
+  fn = beam_inference._ConvolveFn(_config(graph_dir, weights_dir), 0, last=False)  # pylint: disable=protected-access
+  fn.setup()
+  h = np.zeros(16, np.float32).tobytes()
+  good = [(7, {"h": [(2, h)], "n": [(0, 0.5, h), (1, 0.5, h)]})]
+  assert len(list(fn.process(good))) == 2  # (u, h^1) and the tagged t^1
+  lost = [(7, {"h": [(3, h)], "n": [(0, 0.5, h), (1, 0.5, h)]})]
+  with pytest.raises(RuntimeError, match="received 2 neighbor messages"):
+    list(fn.process(lost))
+  duplicated = [(7, {"h": [(2, h)], "n": [(0, 0.5, h), (0, 0.5, h)]})]
+  with pytest.raises(RuntimeError, match="for 1 distinct slots"):
+    list(fn.process(duplicated))
+  # Messages for a neighbor whose vector never arrived.
+  with pytest.raises(RuntimeError, match="neighbor 3 has 0 transformed vectors"):
+    list(beam_inference._send((3, {"transformed": [], "messages": [(7, 0, 0.5)]})))  # pylint: disable=protected-access
 
 
 def test_shard_ranges_tile_the_items():

@@ -53,7 +53,7 @@ def outputs(trained, tmp_path_factory):
   dirs = {}
   for runner, extra in (("local", []),
                         ("beam", ["--", "--direct_num_workers=2",
-                                  "--direct_running_mode=multi_threading"])):
+                                  "--direct_running_mode=multi_processing"])):
     dirs[runner] = str(root / runner)
     out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
                 f"--output_dir={dirs[runner]}", f"--runner={runner}", *extra])
