@@ -105,6 +105,32 @@ def write_json(dest: str | os.PathLike, obj: Any) -> None:
     f.write("\n")
 
 
+def load_npy(directory: str, entry: dict[str, Any], *, mmap: bool = True, verify: bool = True,
+             error: type[Exception] = ValueError) -> np.ndarray:
+  """Loads the .npy described by a `save_npy` manifest entry, checked.
+
+  Args:
+    directory: where the file lies.
+    entry: its manifest entry (file, shape, dtype, sha256).
+    mmap: memory-map (read-only) instead of reading into RAM.
+    verify: compare the file's SHA-256 with the entry (reads every byte).
+    error: the exception type raised, with a message naming the file.
+  """
+  path = os.path.join(directory, entry["file"])
+  if not os.path.isfile(path):
+    raise error(f"{path}: listed in the manifest but missing.")
+  if verify and sha256_file(path) != entry["sha256"]:
+    raise error(f"{path}: checksum mismatch (file is corrupt or was modified).")
+  try:
+    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+  except ValueError as e:
+    raise error(f"{path}: unreadable .npy ({e}).") from e
+  if list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]:
+    raise error(f"{path}: shape/dtype {array.shape} {array.dtype.str} differ from the "
+                f"manifest {entry['shape']} {entry['dtype']}.")
+  return array
+
+
 def save_npy(directory: str, name: str, array: np.ndarray) -> dict[str, Any]:
   """Saves `array` as `directory/name.npy`; returns its manifest entry.
 

@@ -145,8 +145,9 @@ class BeamInferenceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class _JobInfo:
-  """Facts the driver checked once and the workers rely on."""
+class JobInfo:
+  """What `inspect_inputs` found: item count N, embedding width E, layers K
+  and the graph fingerprint the workers check."""
 
   num_items: int
   embedding_dim: int
@@ -154,7 +155,7 @@ class _JobInfo:
   fingerprint: str
 
 
-def inspect_inputs(config: BeamInferenceConfig) -> _JobInfo:
+def inspect_inputs(config: BeamInferenceConfig) -> JobInfo:
   """Checks the inputs on the driver before anything is launched.
 
   Raises:
@@ -177,7 +178,7 @@ def inspect_inputs(config: BeamInferenceConfig) -> _JobInfo:
   if not tf.io.gfile.exists(prefix + ".index"):
     raise FileNotFoundError(f"{prefix}.index: no weights checkpoint; was {config.weights_dir} "
                             "written by model.save_model?")
-  return _JobInfo(num_items=num_items, embedding_dim=model_config.embedding_dim,
+  return JobInfo(num_items=num_items, embedding_dim=model_config.embedding_dim,
                   num_layers=model_config.num_layers,
                   fingerprint=graph_lib.graph_fingerprint(config.graph_dir))
 
@@ -402,7 +403,7 @@ class _WriteShardFn(beam.DoFn):
     yield path
 
 
-def _build(root, config: BeamInferenceConfig, info: _JobInfo, output_dir: str):
+def _build(root, config: BeamInferenceConfig, info: JobInfo, output_dir: str):
   min_batch = min(32, config.batch_size)
   read = (
       root

@@ -153,7 +153,8 @@ def test_lost_or_orphan_messages_stop_the_pipeline(graph_dir, tmp_path):
   # What a runner that drops elements would hand the reducer: item 7 has
   # c_u = 3 valid slots but only two messages arrived.
   _, _, weights_dir = _model(graph_dir, tmp_path, "importance", 2)
-  fn = beam_inference._ConvolveFn(_config(graph_dir, weights_dir), 0, last=False)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  fn = beam_inference._ConvolveFn(_config(graph_dir, weights_dir), 0, last=False)
   fn.setup()
   h = np.zeros(16, np.float32).tobytes()
   good = [(7, {"h": [(2, h)], "n": [(0, 0.5, h), (1, 0.5, h)]})]
@@ -166,7 +167,7 @@ def test_lost_or_orphan_messages_stop_the_pipeline(graph_dir, tmp_path):
     list(fn.process(duplicated))
   # Messages for a neighbor whose vector never arrived.
   with pytest.raises(RuntimeError, match="neighbor 3 has 0 transformed vectors"):
-    list(beam_inference._send((3, {"transformed": [], "messages": [(7, 0, 0.5)]})))  # pylint: disable=protected-access
+    list(beam_inference._send((3, {"transformed": [], "messages": [(7, 0, 0.5)]})))
 
 
 def test_shard_ranges_tile_the_items():

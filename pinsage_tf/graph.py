@@ -466,20 +466,7 @@ def load_graph(directory: str | os.PathLike, mmap: bool = True, verify: bool = T
       if optional:
         return None
       raise GraphFormatError(f"{directory}/{MANIFEST}: no entry for required array {name!r}.")
-    path = os.path.join(directory, entry["file"])
-    if not os.path.isfile(path):
-      raise GraphFormatError(f"{path}: listed in the manifest but missing.")
-    if verify and atomic.sha256_file(path) != entry["sha256"]:
-      raise GraphFormatError(f"{path}: checksum mismatch (file is corrupt or was modified).")
-    try:
-      array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:
-      raise GraphFormatError(f"{path}: unreadable .npy ({e}).") from e
-    if list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]:
-      raise GraphFormatError(
-          f"{path}: shape/dtype {array.shape} {array.dtype.str} differ from the manifest "
-          f"{entry['shape']} {entry['dtype']}.")
-    return array
+    return atomic.load_npy(directory, entry, mmap=mmap, verify=verify, error=GraphFormatError)
 
   def csr(prefix: str) -> CSR:
     return CSR(load(prefix + "_indptr"), load(prefix + "_indices"))

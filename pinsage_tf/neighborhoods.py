@@ -469,19 +469,7 @@ def load_derived_table(graph_dir: str | os.PathLike, kind: str, key: str,
     entry = manifest.get("files", {}).get(name)
     if entry is None:
       raise DerivedTableError(f"{path}: no entry for array {name!r}.")
-    file = os.path.join(directory, entry["file"])
-    if not os.path.isfile(file):
-      raise DerivedTableError(f"{file}: listed in the manifest but missing.")
-    if verify and atomic.sha256_file(file) != entry["sha256"]:
-      raise DerivedTableError(f"{file}: checksum mismatch (file is corrupt or was modified).")
-    try:
-      array = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:
-      raise DerivedTableError(f"{file}: unreadable .npy ({e}).") from e
-    if list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]:
-      raise DerivedTableError(f"{file}: shape/dtype {array.shape} {array.dtype.str} differ from "
-                              f"the manifest {entry['shape']} {entry['dtype']}.")
-    arrays[name] = array
+    arrays[name] = atomic.load_npy(directory, entry, mmap=mmap, verify=verify, error=DerivedTableError)
   return arrays, manifest
 
 

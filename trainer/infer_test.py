@@ -102,13 +102,12 @@ def _error_lines(stderr: str) -> list[str]:
   return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize("runner", ["local", "beam"])
-def test_missing_model_dir_fails_cleanly(trained, tmp_path, runner):
+def test_missing_model_dir_fails_cleanly(trained, tmp_path):
   graph_dir, _ = trained
   out_dir = str(tmp_path / "out")
   out = _run(["trainer.infer", f"--graph_dir={graph_dir}",
               f"--model_dir={tmp_path / 'no_such_model'}", f"--output_dir={out_dir}",
-              f"--runner={runner}"])
+              "--runner=beam"])
   assert out.returncode != 0
   errors = _error_lines(out.stderr)
   assert len(errors) == 1 and "no_such_model" in errors[0], out.stderr[-2000:]
