@@ -184,8 +184,13 @@ class TrainingInputs:
 
 
 def prepare_inputs(graph_dir: str, config: ExperimentConfig,
-                   progress: Callable[[str, int, int], None] | None = None) -> TrainingInputs:
-  """Loads the graph and loads (or computes and caches) its sampling tables."""
+                   progress: Callable[[str, int, int], None] | None = None,
+                   hard_negatives: bool = True) -> TrainingInputs:
+  """Loads the graph and loads (or computes and caches) its sampling tables.
+
+  `hard_negatives=False` skips the hard-negative pools (inference needs only
+  the neighborhood table).
+  """
   graph = graph_lib.load_graph(graph_dir)
   if config.model.encoder.num_items not in (0, graph.num_items):
     raise ValueError(f"the model was configured for {config.model.encoder.num_items} items "
@@ -195,7 +200,7 @@ def prepare_inputs(graph_dir: str, config: ExperimentConfig,
   nb = nb_lib.load_or_compute_neighborhoods(graph_dir, graph, config.neighborhoods,
                                             progress=report("neighborhoods"))
   hard = None
-  if config.pipeline.max_hard_negatives > 0:
+  if hard_negatives and config.pipeline.max_hard_negatives > 0:
     hard = hard_lib.load_or_compute_hard_negatives(graph_dir, graph, config.hard_negatives,
                                                    progress=report("hard negatives"))
   tables = pipeline.SamplingTables.build(

@@ -113,7 +113,7 @@ def export(model_dir: str, graph_dir: str, embeddings_dir: str, export_base: str
         raise FileExistsError(f"{dest} already exists; versions are immutable, pass another "
                               "--version or omit it for the next one.")
   experiment = training.ExperimentConfig.load(model_dir)
-  inputs = training.prepare_inputs(graph_dir, experiment)
+  inputs = training.prepare_inputs(graph_dir, experiment, hard_negatives=False)
   weights_dir = os.path.join(model_dir, training.MODEL_DIR)
   model = model_lib.load_model(weights_dir)
   fingerprint = graph_lib.graph_fingerprint(graph_dir)

@@ -48,9 +48,8 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
           beam_args: list[str] | None = None):
   """Returns (graph, embeddings [N, E], checkpoint path) for a trained model."""
   config = training.ExperimentConfig.load(model_dir)
-  inputs = training.prepare_inputs(graph_dir, config)
+  inputs = training.prepare_inputs(graph_dir, config, hard_negatives=False)
   weights_dir = os.path.join(model_dir, training.MODEL_DIR)
-  model = model_lib.load_model(weights_dir)
 
   def progress(stage, done, total):
     if done == total or done % (batch_size * 4) == 0:
@@ -66,6 +65,7 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
         max_sparse_length=config.pipeline.max_sparse_length)
     vectors = beam_inference.run_layerwise(beam_config, pipeline_args=beam_args or [])
   else:
+    model = model_lib.load_model(weights_dir)
     vectors = inference.layerwise_embeddings(model, inputs.tables, batch_size=batch_size,
                                              progress=progress)
   return inputs.graph, vectors, weights_dir
@@ -73,6 +73,10 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
 
 def main(argv):
   started = time.perf_counter()
+  if os.path.exists(_OUTPUT_DIR.value) and not _OVERWRITE.value:
+    print(f"error: {_OUTPUT_DIR.value} already exists; pass --overwrite to replace it.",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     graph, vectors, weights_dir = embed(_GRAPH_DIR.value, _MODEL_DIR.value, _RUNNER.value,
                                         _BATCH_SIZE.value, beam_args=list(argv[1:]))
@@ -86,6 +90,10 @@ def main(argv):
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except RuntimeError as e:
+    # Beam integrity checks (lost messages, incomplete shards): nothing written.
+    print(f"error: inference failed: {e}", file=sys.stderr)
+    sys.exit(3)
   print(f"wrote {manifest['count']} embeddings of dim {manifest['dim']} to "
         f"{_OUTPUT_DIR.value} in {time.perf_counter() - started:.1f} s ({_RUNNER.value} runner)")
 
