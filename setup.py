@@ -31,6 +31,7 @@ setup(
     "importance neighborhoods, training, inference, ScaNN retrieval, serving.",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["pinsage_tf*", "trainer*", "serving*", "data*"]),
+    package_data={"trainer": ["configs/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={

@@ -21,7 +21,8 @@ Contract, in the style of TF Model Garden's trainer (config / task / loop):
     epoch are the same ones: their order and seeds depend only on the
     config, the epoch and the batch index);
   - a NaN/Inf loss or gradient stops training with `TrainingDivergedError`
-    before the bad update is applied; the last good checkpoint is kept;
+    right after that step, before anything is saved: on disk the last good
+    checkpoint is kept (the in-memory model is discarded);
   - TensorBoard summaries in `model_dir/train`: loss, learning rate,
     examples/s, gradient norm, validation hit-rate@10 per epoch;
   - at the end the trained weights are saved with `model.save_model` into
