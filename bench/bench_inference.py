@@ -270,11 +270,9 @@ def main(argv=None):
     if not args.work_dir:
       shutil.rmtree(work, ignore_errors=True)
   out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-  text = json.dumps(out, indent=2, sort_keys=True)
-  print(text)
+  print(json.dumps(out, indent=2, sort_keys=True))
   if args.output_json:
-    with atomic.atomic_file(args.output_json) as f:
-      f.write(text + "\n")
+    atomic.write_json(args.output_json, out)
 
 
 if __name__ == "__main__":

@@ -194,11 +194,9 @@ def main(argv=None):
     out["hard_negatives"] = bench_hard_negatives(graph, args.hard_negative_queries,
                                                  args.hard_negative_block_size)
   out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-  text = json.dumps(out, indent=2, sort_keys=True)
-  print(text)
+  print(json.dumps(out, indent=2, sort_keys=True))
   if args.output_json:
-    with atomic.atomic_file(args.output_json) as f:
-      f.write(text + "\n")
+    atomic.write_json(args.output_json, out)
 
 
 if __name__ == "__main__":

@@ -134,11 +134,9 @@ def main() -> None:
       "results": [bench_dataset(n, args.datasets_dir, args.steps, args.warmup)
                   for n in args.datasets.split(",")],
   }
-  text = json.dumps(results, indent=2)
-  print(text)
+  print(json.dumps(results, indent=2, sort_keys=True))
   if args.output_json:
-    with atomic.atomic_file(args.output_json) as f:
-      f.write(text + "\n")
+    atomic.write_json(args.output_json, results)
 
 
 if __name__ == "__main__":
