@@ -1,0 +1,225 @@
+r"""Reproducible quality benchmark: prepare -> train -> infer -> evaluate (JSON output).
+
+    .venv/bin/python bench/quality.py --dataset=movielens \
+        [--config_json=trainer/configs/movielens.json] [--seeds=0,1,2] \
+        [--split=validation|test] [--work_dir=out/quality] \
+        [--datasets_dir=../shared/datasets] [--output_json=bench/results/quality_movielens.json] \
+        [--train_flag=--epochs=4 --train_flag=--temperature=0.05 ...] \
+        [--protocol=auto|item|user] [--max_queries=N] [--baselines=popularity,itemknn,pixie,features]
+
+Every stage runs as a subprocess of the project's own CLIs, exactly as a user
+would run them (the command lines are recorded in the output):
+
+1. `python -m data.prepare` once per dataset (skipped with --reuse_graph when the
+   graph directory already exists);
+2. the baselines, evaluated once (they do not depend on the training seed);
+3. per seed: `python -m trainer.train --config_json=... --seed=N`,
+   `python -m trainer.infer`, `python -m trainer.evaluate --methods=pinsage`.
+
+Output JSON: the configuration (config file contents, extra train flags, every
+command line), per-method metrics (baselines once, PinSage per seed), PinSage's
+mean and sample standard deviation over seeds for every metric, and the wall
+time of each stage. Tuning belongs on `--split=validation` (the default); the
+test split is for one final evaluation per configuration. Progress goes to
+stderr; the JSON is written atomically (`pinsage_tf.atomic.atomic_file`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+from pinsage_tf import atomic  # noqa: E402  (imports no TensorFlow)
+
+# dataset name -> (data.prepare --dataset, sub-directory of --datasets_dir or None).
+_DATASETS = {
+    "movielens": ("movielens", "ml-latest-small"),
+    "gowalla": ("lightgcn", "gowalla"),
+    "synthetic": ("synthetic", None),
+}
+_DEFAULT_BASELINES = {
+    "movielens": "popularity,itemknn,pixie,features",
+    "gowalla": "popularity,itemknn,pixie",  # Gowalla items have no features.
+    "synthetic": "popularity,itemknn,pixie,features",
+}
+
+
+def _log(message: str) -> None:
+  print(f"[quality {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], log_path: str) -> float:
+  """Runs `cmd` from the project root, output to `log_path`; returns wall seconds."""
+  _log("$ " + " ".join(shlex.quote(c) for c in cmd))
+  env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  started = time.perf_counter()
+  with open(log_path, "w") as log:
+    proc = subprocess.run(cmd, cwd=_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          check=False)
+  elapsed = time.perf_counter() - started
+  if proc.returncode != 0:
+    with open(log_path) as f:
+      tail = "".join(f.readlines()[-20:])
+    raise RuntimeError(f"command failed (exit {proc.returncode}, log {log_path}):\n"
+                       f"{' '.join(cmd)}\n{tail}")
+  return round(elapsed, 2)
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+  n = len(values)
+  mean = sum(values) / n
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+  return {"mean": mean, "std": std, "n": n, "values": values}
+
+
+def _eval_flags(args: argparse.Namespace) -> list[str]:
+  flags = [f"--split={args.split}", f"--protocol={args.protocol}"]
+  if args.max_queries:
+    flags.append(f"--max_queries={args.max_queries}")
+  return flags
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", choices=sorted(_DATASETS), default="movielens")
+  parser.add_argument("--config_json", default=None,
+                      help="Experiment config (default trainer/configs/DATASET.json).")
+  parser.add_argument("--seeds", default="0", help="Comma-separated training seeds.")
+  parser.add_argument("--split", choices=["validation", "test"], default="validation")
+  parser.add_argument("--protocol", choices=["auto", "item", "user"], default="auto")
+  parser.add_argument("--max_queries", type=int, default=None,
+                      help="Evaluate a seeded subsample of the queries/users.")
+  parser.add_argument("--baselines", default=None,
+                      help="Comma-separated baselines (default depends on the dataset; "
+                           "'' for none).")
+  parser.add_argument("--train_flag", action="append", default=[],
+                      help="Extra trainer.train flag, repeatable (e.g. --train_flag=--epochs=4).")
+  parser.add_argument("--work_dir", default="out/quality")
+  parser.add_argument("--datasets_dir", default=os.path.join("..", "shared", "datasets"))
+  parser.add_argument("--reuse_graph", action="store_true",
+                      help="Skip data.prepare when WORK_DIR/DATASET/graph exists.")
+  parser.add_argument("--output_json", default=None)
+  args = parser.parse_args(argv)
+
+  seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  if not seeds:
+    parser.error("--seeds must list at least one integer seed.")
+  config_json = args.config_json or os.path.join("trainer", "configs", f"{args.dataset}.json")
+  config_path = os.path.abspath(config_json)
+  with open(config_path) as f:
+    config_text = f.read()
+  config_contents = json.loads(config_text)
+  baselines = args.baselines if args.baselines is not None else _DEFAULT_BASELINES[args.dataset]
+  baselines = [b for b in baselines.split(",") if b]
+
+  py = sys.executable
+  work = os.path.abspath(os.path.join(args.work_dir, args.dataset))
+  os.makedirs(work, exist_ok=True)
+  graph_dir = os.path.join(work, "graph")
+  commands: dict[str, Any] = {}
+  wall: dict[str, Any] = {}
+
+  # 1. prepare.
+  prep_name, sub = _DATASETS[args.dataset]
+  prepare = [py, "-m", "data.prepare", f"--dataset={prep_name}", f"--output_dir={graph_dir}",
+             "--overwrite"]
+  if sub:
+    prepare.append(f"--input_dir={os.path.abspath(os.path.join(args.datasets_dir, sub))}")
+  commands["prepare"] = prepare
+  if args.reuse_graph and os.path.isdir(graph_dir):
+    _log(f"reusing {graph_dir}")
+    wall["prepare_s"] = None
+  else:
+    wall["prepare_s"] = _run(prepare, os.path.join(work, "prepare.log"))
+
+  methods: dict[str, Any] = {}
+  split_tag = f"{args.split}" + (f"_q{args.max_queries}" if args.max_queries else "")
+  # 2. baselines (seed-independent training-wise; pixie's walks use evaluate's --seed=0).
+  if baselines:
+    out = os.path.join(work, f"eval_baselines_{split_tag}.json")
+    cmd = [py, "-m", "trainer.evaluate", f"--graph_dir={graph_dir}",
+           f"--methods={','.join(baselines)}", f"--output_json={out}"] + _eval_flags(args)
+    commands["evaluate_baselines"] = cmd
+    wall["evaluate_baselines_s"] = _run(cmd, os.path.join(work, "eval_baselines.log"))
+    with open(out) as f:
+      base = json.load(f)
+    for name, result in base["methods"].items():
+      methods[name] = {"metrics": result["metrics"], "wall_time_s": result.get("wall_time_s")}
+    counts = base.get("counts")
+  else:
+    counts = None
+
+  # 3. PinSage per seed.
+  per_seed: dict[str, Any] = {}
+  for seed in seeds:
+    run_dir = os.path.join(work, f"seed{seed}")
+    model_dir = os.path.join(run_dir, "model")
+    emb_dir = os.path.join(run_dir, "embeddings")
+    out = os.path.join(run_dir, f"eval_{split_tag}.json")
+    os.makedirs(run_dir, exist_ok=True)
+    # A fresh model directory: trainer.train resumes from checkpoints otherwise.
+    if os.path.exists(model_dir):
+      subprocess.run(["rm", "-rf", model_dir], check=True)
+    train = [py, "-m", "trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+             f"--config_json={config_path}", f"--seed={seed}", "--quiet"] + args.train_flag
+    infer = [py, "-m", "trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+             f"--output_dir={emb_dir}", "--overwrite"]
+    evaluate = [py, "-m", "trainer.evaluate", f"--graph_dir={graph_dir}",
+                f"--embeddings_dir={emb_dir}", "--methods=pinsage",
+                f"--output_json={out}"] + _eval_flags(args)
+    commands[f"seed{seed}"] = {"train": train, "infer": infer, "evaluate": evaluate}
+    times = {"train_s": _run(train, os.path.join(run_dir, "train.log")),
+             "infer_s": _run(infer, os.path.join(run_dir, "infer.log")),
+             "evaluate_s": _run(evaluate, os.path.join(run_dir, "evaluate.log"))}
+    with open(out) as f:
+      result = json.load(f)
+    counts = counts or result.get("counts")
+    metrics = result["methods"]["pinsage"]["metrics"]
+    per_seed[str(seed)] = {"metrics": metrics, "wall": times}
+    wall[f"seed{seed}"] = times
+    _log(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
+                                       if "hit_rate" in k or "recall" in k or "ndcg" in k))
+
+  names = sorted(next(iter(per_seed.values()))["metrics"])
+  summary = {k: _mean_std([float(per_seed[str(s)]["metrics"][k]) for s in seeds]) for k in names}
+  methods["pinsage"] = {"metrics": {k: v["mean"] for k, v in summary.items()},
+                        "mean_std": summary, "per_seed": per_seed}
+
+  output = {
+      "dataset": args.dataset,
+      "split": args.split,
+      "protocol": args.protocol,
+      "max_queries": args.max_queries,
+      "seeds": seeds,
+      "counts": counts,
+      "config_json": config_path,
+      "config": config_contents,
+      "train_flags": args.train_flag,
+      "commands": commands,
+      "methods": methods,
+      "wall_time_s": wall,
+  }
+  if args.output_json:
+    with atomic.atomic_file(args.output_json) as f:
+      json.dump(output, f, indent=2, sort_keys=True)
+      f.write("\n")
+    _log(f"wrote {args.output_json}")
+  else:
+    json.dump(output, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+  return output
+
+
+if __name__ == "__main__":
+  main()
