@@ -10,7 +10,7 @@ DATASETS ?= ../shared/datasets
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup test run serve bench clean
+.PHONY: setup test run serve bench bench-quality clean
 
 # Re-installs only when setup.py changed (or the venv is new).
 $(STAMP): setup.py
@@ -54,6 +54,12 @@ bench: setup
 	$(PY) bench/bench_inference.py --datasets_dir=$(DATASETS) --output_json=bench/results/inference.json
 	$(PY) bench/bench_scann.py --output_json=bench/results/scann.json
 	$(PY) bench/bench_serving.py --output=bench/results/serving.json
+
+# Quality on real data: prepare -> train -> infer -> evaluate over 3 seeds (~15 min/dataset).
+bench-quality: setup
+	mkdir -p bench/results
+	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --split=validation \
+	    --datasets_dir=$(DATASETS) --output_json=bench/results/quality_movielens.json
 
 clean:
 	rm -rf $(OUT) bench/results
