@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", choices=sorted(_DATASETS), default="movielens")
   parser.add_argument("--config_json", default=None,
-                      help="Experiment config (default trainer/configs/DATASET.json).")
+                      help="Experiment config (default trainer/configs/<data.prepare dataset>.json).")
   parser.add_argument("--seeds", default="0", help="Comma-separated training seeds.")
   parser.add_argument("--split", choices=["validation", "test"], default="validation")
   parser.add_argument("--protocol", choices=["auto", "item", "user"], default="auto")
@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   if not seeds:
     parser.error("--seeds must list at least one integer seed.")
-  config_json = args.config_json or os.path.join("trainer", "configs", f"{args.dataset}.json")
+  # Configs are named after the data.prepare layout (gowalla -> lightgcn.json).
+  config_json = args.config_json or os.path.join(
+      "trainer", "configs", f"{_DATASETS[args.dataset][0]}.json")
   config_path = os.path.abspath(config_json)
   with open(config_path) as f:
     config_text = f.read()
