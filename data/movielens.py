@@ -77,6 +77,8 @@ class MovieLensConfig:
     test_quantile: quantile of well-rated timestamps where test starts.
     hash_buckets: hash space of the "title" and "tags" features.
     use_tags: read tags.csv when present.
+    train_pair_window: training pairs link each engagement to the
+      `train_pair_window` engagements before it (`sequences.split_log`).
   """
 
   min_rating: float = 4.0
@@ -85,11 +87,14 @@ class MovieLensConfig:
   test_quantile: float = 0.9
   hash_buckets: int = 2**14
   use_tags: bool = True
+  train_pair_window: int = 1
 
   def __post_init__(self):
     if not 0.0 < self.val_quantile < self.test_quantile < 1.0:
       raise ValueError("need 0 < val_quantile < test_quantile < 1; got "
                        f"{self.val_quantile} and {self.test_quantile}.")
+    if self.train_pair_window < 1:
+      raise ValueError(f"train_pair_window must be >= 1, got {self.train_pair_window}.")
     if self.hash_buckets < 1:
       raise ValueError(f"hash_buckets must be a positive integer, got {self.hash_buckets}.")
 
@@ -166,7 +171,7 @@ def load_movielens(input_dir: str | os.PathLike, config: MovieLensConfig) -> Gra
       source=ratings_path, pivot=user_index.astype(np.int64), item=item[order],
       period=cutoffs.period(timestamp[order]),
       is_edge=rating[order] >= config.edge_min_rating, is_engagement=well_rated[order],
-      num_items=movie_ids.shape[0])
+      num_items=movie_ids.shape[0], train_pair_window=config.train_pair_window)
 
   titles = movies.columns["title"]
   title_tokens, years = [], []

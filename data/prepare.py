@@ -75,6 +75,10 @@ _VAL_QUANTILE = flags.DEFINE_float("val_quantile", _ML.val_quantile,
 _TEST_QUANTILE = flags.DEFINE_float("test_quantile", _ML.test_quantile,
                                     "movielens, csv: time quantile where test starts.")
 
+_TRAIN_PAIR_WINDOW = flags.DEFINE_integer(
+    "train_pair_window", _ML.train_pair_window,
+    "movielens: training pairs link each engagement to the N engagements before it "
+    "(held-out pairs stay consecutive).")
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", _LG.val_fraction,
                                    "lightgcn: share of train items held out for validation.")
 _MAX_PAIRS_PER_USER = flags.DEFINE_integer("max_pairs_per_user", _LG.max_pairs_per_user,
@@ -131,7 +135,7 @@ def load_from_flags(dataset: str) -> graph_lib.Graph:
     return movielens.load_movielens(_INPUT_DIR.value, movielens.MovieLensConfig(
         min_rating=_MIN_RATING.value, edge_min_rating=_EDGE_MIN_RATING.value,
         val_quantile=_VAL_QUANTILE.value, test_quantile=_TEST_QUANTILE.value,
-        use_tags=_USE_TAGS.value, **_buckets()))
+        use_tags=_USE_TAGS.value, train_pair_window=_TRAIN_PAIR_WINDOW.value, **_buckets()))
   if dataset == "lightgcn":
     return lightgcn.load_lightgcn(_INPUT_DIR.value, lightgcn.LightGCNConfig(
         val_fraction=_VAL_FRACTION.value, max_pairs_per_user=_MAX_PAIRS_PER_USER.value,

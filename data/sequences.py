@@ -17,7 +17,11 @@ global cut-offs:
   order), because the user protocol embeds a pivot from its training items;
 * item pairs (paper protocol): among `is_engagement` interactions of one pivot,
   each one and the next form (query, positive); the pair's split is the period
-  of the *positive*. Self-pairs (same item twice in a row) are dropped;
+  of the *positive*. Self-pairs (same item twice in a row) are dropped.
+  With `train_pair_window` w > 1, a TRAIN-period positive is also paired with
+  each of the w-1 engagements before its direct predecessor (more training
+  pairs from the same pre-cut-off data); validation and test pairs are always
+  the consecutive ones, so the evaluation protocol does not change with w;
 * held-out items (user protocol): each kept pivot's engagement items in the
   validation / test period that are not among its training-edge items.
 
@@ -98,7 +102,8 @@ class LogSplit:
 
 
 def split_log(*, source: str, pivot: np.ndarray, item: np.ndarray, period: np.ndarray,
-              is_edge: np.ndarray, is_engagement: np.ndarray, num_items: int) -> LogSplit:
+              is_edge: np.ndarray, is_engagement: np.ndarray, num_items: int,
+              train_pair_window: int = 1) -> LogSplit:
   """Applies the protocol of the module docstring.
 
   Args:
@@ -110,11 +115,15 @@ def split_log(*, source: str, pivot: np.ndarray, item: np.ndarray, period: np.nd
     is_edge: bool `[K]` interaction may become a graph edge (if TRAIN period).
     is_engagement: bool `[K]` interaction counts for pairs and held-out items.
     num_items: N, the item count.
+    train_pair_window: w >= 1; training pairs link each engagement to the
+      w engagements before it (1 = consecutive only, like held-out pairs).
 
   Raises:
     InputError: no training edge, or the validation or test split would have
       no item pair.
   """
+  if train_pair_window < 1:
+    raise ValueError(f"train_pair_window must be >= 1, got {train_pair_window}.")
   if pivot.size and np.any(np.diff(pivot) < 0):
     raise ValueError("split_log needs the log sorted by pivot.")
   train_edge = is_edge & (period == int(Split.TRAIN))
@@ -130,9 +139,16 @@ def split_log(*, source: str, pivot: np.ndarray, item: np.ndarray, period: np.nd
   eng = np.flatnonzero(is_engagement)
   prev, cur = eng[:-1], eng[1:]
   linked = (pivot[prev] == pivot[cur]) & (item[prev] != item[cur])
-  pairs = ItemPairs(query=item[prev[linked]].astype(np.int32),
-                    positive=item[cur[linked]].astype(np.int32),
-                    split=period[cur[linked]].astype(np.int8))
+  queries, positives = [prev[linked]], [cur[linked]]
+  for gap in range(2, train_pair_window + 1):
+    prev, cur = eng[:-gap], eng[gap:]
+    linked = ((pivot[prev] == pivot[cur]) & (item[prev] != item[cur])
+              & (period[cur] == int(Split.TRAIN)))
+    queries.append(prev[linked])
+    positives.append(cur[linked])
+  query, positive = np.concatenate(queries), np.concatenate(positives)
+  pairs = ItemPairs(query=item[query].astype(np.int32), positive=item[positive].astype(np.int32),
+                    split=period[positive].astype(np.int8))
   for split, hint in ((Split.VALIDATION, "lower --val_quantile or raise --test_quantile"),
                       (Split.TEST, "lower --test_quantile")):
     if pairs.count(split) == 0:

@@ -96,3 +96,26 @@ def test_split_log_needs_sorted_pivots():
     sequences.split_log(source="log", pivot=np.array([1, 0]), item=np.array([0, 1]),
                         period=np.zeros(2, np.int8), is_edge=np.ones(2, bool),
                         is_engagement=np.ones(2, bool), num_items=2)
+
+
+def test_split_log_train_pair_window_adds_only_training_pairs():
+  pivot, item, period = _log()
+  everything = np.ones(pivot.shape, bool)
+  kwargs = dict(source="log", pivot=pivot, item=item, period=period, is_edge=everything,
+                is_engagement=everything, num_items=4)
+  base = sequences.split_log(**kwargs)
+  wide = sequences.split_log(**kwargs, train_pair_window=3)
+
+  def triples(pairs):
+    return sorted(zip(pairs.query.tolist(), pairs.positive.tolist(), pairs.split.tolist()))
+
+  # Gap-2 and gap-3 pairs whose positive is in TRAIN, same pivot, distinct items:
+  # pivot 0 (items 1 0 2 3 ...): (1, 2) at gap 2; pivot 1 (0 2 ...): none beyond gap 1.
+  extra = sorted(set(triples(wide.pairs)) - set(triples(base.pairs)))
+  assert all(split == T for _, _, split in extra)
+  assert wide.pairs.count(V) == base.pairs.count(V)
+  assert wide.pairs.count(X) == base.pairs.count(X)
+  assert wide.pairs.count(T) > base.pairs.count(T)
+  assert (1, 2, T) in extra
+  with pytest.raises(ValueError, match="train_pair_window"):
+    sequences.split_log(**kwargs, train_pair_window=0)

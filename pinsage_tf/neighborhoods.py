@@ -373,7 +373,9 @@ def neighborhoods_for_new_items(
   Args:
     graph: the graph the new items attach to.
     pivot_lists: a `CSR` with K rows or K sequences of pivot indices
-      (duplicates weight a pivot; an empty list gives an all-padding row).
+      (duplicates weight a pivot; an empty list, or one whose pivots have no
+      items in `graph`, gives an all-padding row; item-less pivots are
+      ignored).
     config: walk parameters (the random stream differs from the stored table's).
     num_threads: worker threads (None: one per CPU core).
 
@@ -381,6 +383,15 @@ def neighborhoods_for_new_items(
     `Neighborhoods` with K rows; ids are item indices of `graph`.
   """
   pivots = _as_csr(pivot_lists, graph.num_pivots)
+  # A pivot without items (possible when items were removed from the graph)
+  # leads nowhere: drop it, so a walk never picks it and reads a neighbor's row.
+  alive = graph.pivot_to_item.degrees()[pivots.indices] > 0
+  if not np.all(alive):
+    row_of = np.repeat(np.arange(pivots.num_rows), np.diff(pivots.indptr))
+    row_lengths = np.bincount(row_of[alive], minlength=pivots.num_rows)
+    indptr = np.zeros(pivots.num_rows + 1, dtype=np.int64)
+    np.cumsum(row_lengths, out=indptr[1:])
+    pivots = graph_lib.CSR(indptr=indptr, indices=pivots.indices[alive])
   n = graph.num_items
   # New items become extra item rows N..N+K-1 of item_to_pivot only.
   ip_indptr = np.concatenate([graph.item_to_pivot.indptr,

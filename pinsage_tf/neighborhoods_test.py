@@ -216,6 +216,18 @@ class TestNewItems:
     np.testing.assert_array_equal(table.ids[1], [-1, -1])
     np.testing.assert_array_equal(table.counts, [2, 0])
 
+  def test_pivots_without_items_are_ignored(self):
+    # Pivot 3 exists but holds no item; before the fix a walk picking it read
+    # the previous pivot's row (items of pivot 2).
+    graph = _graph(5, 4, [(0, 0), (1, 0), (1, 1), (2, 1), (2, 2), (3, 2)])
+    config = nb.NeighborhoodConfig(num_neighbors=3, num_walks=50, max_hops=1)
+    table = nb.neighborhoods_for_new_items(graph, [[3], [3, 0], [], [0]], config)
+    np.testing.assert_array_equal(table.ids[0], [-1, -1, -1])
+    np.testing.assert_array_equal(table.ids[2], [-1, -1, -1])
+    assert set(table.ids[1][table.ids[1] >= 0]) == {0, 1}
+    assert set(table.ids[3][table.ids[3] >= 0]) == {0, 1}
+    np.testing.assert_array_equal(table.counts, [0, 2, 0, 2])
+
   def test_rejects_unknown_pivot(self):
     with pytest.raises(ValueError, match=r"pivot_lists\[1\] holds pivot 7"):
       nb.neighborhoods_for_new_items(_path_graph(), [[0], [1, 7]])
