@@ -3,11 +3,12 @@ r"""Cold-start benchmark on MovieLens: held-out items embedded inductively (JSON
     .venv/bin/python bench/cold_start.py [--split=validation|test] [--seeds=0,1,2] \
         [--fraction=0.1] [--cold_seed=0] [--config_json=trainer/configs/movielens.json] \
         [--work_dir=out/cold_start] [--datasets_dir=../shared/datasets] [--reuse_graph] \
-        [--train_flag=--epochs=4 ...] [--output_json=out/cold_start/validation_seed0.json]
+        [--train_flag=--epochs=4 ...] [--prepare_flag=--train_pair_window=3 ...] \
+        [--output_json=out/cold_start/validation_seed0.json]
 
 Steps (`pinsage_tf.cold_start` documents the split and the embedding path):
 
-1. `python -m data.prepare --dataset=movielens` (subprocess) into
+1. `python -m data.prepare --dataset=movielens [--prepare_flag ...]` (subprocess) into
    WORK_DIR/graph, skipped with --reuse_graph when it exists;
 2. in-process: `cold_start.hold_out_items(fraction, cold_seed)` picks the cold
    movies among those with training edges that query a validation or test
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       help="Seed of the cold item draw (fixed across training seeds).")
   parser.add_argument("--train_flag", action="append", default=[],
                       help="Extra trainer.train flag, repeatable (e.g. --train_flag=--epochs=4).")
+  parser.add_argument("--prepare_flag", action="append", default=[],
+                      help="Extra data.prepare flag, repeatable "
+                           "(e.g. --prepare_flag=--train_pair_window=3).")
   parser.add_argument("--work_dir", default=os.path.join("out", "cold_start"))
   parser.add_argument("--reuse_graph", action="store_true",
                       help="Skip data.prepare when WORK_DIR/graph exists.")
@@ -197,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   # 1. prepare.
   prepare = [py, "-m", "data.prepare", "--dataset=movielens", f"--output_dir={graph_dir}",
              "--overwrite",
-             f"--input_dir={os.path.abspath(os.path.join(args.datasets_dir, 'ml-latest-small'))}"]
+             f"--input_dir={os.path.abspath(os.path.join(args.datasets_dir, 'ml-latest-small'))}"
+             ] + args.prepare_flag
   commands["prepare"] = prepare
   if args.reuse_graph and os.path.isdir(graph_dir):
     _log(f"reusing {graph_dir}")
@@ -298,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "config_json": config_path,
       "config": config_contents,
       "train_flags": args.train_flag,
+      "prepare_flags": args.prepare_flag,
       "commands": commands,
       "methods": methods,
       "diagnostics": diagnostics,

@@ -5,15 +5,19 @@ r"""Reproducible quality benchmark: prepare -> train -> infer -> evaluate (JSON 
         [--split=validation|test] [--work_dir=out/quality] \
         [--datasets_dir=../shared/datasets] [--output_json=bench/results/quality_movielens.json] \
         [--train_flag=--epochs=4 --train_flag=--temperature=0.05 ...] \
+        [--prepare_flag=--train_pair_window=3 ...] [--graph_dir=EXISTING_GRAPH] \
         [--protocol=auto|item|user] [--max_queries=N] [--baselines=popularity,itemknn,pixie,features]
 
 Every stage runs as a subprocess of the project's own CLIs, exactly as a user
 would run them (the command lines are recorded in the output):
 
-1. `python -m data.prepare` once per dataset (skipped with --reuse_graph when the
-   graph directory already exists);
+1. `python -m data.prepare` once per dataset, with any `--prepare_flag`s
+   (skipped with --reuse_graph when the graph directory already exists, or
+   when --graph_dir names an existing graph: ablations then share one graph
+   and its cached neighborhood / hard-negative tables);
 2. the baselines, evaluated once (they do not depend on the training seed);
-3. per seed: `python -m trainer.train --config_json=... --seed=N`,
+3. per seed (with --jobs=J, J tasks at a time, the baselines being one):
+   `python -m trainer.train --config_json=... --seed=N`,
    `python -m trainer.infer`, `python -m trainer.evaluate --methods=pinsage`.
 
 Output JSON: the configuration (config file contents, extra train flags, every
@@ -27,6 +31,7 @@ stderr; the JSON is written atomically (`pinsage_tf.atomic.atomic_file`).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -105,6 +110,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "'' for none).")
   parser.add_argument("--train_flag", action="append", default=[],
                       help="Extra trainer.train flag, repeatable (e.g. --train_flag=--epochs=4).")
+  parser.add_argument("--prepare_flag", action="append", default=[],
+                      help="Extra data.prepare flag, repeatable (e.g. --prepare_flag=--seed=1).")
+  parser.add_argument("--graph_dir", default=None,
+                      help="Use this existing graph (no data.prepare; --prepare_flag ignored).")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="Seeds trained at the same time (their wall times then overlap).")
   parser.add_argument("--work_dir", default="out/quality")
   parser.add_argument("--datasets_dir", default=os.path.join("..", "shared", "datasets"))
   parser.add_argument("--reuse_graph", action="store_true",
@@ -128,18 +139,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   py = sys.executable
   work = os.path.abspath(os.path.join(args.work_dir, args.dataset))
   os.makedirs(work, exist_ok=True)
-  graph_dir = os.path.join(work, "graph")
+  graph_dir = os.path.abspath(args.graph_dir) if args.graph_dir else os.path.join(work, "graph")
   commands: dict[str, Any] = {}
   wall: dict[str, Any] = {}
 
   # 1. prepare.
   prep_name, sub = _DATASETS[args.dataset]
   prepare = [py, "-m", "data.prepare", f"--dataset={prep_name}", f"--output_dir={graph_dir}",
-             "--overwrite"]
+             "--overwrite"] + args.prepare_flag
   if sub:
     prepare.append(f"--input_dir={os.path.abspath(os.path.join(args.datasets_dir, sub))}")
   commands["prepare"] = prepare
-  if args.reuse_graph and os.path.isdir(graph_dir):
+  if args.graph_dir:
+    if not os.path.isfile(os.path.join(graph_dir, "manifest.json")):
+      parser.error(f"--graph_dir={args.graph_dir}: no graph (manifest.json) there.")
+    _log(f"using the existing graph {graph_dir}")
+    commands["prepare"] = None
+    wall["prepare_s"] = None
+  elif args.reuse_graph and os.path.isdir(graph_dir):
     _log(f"reusing {graph_dir}")
     wall["prepare_s"] = None
   else:
@@ -147,8 +164,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   methods: dict[str, Any] = {}
   split_tag = f"{args.split}" + (f"_q{args.max_queries}" if args.max_queries else "")
-  # 2. baselines (seed-independent training-wise; pixie's walks use evaluate's --seed=0).
-  if baselines:
+  # 2. baselines (seed-independent training-wise; pixie's walks use evaluate's --seed=0),
+  # run as one more task of the pool below.
+  counts = None
+
+  def run_baselines() -> None:
+    nonlocal counts
     out = os.path.join(work, f"eval_baselines_{split_tag}.json")
     cmd = [py, "-m", "trainer.evaluate", f"--graph_dir={graph_dir}",
            f"--methods={','.join(baselines)}", f"--output_json={out}"] + _eval_flags(args)
@@ -159,12 +180,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, result in base["methods"].items():
       methods[name] = {"metrics": result["metrics"], "wall_time_s": result.get("wall_time_s")}
     counts = base.get("counts")
-  else:
-    counts = None
 
-  # 3. PinSage per seed.
+  # 3. PinSage per seed (--jobs seeds at a time; each seed's stages run in order).
   per_seed: dict[str, Any] = {}
-  for seed in seeds:
+
+  def run_seed(seed: int) -> None:
     run_dir = os.path.join(work, f"seed{seed}")
     model_dir = os.path.join(run_dir, "model")
     emb_dir = os.path.join(run_dir, "embeddings")
@@ -186,12 +206,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "evaluate_s": _run(evaluate, os.path.join(run_dir, "evaluate.log"))}
     with open(out) as f:
       result = json.load(f)
-    counts = counts or result.get("counts")
     metrics = result["methods"]["pinsage"]["metrics"]
-    per_seed[str(seed)] = {"metrics": metrics, "wall": times}
+    per_seed[str(seed)] = {"metrics": metrics, "wall": times, "counts": result.get("counts")}
     wall[f"seed{seed}"] = times
     _log(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
                                        if "hit_rate" in k or "recall" in k or "ndcg" in k))
+
+  if args.jobs > 1:
+    wall["concurrent_seeds"] = min(args.jobs, len(seeds))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    tasks = ([run_baselines] if baselines else []) + [
+        (lambda s=seed: run_seed(s)) for seed in seeds]
+    for future in [pool.submit(task) for task in tasks]:
+      future.result()  # re-raises the first failure
+  counts = counts or per_seed[str(seeds[0])]["counts"]
 
   names = sorted(next(iter(per_seed.values()))["metrics"])
   summary = {k: _mean_std([float(per_seed[str(s)]["metrics"][k]) for s in seeds]) for k in names}
@@ -208,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "config_json": config_path,
       "config": config_contents,
       "train_flags": args.train_flag,
+      "prepare_flags": args.prepare_flag,
+      "graph_dir": graph_dir,
       "commands": commands,
       "methods": methods,
       "wall_time_s": wall,

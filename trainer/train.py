@@ -77,6 +77,10 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpo
 _VALIDATION_QUERIES = flags.DEFINE_integer("validation_queries", 2000,
                                            "Validation pairs scored per epoch (0 = off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of walks, batches and initialisation.")
+_HARD_NEGATIVE_SEED = flags.DEFINE_integer(
+    "hard_negative_seed", None,
+    "Seed of the hard-negative pool sampling (default: --seed). Runs that fix it share the "
+    "cached pool, e.g. several training seeds on one graph.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 flags.mark_flags_as_required(["graph_dir", "model_dir"])
@@ -106,7 +110,8 @@ def config_from_flags() -> training.ExperimentConfig:
           nb, num_neighbors=pick(_NUM_NEIGHBORS, nb.num_neighbors),
           num_walks=pick(_NUM_WALKS, nb.num_walks), max_hops=pick(_MAX_HOPS, nb.max_hops),
           restart_prob=pick(_RESTART_PROB, nb.restart_prob), seed=seed),
-      hard_negatives=dataclasses.replace(hn, seed=seed),
+      hard_negatives=dataclasses.replace(
+          hn, seed=seed if _HARD_NEGATIVE_SEED.value is None else _HARD_NEGATIVE_SEED.value),
       pipeline=dataclasses.replace(
           pc, batch_size=pick(_BATCH_SIZE, pc.batch_size),
           num_negatives=pick(_NUM_NEGATIVES, pc.num_negatives),

@@ -130,3 +130,17 @@ def test_bad_flags_fail_clearly(graph_dir, tmp_path):
   out = _run(["trainer.train", f"--graph_dir={tmp_path}/missing", f"--model_dir={tmp_path}/m"])
   assert out.returncode != 0
   assert "no graph manifest" in out.stderr
+
+
+def test_hard_negative_seed_decouples_the_pool_from_the_training_seed(graph_dir, tmp_path):
+  model_dir = f"{tmp_path}/m"
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              "--seed=3", "--hard_negative_seed=0", "--max_hard_negatives=1", "--epochs=2",
+              "--steps_per_epoch=2", *SMALL])
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(os.path.join(model_dir, "experiment.json")) as f:
+    config = json.load(f)
+  assert config["hard_negatives"]["seed"] == 0
+  assert config["pipeline"]["seed"] == 3
+  pools = os.listdir(os.path.join(graph_dir, "hard_negatives"))
+  assert any(p.endswith("-s0") for p in pools), pools
