@@ -23,7 +23,9 @@ user's training items masked):
 Item-item pairs, so the paper's item protocol can run here too:
 * TRAIN: for each user a seeded random permutation of the remaining training
   items; consecutive items form pairs in both directions, at most
-  `max_pairs_per_user` directed pairs per user;
+  `max_pairs_per_user` directed pairs per user; with `pair_rounds` R > 1,
+  R-1 further independent permutations add their pairs too (drawn after
+  everything else, so the hold-outs and evaluation pairs do not change);
 * VALIDATION: (a random remaining training item of the user, validation item);
 * TEST: (a random remaining training item of the user, test item); test users
   without training items give no pair (counted in metadata).
@@ -55,12 +57,15 @@ class LightGCNConfig:
   Attributes:
     val_fraction: share of each eligible user's training items moved to the
       validation hold-out, in [0, 1).
-    max_pairs_per_user: cap on directed TRAIN item pairs per user (>= 2).
+    max_pairs_per_user: cap on directed TRAIN item pairs per user and round (>= 2).
+    pair_rounds: independent permutations whose consecutive items give TRAIN
+      pairs (>= 1).
     seed: seeds every random choice.
   """
 
   val_fraction: float = 0.05
   max_pairs_per_user: int = 50
+  pair_rounds: int = 1
   seed: int = 0
 
   def __post_init__(self):
@@ -68,6 +73,8 @@ class LightGCNConfig:
       raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}.")
     if self.max_pairs_per_user < 2:
       raise ValueError(f"max_pairs_per_user must be >= 2, got {self.max_pairs_per_user}.")
+    if self.pair_rounds < 1:
+      raise ValueError(f"pair_rounds must be >= 1, got {self.pair_rounds}.")
 
 
 def read_user_items(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,6 +183,17 @@ def load_lightgcn(input_dir: str | os.PathLike, config: LightGCNConfig) -> Graph
   val_query = random_train_item(val_user)
   test_query = random_train_item(test_user[has_train])
 
+  # Further rounds: a fresh permutation inside each user's block (`user` is sorted).
+  rounds_a, rounds_b = [a], [b]
+  for _ in range(1, config.pair_rounds):
+    order = np.lexsort((rng.random(user.size), user))
+    round_user, round_item = user[order], item[order]
+    round_pos = np.arange(round_user.size) - first_train[round_user]
+    link = round_pos < links[round_user]
+    rounds_a.append(round_item[link])
+    rounds_b.append(round_item[np.flatnonzero(link) + 1])
+  a, b = np.concatenate(rounds_a), np.concatenate(rounds_b)
+
   query = np.concatenate([a, b, val_query, test_query])
   positive = np.concatenate([b, a, val_item, test_item[has_train]])
   split = np.concatenate([np.full(2 * a.size, int(Split.TRAIN), np.int8),
@@ -203,7 +221,8 @@ def load_lightgcn(input_dir: str | os.PathLike, config: LightGCNConfig) -> Graph
                                 "(users with >= 3, keeping >= 2)",
           "heldout_test": "test.txt",
           "train_pairs": "consecutive items of a seeded permutation per user, both "
-                         "directions, capped at max_pairs_per_user",
+                         "directions, capped at max_pairs_per_user, pair_rounds "
+                         "independent permutations",
           "eval_pairs": "(random remaining train item of the user, held-out item)",
       },
       "train_interactions": int(train_items.size),

@@ -170,3 +170,26 @@ def test_gowalla(datasets_dir):
   # Everyone keeps >= 2 training items when they had >= 3.
   assert g.pivot_degrees().min() >= 2
   assert g.pairs.count(Split.TRAIN) <= 50 * g.num_pivots
+
+
+def test_pair_rounds_add_training_pairs_and_keep_the_holdouts(tmp_path):
+  path = _write(tmp_path, train="0 0 1 2 3 4 5 6 7\n1 1 2 3 4\n", test="0 8\n1 8\n")
+  one = lightgcn.load_lightgcn(path, lightgcn.LightGCNConfig(val_fraction=0.2, seed=5))
+  three = lightgcn.load_lightgcn(path, lightgcn.LightGCNConfig(val_fraction=0.2, seed=5,
+                                                               pair_rounds=3))
+  assert three.pairs.count(Split.TRAIN) == 3 * one.pairs.count(Split.TRAIN)
+  # The first round is the single-round graph's pairs; hold-outs and eval pairs are equal.
+  n = one.pairs.count(Split.TRAIN) // 2
+  assert _pairs(three, Split.TRAIN)[:n] == _pairs(one, Split.TRAIN)[:n]
+  for split in (Split.VALIDATION, Split.TEST):
+    assert _pairs(three, split) == _pairs(one, split)
+  np.testing.assert_array_equal(three.heldout.validation.indices, one.heldout.validation.indices)
+  np.testing.assert_array_equal(three.item_to_pivot.indices, one.item_to_pivot.indices)
+  # Every extra pair links two training items of the same user.
+  edges = {(int(u), int(i)) for u in range(one.num_pivots)
+           for i in one.pivot_to_item.indices[one.pivot_to_item.indptr[u]:
+                                              one.pivot_to_item.indptr[u + 1]]}
+  for q, p in _pairs(three, Split.TRAIN):
+    assert any((u, q) in edges and (u, p) in edges for u in range(one.num_pivots))
+  with pytest.raises(ValueError, match="pair_rounds"):
+    lightgcn.LightGCNConfig(pair_rounds=0)

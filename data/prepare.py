@@ -79,6 +79,9 @@ _TRAIN_PAIR_WINDOW = flags.DEFINE_integer(
     "train_pair_window", _ML.train_pair_window,
     "movielens: training pairs link each engagement to the N engagements before it "
     "(held-out pairs stay consecutive).")
+_PAIR_ROUNDS = flags.DEFINE_integer(
+    "pair_rounds", _LG.pair_rounds,
+    "lightgcn: independent per-user permutations whose consecutive items give training pairs.")
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", _LG.val_fraction,
                                    "lightgcn: share of train items held out for validation.")
 _MAX_PAIRS_PER_USER = flags.DEFINE_integer("max_pairs_per_user", _LG.max_pairs_per_user,
@@ -139,6 +142,7 @@ def load_from_flags(dataset: str) -> graph_lib.Graph:
   if dataset == "lightgcn":
     return lightgcn.load_lightgcn(_INPUT_DIR.value, lightgcn.LightGCNConfig(
         val_fraction=_VAL_FRACTION.value, max_pairs_per_user=_MAX_PAIRS_PER_USER.value,
+        pair_rounds=_PAIR_ROUNDS.value,
         seed=_SEED.value))
   if dataset == "csv":
     features = _ITEM_FEATURES_CSV.value
