@@ -47,9 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -71,38 +69,18 @@ from pinsage_tf import inference  # noqa: E402
 from pinsage_tf import model as model_lib  # noqa: E402
 from pinsage_tf import retrieval_exact  # noqa: E402
 from pinsage_tf import training  # noqa: E402
+import quality  # noqa: E402  (bench/quality.py: subprocess runner, mean/std)
 
 _KS = (10, 50, 100)
 _WARM_SAMPLE = 1000  # warm items re-embedded through the cold-start path (diagnostic)
 
 
 def _log(message: str) -> None:
-  print(f"[cold_start {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+  quality._log(message, tag="cold_start")
 
 
 def _run(cmd: list[str], log_path: str) -> float:
-  """Runs `cmd` from the project root, output to `log_path`; returns wall seconds."""
-  _log("$ " + " ".join(shlex.quote(c) for c in cmd))
-  env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  started = time.perf_counter()
-  with open(log_path, "w") as log:
-    proc = subprocess.run(cmd, cwd=_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                          check=False)
-  elapsed = time.perf_counter() - started
-  if proc.returncode != 0:
-    with open(log_path) as f:
-      tail = "".join(f.readlines()[-20:])
-    raise RuntimeError(f"command failed (exit {proc.returncode}, log {log_path}):\n"
-                       f"{' '.join(cmd)}\n{tail}")
-  return round(elapsed, 2)
-
-
-def _mean_std(values: list[float]) -> dict[str, Any]:
-  n = len(values)
-  mean = sum(values) / n
-  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-  return {"mean": mean, "std": std, "n": n, "values": values}
+  return quality._run(cmd, log_path, tag="cold_start")
 
 
 def _metric_line(metrics: dict[str, float]) -> str:
@@ -283,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "ties_at_positive": result["counts"]["ties_at_positive"]}
   for name, runs in per_seed.items():
     keys = sorted(next(iter(runs.values()))["metrics"])
-    summary = {k: _mean_std([float(runs[str(s)]["metrics"][k]) for s in seeds]) for k in keys}
+    summary = {k: quality._mean_std([float(runs[str(s)]["metrics"][k]) for s in seeds]) for k in keys}
     methods[name] = {"metrics": {k: v["mean"] for k, v in summary.items()},
                      "mean_std": summary, "per_seed": runs}
   wall["total_s"] = round(time.perf_counter() - started, 2)

@@ -59,13 +59,13 @@ _DEFAULT_BASELINES = {
 }
 
 
-def _log(message: str) -> None:
-  print(f"[quality {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def _log(message: str, tag: str = "quality") -> None:
+  print(f"[{tag} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _run(cmd: list[str], log_path: str) -> float:
+def _run(cmd: list[str], log_path: str, tag: str = "quality") -> float:
   """Runs `cmd` from the project root, output to `log_path`; returns wall seconds."""
-  _log("$ " + " ".join(shlex.quote(c) for c in cmd))
+  _log("$ " + " ".join(shlex.quote(c) for c in cmd), tag)
   env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   started = time.perf_counter()
