@@ -291,14 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       {name: {"metrics": {k: m["metrics"][k] for k in [f"hit_rate@{k}" for k in _KS] + ["mrr"]},
               "wall_time_s": m.get("wall_time_s")}
        for name, m in methods.items()}))
-  if args.output_json:
-    with atomic.atomic_file(args.output_json) as f:
-      json.dump(output, f, indent=2, sort_keys=True)
-      f.write("\n")
-    _log(f"wrote {args.output_json}")
-  else:
-    json.dump(output, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+  quality.write_output(output, args.output_json, tag="cold_start")
   return output
 
 

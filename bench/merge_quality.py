@@ -25,8 +25,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pinsage_tf import atomic  # noqa: E402  (imports no TensorFlow)
-from quality import _mean_std  # noqa: E402
+from quality import _mean_std, write_output  # noqa: E402
 
 _MUST_AGREE = ("dataset", "split", "protocol", "max_queries", "config", "train_flags",
                "prepare_flags", "graph_dir")
@@ -91,10 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     merged = merge(parts, baselines)
   except ValueError as e:
     parser.error(str(e))
-  with atomic.atomic_file(args.output_json) as f:
-    json.dump(merged, f, indent=2, sort_keys=True)
-    f.write("\n")
-  print(f"wrote {args.output_json}: seeds {merged['seeds']}", file=sys.stderr)
+  write_output(merged, args.output_json, tag="merge_quality")
 
 
 if __name__ == "__main__":

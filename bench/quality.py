@@ -81,6 +81,18 @@ def _run(cmd: list[str], log_path: str, tag: str = "quality") -> float:
   return round(elapsed, 2)
 
 
+def write_output(output: dict[str, Any], path: str | None, tag: str = "quality") -> None:
+  """`output` as indented JSON, atomically to `path` (None: to stdout)."""
+  if path:
+    with atomic.atomic_file(path) as f:
+      json.dump(output, f, indent=2, sort_keys=True)
+      f.write("\n")
+    _log(f"wrote {path}", tag)
+  else:
+    json.dump(output, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
 def _mean_std(values: list[float]) -> dict[str, Any]:
   n = len(values)
   mean = sum(values) / n
@@ -242,14 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "methods": methods,
       "wall_time_s": wall,
   }
-  if args.output_json:
-    with atomic.atomic_file(args.output_json) as f:
-      json.dump(output, f, indent=2, sort_keys=True)
-      f.write("\n")
-    _log(f"wrote {args.output_json}")
-  else:
-    json.dump(output, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+  write_output(output, args.output_json)
   return output
 
 
