@@ -165,9 +165,10 @@ def test_export_layout_reports_and_models_config(exported):
     report = json.load(open(os.path.join(base, name, "1", export.REPORT_FILE)))
     assert report["model"] == name and report["num_items"] == 300
   retrieval = summary["models"][export.RETRIEVAL]
-  # 300 items: ScaNN brute force, so recall@10 against exact search is 1.
+  # 300 items: ScaNN brute force, so recall@10 against exact search is 1 up to near-ties
+  # at rank 10 (ScaNN's float32 sums in another order; one swap in 600 was seen in CI).
   assert retrieval["search"]["scann"]["algorithm"] == "brute_force"
-  assert retrieval["check"][f"recall@{_K}"] == 1.0
+  assert retrieval["check"][f"recall@{_K}"] >= 0.99
   assert retrieval["custom_ops"] and not summary["models"][export.RETRIEVAL_EXACT]["custom_ops"]
   assert summary["models"][export.EMBEDDER]["signatures"] == ["embed_items", "embed_new_items"]
   config = text_format.Parse(open(os.path.join(base, export.MODELS_CONFIG)).read(),
