@@ -56,7 +56,7 @@ bench: setup
 	$(PY) bench/bench_serving.py --output=bench/results/serving.json
 
 # Quality on real data, final configurations, test split, 3 seeds each (README "Results";
-# about 2 h on 2 cores). Tune with --split=validation instead (see bench/quality.py).
+# about 3 h on 2 cores). Tune with --split=validation instead (see bench/quality.py).
 bench-quality: setup
 	mkdir -p bench/results
 	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --split=test \
@@ -64,9 +64,11 @@ bench-quality: setup
 	    --output_json=bench/results/quality_movielens_test.json
 	$(PY) bench/cold_start.py --split=test --seeds=0,1,2 --prepare_flag=--train_pair_window=3 \
 	    --datasets_dir=$(DATASETS) --output_json=bench/results/cold_start_movielens_test.json
-	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=4 --split=test \
-	    --train_flag=--hard_negative_seed=0 \
-	    --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_test.json
+	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=2 --threads_per_job=1 \
+	    --split=test --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_test.json
+	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=2 --split=test --evaluate_only \
+	    --baselines= --eval_flag=--user_query=logsumexp --eval_flag=--user_query_temperature=0.3 \
+	    --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_test_logsumexp.json
 
 clean:
 	rm -rf $(OUT) bench/results

@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from quality import _mean_std, write_output  # noqa: E402
 
 _MUST_AGREE = ("dataset", "split", "protocol", "max_queries", "config", "train_flags",
-               "prepare_flags", "graph_dir")
+               "prepare_flags", "eval_flags", "graph_dir")
+_LISTS = ("train_flags", "prepare_flags", "eval_flags")  # absent (older outputs) == []
 
 
 def merge(parts: list[dict[str, Any]], baselines: dict[str, Any] | None = None
@@ -36,6 +37,7 @@ def merge(parts: list[dict[str, Any]], baselines: dict[str, Any] | None = None
   """The merged output (see the module docstring); ValueError on a mismatch."""
   if not parts:
     raise ValueError("nothing to merge.")
+  parts = [{**p, **{k: p.get(k) or [] for k in _LISTS}} for p in parts]
   first = parts[0]
   for i, part in enumerate(parts[1:], 1):
     for key in _MUST_AGREE:

@@ -37,5 +37,8 @@ def test_merge_pools_seeds_and_baselines():
 def test_merge_refuses_mismatched_configs_and_repeated_seeds():
   with pytest.raises(ValueError, match="config"):
     merge_quality.merge([_part([0], [0.1]), _part([1], [0.1], config={"train": {"epochs": 4}})])
+  evaluated_apart = dict(_part([1], [0.1]), eval_flags=["--user_query=logsumexp"])
+  with pytest.raises(ValueError, match="eval_flags"):
+    merge_quality.merge([_part([0], [0.1]), evaluated_apart])
   with pytest.raises(ValueError, match="seed 0 appears in two parts"):
     merge_quality.merge([_part([0], [0.1]), _part([0], [0.1])])

@@ -6,7 +6,9 @@ r"""Reproducible quality benchmark: prepare -> train -> infer -> evaluate (JSON 
         [--datasets_dir=../shared/datasets] [--output_json=bench/results/quality_movielens.json] \
         [--train_flag=--epochs=4 --train_flag=--temperature=0.05 ...] \
         [--prepare_flag=--train_pair_window=3 ...] [--graph_dir=EXISTING_GRAPH] \
-        [--protocol=auto|item|user] [--max_queries=N] [--baselines=popularity,itemknn,pixie,features]
+        [--protocol=auto|item|user] [--max_queries=N] [--baselines=popularity,itemknn,pixie,features] \
+        [--eval_flag=--user_query=logsumexp ...] [--evaluate_only | --resume] \
+        [--jobs=J] [--threads_per_job=N]
 
 Every stage runs as a subprocess of the project's own CLIs, exactly as a user
 would run them (the command lines are recorded in the output):
@@ -18,7 +20,14 @@ would run them (the command lines are recorded in the output):
 2. the baselines, evaluated once (they do not depend on the training seed);
 3. per seed (with --jobs=J, J tasks at a time, the baselines being one):
    `python -m trainer.train --config_json=... --seed=N`,
-   `python -m trainer.infer`, `python -m trainer.evaluate --methods=pinsage`.
+   `python -m trainer.infer`, `python -m trainer.evaluate --methods=pinsage`
+   (every evaluation gets the `--eval_flag`s). With --evaluate_only, the
+   models trained by an earlier run with the same --work_dir are embedded and
+   evaluated again (e.g. with another --eval_flag) without training; their
+   training wall time is then not part of this run's output. With --resume,
+   an interrupted run continues: the seeds' model directories are kept and
+   the trainer resumes from their last checkpoint (train_s then covers only
+   the resumed part).
 
 Output JSON: the configuration (config file contents, extra train flags, every
 command line), per-method metrics (baselines once, PinSage per seed), PinSage's
@@ -104,7 +113,7 @@ def _eval_flags(args: argparse.Namespace) -> list[str]:
   flags = [f"--split={args.split}", f"--protocol={args.protocol}"]
   if args.max_queries:
     flags.append(f"--max_queries={args.max_queries}")
-  return flags
+  return flags + args.eval_flag
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -122,12 +131,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "'' for none).")
   parser.add_argument("--train_flag", action="append", default=[],
                       help="Extra trainer.train flag, repeatable (e.g. --train_flag=--epochs=4).")
+  parser.add_argument("--eval_flag", action="append", default=[],
+                      help="Extra trainer.evaluate flag for every evaluation (repeatable).")
+  parser.add_argument("--evaluate_only", action="store_true",
+                      help="Do not train: embed and evaluate the models of an earlier run "
+                           "in --work_dir.")
+  parser.add_argument("--resume", action="store_true",
+                      help="Keep the seeds' model directories in --work_dir: training "
+                           "resumes from their last checkpoint.")
   parser.add_argument("--prepare_flag", action="append", default=[],
                       help="Extra data.prepare flag, repeatable (e.g. --prepare_flag=--seed=1).")
   parser.add_argument("--graph_dir", default=None,
                       help="Use this existing graph (no data.prepare; --prepare_flag ignored).")
   parser.add_argument("--jobs", type=int, default=1,
                       help="Seeds trained at the same time (their wall times then overlap).")
+  parser.add_argument("--threads_per_job", type=int, default=None,
+                      help="TensorFlow intra-/inter-op threads of every stage (e.g. 1 with "
+                           "--jobs=2 on 2 cores: two single-threaded trainings made 1.5x "
+                           "the steps/s of one two-threaded training here).")
   parser.add_argument("--work_dir", default="out/quality")
   parser.add_argument("--datasets_dir", default=os.path.join("..", "shared", "datasets"))
   parser.add_argument("--reuse_graph", action="store_true",
@@ -138,6 +159,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   if not seeds:
     parser.error("--seeds must list at least one integer seed.")
+  if args.threads_per_job is not None:
+    if args.threads_per_job < 1:
+      parser.error("--threads_per_job must be >= 1.")
+    # Inherited by every stage's subprocess (see _run).
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads_per_job)
+    os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads_per_job)
+  if args.evaluate_only and args.resume:
+    parser.error("--evaluate_only and --resume exclude each other.")
+  if args.evaluate_only or args.resume:
+    args.reuse_graph = True  # The models' own graph, never a re-prepared one.
+  if args.evaluate_only:
+    work = os.path.abspath(os.path.join(args.work_dir, args.dataset))
+    missing = [os.path.join(work, f"seed{s}", "model", "model") for s in seeds
+               if not os.path.isdir(os.path.join(work, f"seed{s}", "model", "model"))]
+    if missing:
+      parser.error(f"--evaluate_only: no trained model at {', '.join(missing)}; train them "
+                   "first (same --work_dir, without --evaluate_only).")
   # Configs are named after the data.prepare layout (gowalla -> lightgcn.json).
   config_json = args.config_json or os.path.join(
       "trainer", "configs", f"{_DATASETS[args.dataset][0]}.json")
@@ -171,11 +209,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   elif args.reuse_graph and os.path.isdir(graph_dir):
     _log(f"reusing {graph_dir}")
     wall["prepare_s"] = None
+  elif args.evaluate_only:
+    parser.error(f"--evaluate_only: no graph at {graph_dir}; pass the models' --graph_dir.")
   else:
     wall["prepare_s"] = _run(prepare, os.path.join(work, "prepare.log"))
 
   methods: dict[str, Any] = {}
   split_tag = f"{args.split}" + (f"_q{args.max_queries}" if args.max_queries else "")
+  # Evaluations with other flags get their own files (never overwrite another's).
+  for flag in args.eval_flag:
+    split_tag += "_" + "".join(c if c.isalnum() or c in ".=" else "_" for c in flag.lstrip("-"))
   # 2. baselines (seed-independent training-wise; pixie's walks use evaluate's --seed=0),
   # run as one more task of the pool below.
   counts = None
@@ -203,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = os.path.join(run_dir, f"eval_{split_tag}.json")
     os.makedirs(run_dir, exist_ok=True)
     # A fresh model directory: trainer.train resumes from checkpoints otherwise.
-    if os.path.exists(model_dir):
+    if os.path.exists(model_dir) and not (args.evaluate_only or args.resume):
       subprocess.run(["rm", "-rf", model_dir], check=True)
     train = [py, "-m", "trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
              f"--config_json={config_path}", f"--seed={seed}", "--quiet"] + args.train_flag
@@ -212,8 +255,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     evaluate = [py, "-m", "trainer.evaluate", f"--graph_dir={graph_dir}",
                 f"--embeddings_dir={emb_dir}", "--methods=pinsage",
                 f"--output_json={out}"] + _eval_flags(args)
-    commands[f"seed{seed}"] = {"train": train, "infer": infer, "evaluate": evaluate}
-    times = {"train_s": _run(train, os.path.join(run_dir, "train.log")),
+    commands[f"seed{seed}"] = {"train": None if args.evaluate_only else train,
+                               "infer": infer, "evaluate": evaluate}
+    times = {"train_s": None if args.evaluate_only else _run(
+                 train, os.path.join(run_dir, "train.log")),
              "infer_s": _run(infer, os.path.join(run_dir, "infer.log")),
              "evaluate_s": _run(evaluate, os.path.join(run_dir, "evaluate.log"))}
     with open(out) as f:
@@ -248,6 +293,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "config_json": config_path,
       "config": config_contents,
       "train_flags": args.train_flag,
+      "eval_flags": args.eval_flag,
+      "evaluate_only": args.evaluate_only,
+      "resumed": args.resume,
+      "threads_per_job": args.threads_per_job,
       "prepare_flags": args.prepare_flag,
       "graph_dir": graph_dir,
       "commands": commands,

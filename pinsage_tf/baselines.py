@@ -6,8 +6,9 @@ learned embeddings and baselines identically and scores them exactly.
 
     score(items [Q])                 -> float32 [Q, N]  item-to-item scores
     score_sets(sets: CSR [S rows])   -> float32 [S, N]  one row per item set
-                                        (a user's training items), "mean" or
-                                        "max" of the item-to-item scores
+                                        (a user's training items): "mean",
+                                        "max" or "logsumexp" of the
+                                        item-to-item scores
 
 Callers bound memory by choosing Q (and S) so that `Q * N` fits their
 budget; scorers bound their own intermediates (`max_block_elements`).
@@ -44,7 +45,9 @@ import numpy as np
 from pinsage_tf.graph import CSR, Graph
 from pinsage_tf.retrieval_exact import DEFAULT_MAX_BLOCK_ELEMENTS
 
-SET_AGGREGATIONS = ("mean", "max")
+SET_AGGREGATIONS = ("mean", "max", "logsumexp")
+# Temperature of the "logsumexp" set aggregation (for cosine scores).
+DEFAULT_SET_TEMPERATURE = 0.1
 BASELINES = ("popularity", "itemknn", "pixie", "features")
 DEFAULT_PIXIE_STEPS = 10_000
 DEFAULT_PIXIE_RESTART_PROB = 0.5
@@ -94,14 +97,24 @@ class ItemScorer(abc.ABC):
     Returns a fresh writable array (callers mask it in place).
     """
 
-  def score_sets(self, sets: CSR, how: str = "mean") -> np.ndarray:
-    """float32 `[S, N]`: per set, the mean or max over its items of `score`.
+  def score_sets(self, sets: CSR, how: str = "mean",
+                 temperature: float = DEFAULT_SET_TEMPERATURE) -> np.ndarray:
+    """float32 `[S, N]`: per set, an aggregate over its items of `score`.
+
+    `how` is "mean", "max", or "logsumexp": `temperature * log sum_j
+    exp(s_j / temperature)` over the set's items j, a soft maximum that lets
+    a user with several interests (clusters of items) rank highly what is
+    close to any of them, not only what is close to their average. It tends
+    to "max" as `temperature` -> 0; for unit-norm embeddings it ranks like
+    a kernel density estimate over the user's items.
 
     Empty sets get all-zero rows. This generic version scores the sets' items
     in chunks of at most `max_block_elements / N` rows.
     """
     if how not in SET_AGGREGATIONS:
       raise ValueError(f"how must be one of {SET_AGGREGATIONS}, got {how!r}.")
+    if how == "logsumexp" and not temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {temperature!r}.")
     num_sets, n = sets.num_rows, self.num_items
     sizes = sets.degrees()
     items = np.asarray(sets.indices[sets.indptr[0]:sets.indptr[-1]], dtype=np.int64)
@@ -109,18 +122,29 @@ class ItemScorer(abc.ABC):
     fill = 0.0 if how == "mean" else -np.inf
     out = np.full((num_sets, n), fill, dtype=np.float32)
     chunk = max(1, self.max_block_elements // n)
-    reduce = np.add if how == "mean" else np.maximum
     for start in range(0, items.shape[0], chunk):
       rows = self.score(items[start:start + chunk])
       own = owner[start:start + chunk]
       # `own` is sorted: reduce each run of one set's rows, then merge it.
       run_starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
-      reduced = reduce.reduceat(rows, run_starts, axis=0)
       targets = own[run_starts]
-      out[targets] = reduce(out[targets], reduced)
+      if how == "mean":
+        out[targets] += np.add.reduceat(rows, run_starts, axis=0)
+      elif how == "max":
+        out[targets] = np.maximum(out[targets], np.maximum.reduceat(rows, run_starts, axis=0))
+      else:
+        rows /= np.float32(temperature)
+        peak = np.maximum.reduceat(rows, run_starts, axis=0)
+        run_of_row = np.cumsum(np.r_[False, own[1:] != own[:-1]])
+        rows -= peak[run_of_row]
+        np.exp(rows, out=rows)
+        lse = peak + np.log(np.add.reduceat(rows, run_starts, axis=0))
+        out[targets] = np.logaddexp(out[targets], lse)
     if how == "mean":
       out /= np.maximum(sizes, 1)[:, None].astype(np.float32)
     else:
+      if how == "logsumexp":
+        out *= np.float32(temperature)
       out[sizes == 0] = 0.0
     return out
 
@@ -149,11 +173,12 @@ class EmbeddingScorer(ItemScorer):
     items = np.asarray(sets.indices[sets.indptr[0]:sets.indptr[-1]], dtype=np.int64)
     return segment_means(self.vectors[items], sets)
 
-  def score_sets(self, sets: CSR, how: str = "mean") -> np.ndarray:
+  def score_sets(self, sets: CSR, how: str = "mean",
+                 temperature: float = DEFAULT_SET_TEMPERATURE) -> np.ndarray:
     if how == "mean":
       # mean_j <e_j, e_i> = <mean_j e_j, e_i>: one [S, d] x [d, N] product.
       return self.score_vectors(self.set_vectors(sets))
-    return super().score_sets(sets, how)
+    return super().score_sets(sets, how, temperature)
 
 
 class PopularityScorer(ItemScorer):
@@ -167,7 +192,9 @@ class PopularityScorer(ItemScorer):
     items = self._check_items(items)
     return np.repeat(self.degrees[None, :], items.shape[0], axis=0)
 
-  def score_sets(self, sets: CSR, how: str = "mean") -> np.ndarray:
+  def score_sets(self, sets: CSR, how: str = "mean",
+                 temperature: float = DEFAULT_SET_TEMPERATURE) -> np.ndarray:
+    del temperature  # Every aggregation of a constant row is that row.
     if how not in SET_AGGREGATIONS:
       raise ValueError(f"how must be one of {SET_AGGREGATIONS}, got {how!r}.")
     return np.repeat(self.degrees[None, :], sets.num_rows, axis=0)
@@ -300,9 +327,10 @@ class ItemKNNScorer(ItemScorer):
     items = self._check_items(items)
     return self.score_sets(singleton_sets(items), "mean")
 
-  def score_sets(self, sets: CSR, how: str = "mean") -> np.ndarray:
+  def score_sets(self, sets: CSR, how: str = "mean",
+                 temperature: float = DEFAULT_SET_TEMPERATURE) -> np.ndarray:
     if how != "mean":
-      return super().score_sets(sets, how)
+      return super().score_sets(sets, how, temperature)
     rows, cols, vals = self._x.set_rows(sets)
     return sparse_product_rows(rows, cols, vals, sets.num_rows, self._xt, self.max_block_elements)
 
@@ -353,9 +381,10 @@ class FeatureScorer(ItemScorer):
     items = self._check_items(items)
     return self.score_sets(singleton_sets(items), "mean")
 
-  def score_sets(self, sets: CSR, how: str = "mean") -> np.ndarray:
+  def score_sets(self, sets: CSR, how: str = "mean",
+                 temperature: float = DEFAULT_SET_TEMPERATURE) -> np.ndarray:
     if how != "mean":
-      return super().score_sets(sets, how)
+      return super().score_sets(sets, how, temperature)
     out = np.zeros((sets.num_rows, self.num_items), dtype=np.float32)
     if self._dense is not None:
       items = np.asarray(sets.indices[sets.indptr[0]:sets.indptr[-1]], dtype=np.int64)
@@ -434,7 +463,8 @@ class PixieScorer(ItemScorer):
     sums = prefix[offsets[1:]] - prefix[offsets[:-1]]
     return _splitmix64(sums ^ _splitmix64(np.full(sums.shape, self.seed, dtype=np.uint64)))
 
-  def score_sets(self, sets: CSR, how: str = "mean") -> np.ndarray:
+  def score_sets(self, sets: CSR, how: str = "mean",
+                 temperature: float = DEFAULT_SET_TEMPERATURE) -> np.ndarray:
     """Multi-query walks ("mean"): the set's walkers start round-robin at its items.
 
     A set of size m gets `max(num_walkers, m)` walkers (every item at least
@@ -442,7 +472,7 @@ class PixieScorer(ItemScorer):
     visit counts summed over the set's walkers.
     """
     if how != "mean":
-      return super().score_sets(sets, how)
+      return super().score_sets(sets, how, temperature)
     num_sets, n = sets.num_rows, self.num_items
     sizes = sets.degrees()
     walkers = np.maximum(self.num_walkers, sizes)

@@ -155,3 +155,49 @@ def test_make_baseline_and_bad_queries():
     baselines.make_baseline("bm25", graph)
   with pytest.raises(ValueError, match=r"\[0, 5\)"):
     baselines.PopularityScorer(graph).score(np.array([5]))
+
+
+def test_logsumexp_set_aggregation():
+  rng = np.random.default_rng(1)
+  vectors = rng.normal(size=(6, 4)).astype(np.float32)
+  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+  sets = _csr([[0, 1, 2], [], [3], [1, 4, 5, 0]])
+  emb = baselines.EmbeddingScorer(vectors)
+  for tau in (0.05, 0.5):
+    got = emb.score_sets(sets, "logsumexp", tau)
+    for row, members in enumerate([[0, 1, 2], [], [3], [1, 4, 5, 0]]):
+      if not members:
+        assert (got[row] == 0).all()
+        continue
+      s = vectors[members] @ vectors.T  # [m, N]
+      want = tau * np.log(np.exp(s / tau).sum(0))
+      np.testing.assert_allclose(got[row], want, rtol=1e-5, atol=1e-5)
+  # Chunked like a large evaluation (one item row per chunk): same values.
+  small = baselines.EmbeddingScorer(vectors, max_block_elements=1)
+  np.testing.assert_allclose(small.score_sets(sets, "logsumexp", 0.2),
+                             emb.score_sets(sets, "logsumexp", 0.2), rtol=1e-5, atol=1e-6)
+  # A singleton set is its item's own row; a low temperature tends to "max".
+  np.testing.assert_allclose(emb.score_sets(sets, "logsumexp")[2], vectors[3] @ vectors.T,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(emb.score_sets(sets, "logsumexp", 1e-3)[0],
+                             emb.score_sets(sets, "max")[0], atol=0.01)
+  # Large raw scores (visit counts) stay finite.
+  counts = baselines.EmbeddingScorer(vectors * 1e4)
+  assert np.isfinite(counts.score_sets(sets, "logsumexp", 0.1)).all()
+  with pytest.raises(ValueError, match="temperature"):
+    emb.score_sets(sets, "logsumexp", 0.0)
+
+
+def test_logsumexp_ranks_multi_interest_users_better_than_mean():
+  # Two far-apart interests: the mean vector lies between them and prefers an
+  # item close to neither; the soft maximum prefers items near either one.
+  a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+  middle = np.array([1.0, 1.0]) / np.sqrt(2)
+  near_a = np.array([np.cos(0.2), np.sin(0.2)])
+  vectors = np.stack([a, b, middle, near_a]).astype(np.float32)
+  emb = baselines.EmbeddingScorer(vectors)
+  user = _csr([[0, 1]])
+  mean = emb.score_sets(user, "mean")[0]
+  soft = emb.score_sets(user, "logsumexp", 0.1)[0]
+  assert mean[2] > mean[3]
+  assert soft[3] > soft[2]

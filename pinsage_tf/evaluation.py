@@ -12,8 +12,9 @@ MRR and the paper's scaled MRR (`pinsage_tf.metrics`, tie policy
 `config.ties`). Pairs whose positive equals the query are skipped and counted.
 
 User protocol (NGCF / LightGCN): every pivot (user) with >= 1 held-out item
-in `graph.heldout` for the split. The user's scores are the mean (default) or
-max over its training items (`graph.pivot_to_item` row) of the item-item
+in `graph.heldout` for the split. The user's scores are the mean (default),
+max or temperature log-sum-exp over its history (`graph.pivot_to_item` row,
+plus on the test split its validation items: `user_history`) of the item-item
 scores (`config.user_query`); training items are masked, and, when scoring
 the test split, so are the user's validation items (known positives that are
 not targets); Recall/Precision/NDCG@K come from the top-K lists.
@@ -40,7 +41,7 @@ import numpy as np
 
 from pinsage_tf import metrics
 from pinsage_tf import retrieval_exact as rx
-from pinsage_tf.baselines import EmbeddingScorer, ItemScorer, SET_AGGREGATIONS
+from pinsage_tf.baselines import DEFAULT_SET_TEMPERATURE, EmbeddingScorer, ItemScorer, SET_AGGREGATIONS
 from pinsage_tf.graph import CSR, Graph, Split
 
 PROTOCOLS = ("item", "user", "auto")
@@ -61,7 +62,14 @@ class EvalConfig:
     user_ks: Recall/Precision/NDCG cutoffs of the user protocol.
     mrr_scale: scale of the paper's scaled MRR.
     ties: tie policy of the item protocol ranks (`pinsage_tf.metrics.TIES`).
-    user_query: "mean" or "max" aggregation of a user's item scores.
+    user_query: "mean", "max" or "logsumexp" aggregation of a user's item
+      scores (`pinsage_tf.baselines.ItemScorer.score_sets`).
+    user_query_temperature: temperature of the "logsumexp" aggregation.
+    test_history_includes_validation: on the test split, a user's history
+      (the items whose scores are aggregated) is their training items plus
+      their validation items: interactions known before the test, held out
+      of the graph only for tuning (in the NGCF/LightGCN split both are
+      `train.txt`). False = the training items only.
     max_queries: evaluate a seeded subsample of at most this many pairs /
       users; None = all.
     seed: seed of the subsample.
@@ -76,6 +84,8 @@ class EvalConfig:
   mrr_scale: float = metrics.DEFAULT_MRR_SCALE
   ties: str = "expected"
   user_query: str = "mean"
+  user_query_temperature: float = DEFAULT_SET_TEMPERATURE
+  test_history_includes_validation: bool = True
   max_queries: int | None = None
   seed: int = 0
   max_block_elements: int = rx.DEFAULT_MAX_BLOCK_ELEMENTS
@@ -94,6 +104,9 @@ class EvalConfig:
       raise ValueError(f"ties must be one of {metrics.TIES}, got {self.ties!r}.")
     if self.user_query not in SET_AGGREGATIONS:
       raise ValueError(f"user_query must be one of {SET_AGGREGATIONS}, got {self.user_query!r}.")
+    if not self.user_query_temperature > 0:
+      raise ValueError(
+          f"user_query_temperature must be > 0, got {self.user_query_temperature!r}.")
     if self.mrr_scale <= 0:
       raise ValueError(f"mrr_scale must be > 0, got {self.mrr_scale}.")
     if self.max_queries is not None and self.max_queries < 1:
@@ -153,6 +166,20 @@ def heldout_users(graph: Graph, config: EvalConfig) -> np.ndarray:
   """Pivot ids with >= 1 held-out item in the split, subsampled, ascending."""
   users = np.flatnonzero(graph.heldout.of(SPLITS[config.split]).degrees() > 0)
   return users[_subsample(users.shape[0], config.max_queries, config.seed)]
+
+
+def _history_has_validation(graph: Graph, config: EvalConfig) -> bool:
+  return bool(config.test_history_includes_validation and SPLITS[config.split] == Split.TEST
+              and graph.heldout.validation.nnz)
+
+
+def user_history(graph: Graph, users: np.ndarray, split: str,
+                 include_validation: bool = True) -> CSR:
+  """The items a user's scores aggregate: training items, plus validation items on test."""
+  history = rx.take_rows(graph.pivot_to_item, users)
+  if include_validation and SPLITS[split] == Split.TEST and graph.heldout.validation.nnz:
+    history = rx.concat_rows(history, rx.take_rows(graph.heldout.validation, users))
+  return history
 
 
 def user_exclusions(graph: Graph, users: np.ndarray, split: str) -> CSR:
@@ -245,14 +272,15 @@ def evaluate_user_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
   users = heldout_users(graph, config)
   relevant = rx.take_rows(graph.heldout.of(SPLITS[config.split]), users)
   exclude = user_exclusions(graph, users, config.split)
-  train = rx.take_rows(graph.pivot_to_item, users)
+  train = user_history(graph, users, config.split, config.test_history_includes_validation)
   n = graph.num_items
   k_max = max(max(config.user_ks), config.dump_k or 0)
   top = np.empty((users.shape[0], k_max), np.int32)
   rows = rx.rows_per_block(n, config.max_block_elements)
   tick = _Ticker(progress, int(users.shape[0]))
   for start, stop in rx.blocks(users.shape[0], rows):
-    scores = scorer.score_sets(rx.take_rows(train, np.arange(start, stop)), config.user_query)
+    scores = scorer.score_sets(rx.take_rows(train, np.arange(start, stop)), config.user_query,
+                               config.user_query_temperature)
     rx.mask_rows(scores, exclude, start)
     top[start:stop], top_scores = rx.top_k_of_scores(scores, k_max)
     if sink is not None:
@@ -270,6 +298,9 @@ def evaluate_user_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
       "counts": {"users": int(users.shape[0]), "relevant_items": int(relevant.nnz),
                  "users_without_train_items": int(np.count_nonzero(train.degrees() == 0))},
       "user_query": config.user_query,
+      "user_query_temperature": config.user_query_temperature,
+      "user_history": ("train+validation" if _history_has_validation(graph, config)
+                       else "train"),
   }
 
 
@@ -387,7 +418,8 @@ def evaluate_scann(graph: Graph, scorer: EmbeddingScorer, config: EvalConfig,
       raise ValueError("ScaNN evaluation of the user protocol needs --user_query=mean "
                        "(a max-over-items query is not a single vector).")
     users = heldout_users(graph, config)
-    qvecs = scorer.set_vectors(rx.take_rows(graph.pivot_to_item, users))
+    qvecs = scorer.set_vectors(user_history(graph, users, config.split,
+                                            config.test_history_includes_validation))
     exclude = user_exclusions(graph, users, config.split)
     k = max(config.user_ks)
   started = time.perf_counter()

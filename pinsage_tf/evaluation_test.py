@@ -116,6 +116,29 @@ def test_user_protocol_by_hand_masks_train_and_validation():
   assert val["metrics"]["ndcg@2"] == pytest.approx(1 / math.log2(3))
 
 
+def test_test_split_history_includes_validation_items():
+  # Item 2 moved next to item 3 (85 vs 90 degrees). u0's history is {0} plus,
+  # on the test split by default, its validation item 2; "max" then ranks 3
+  # first (cos 5 deg): top-2 [3, 1] = its test items, recall 1. With the
+  # training items only it ranks 1 (30 deg) and 5 (45 deg): recall 1/2.
+  # u1 (history {3, 4}, test {5}, no validation items) ranks [2, 5]: recall 1.
+  angles = [0, 30, 85, 90, 180, 45]
+  v = np.array([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles],
+               np.float32)
+  graph, scorer = hand_graph(), baselines.EmbeddingScorer(v)
+  config = ev.EvalConfig(protocol="user", split="test", user_ks=(2,), user_query="max")
+  with_val = ev.evaluate(graph, scorer, config)
+  assert with_val["user_history"] == "train+validation"
+  assert with_val["metrics"]["recall@2"] == pytest.approx(1.0)
+  train_only = ev.evaluate(
+      graph, scorer, dataclasses.replace(config, test_history_includes_validation=False))
+  assert train_only["user_history"] == "train"
+  assert train_only["metrics"]["recall@2"] == pytest.approx(0.75)
+  # The validation split never adds held-out items to the history.
+  val = ev.evaluate(graph, scorer, dataclasses.replace(config, split="validation"))
+  assert val["user_history"] == "train"
+
+
 def _random_graph(seed, n=40, m=25):
   rng = np.random.default_rng(seed)
   ei, ep = rng.integers(0, n, 300), rng.integers(0, m, 300)
@@ -128,13 +151,17 @@ def _random_graph(seed, n=40, m=25):
                      pairs=pairs, heldout=heldout)
 
 
-@pytest.mark.parametrize("how", ["mean", "max"])
+@pytest.mark.parametrize("how", ["mean", "max", "logsumexp"])
 def test_user_protocol_matches_naive(how):
   graph = _random_graph(1)
   v = np.random.default_rng(2).normal(size=(40, 4)).astype(np.float32)
   scorer = baselines.EmbeddingScorer(v)
-  config = ev.EvalConfig(protocol="user", user_ks=(5, 10), user_query=how, max_block_elements=90)
-  got = ev.evaluate(graph, scorer, config)["metrics"]
+  tau = 0.3
+  config = ev.EvalConfig(protocol="user", user_ks=(5, 10), user_query=how,
+                         user_query_temperature=tau, max_block_elements=90)
+  result = ev.evaluate(graph, scorer, config)
+  got = result["metrics"]
+  assert result["user_query"] == how and result["user_query_temperature"] == tau
   recalls, ndcgs, users = [], [], 0
   for u in range(graph.num_pivots):
     test = set(graph.heldout.test.row(u).tolist())
@@ -142,9 +169,14 @@ def test_user_protocol_matches_naive(how):
       continue
     users += 1
     train = graph.pivot_to_item.row(u)
-    sims = v[train] @ v.T
-    s = sims.mean(0) if how == "mean" else sims.max(0)
-    if train.size == 0:
+    # On the test split the history is the training plus the validation items.
+    history = np.concatenate([train, graph.heldout.validation.row(u)])
+    sims = v[history] @ v.T
+    if how == "logsumexp":
+      s = tau * np.log(np.exp(sims.astype(np.float64) / tau).sum(0))
+    else:
+      s = sims.mean(0) if how == "mean" else sims.max(0)
+    if history.size == 0:
       s = np.zeros(40)
     s = s.astype(np.float64)
     s[train] = -np.inf
@@ -199,6 +231,8 @@ def test_protocol_resolution_and_config_errors():
     ev.resolve_protocol(no_heldout, "auto", "validation")
   with pytest.raises(ValueError, match="ties"):
     ev.EvalConfig(ties="random")
+  with pytest.raises(ValueError, match="user_query_temperature"):
+    ev.EvalConfig(user_query="logsumexp", user_query_temperature=0.0)
   with pytest.raises(ValueError, match="split"):
     ev.EvalConfig(split="train")
   with pytest.raises(ValueError, match="covers 3 items"):

@@ -268,6 +268,9 @@ class MinibatchBuilder:
       hard = tf.gather(pool, slot, batch_dims=1)  # (B, H)
       active = (tf.range(hmax) < self._h)[None, :] & (counts > 0)[:, None]
       hard_mask = tf.cast(active, tf.float32)
+      # Inactive slots (early curriculum epochs, empty pools) point at the
+      # query itself, already a target: they add no node to compute.
+      hard = tf.where(active, hard, query[:, None])
     else:
       hard = tf.zeros([b, 0], tf.int32)
       hard_mask = tf.zeros([b, 0], tf.float32)

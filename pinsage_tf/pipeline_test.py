@@ -70,9 +70,11 @@ class TestMinibatchBuilder:
     np.testing.assert_array_equal(mask, [[1, 1, 0], [1, 1, 0], [0, 0, 0], [1, 1, 0]])
     hard_items = top[batch.hard_negative.numpy()]
     for row, q in enumerate(query):
-      if q != 7:
-        assert set(hard_items[row]) <= set(hard[q][hard[q] >= 0])
-    assert set(hard_items[3]) <= {hard[8, 0], hard[8, 1]}
+      active = mask[row] > 0
+      assert set(hard_items[row][active]) <= set(hard[q][hard[q] >= 0])
+      # Inactive slots point at the query itself: they add no node.
+      np.testing.assert_array_equal(hard_items[row][~active], q)
+    assert set(hard_items[3][:2]) <= {hard[8, 0], hard[8, 1]}
     # Every real node of level k: its neighbors in level k-1 are its table row.
     real = batch.num_nodes.numpy()
     for k, hop in enumerate(batch.hops, start=1):
@@ -103,6 +105,18 @@ class TestMinibatchBuilder:
     assert [h.neighbor_index.shape[0] for h in batch.hops] == [190, 38]
     assert batch.inputs.item.shape == (200,)
     assert batch.hard_negative.shape == (8, 2)
+
+  def test_inactive_hard_slots_add_no_nodes(self):
+    # Epoch 1 of the curriculum (0 of H=3 slots active) computes exactly the
+    # nodes of a batch without hard negatives; an active epoch adds some.
+    query, positive = list(range(20, 36)), list(range(40, 56))
+    sizes = {}
+    for hmax, h in ((0, 0), (3, 0), (3, 3)):
+      cfg = pipeline.PipelineConfig(batch_size=16, num_negatives=5, max_hard_negatives=hmax)
+      *_, batch = self._build(query, positive, cfg, h=h)
+      sizes[(hmax, h)] = batch.num_nodes.numpy()
+    np.testing.assert_array_equal(sizes[(3, 0)], sizes[(0, 0)])
+    assert sizes[(3, 3)][-1] > sizes[(0, 0)][-1]
 
   def test_rejects_hard_negatives_beyond_width(self):
     g, ids, weights, hard = _random_setup()

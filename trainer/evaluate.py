@@ -70,7 +70,15 @@ _MRR_SCALE = flags.DEFINE_float("mrr_scale", metrics.DEFAULT_MRR_SCALE,
 _TIES = flags.DEFINE_enum("ties", "expected", list(metrics.TIES),
                           "How a positive is ranked among equal scores (item protocol).")
 _USER_QUERY = flags.DEFINE_enum("user_query", "mean", list(baselines.SET_AGGREGATIONS),
-                                "User scores: mean or max over the user's train items.")
+                                "User scores: mean, max or logsumexp (soft max) over the "
+                                "user's train items.")
+_USER_QUERY_TEMPERATURE = flags.DEFINE_float(
+    "user_query_temperature", baselines.DEFAULT_SET_TEMPERATURE,
+    "Temperature of --user_query=logsumexp.")
+_TEST_HISTORY_VALIDATION = flags.DEFINE_bool(
+    "test_history_includes_validation", True,
+    "User protocol, test split: a user's history also holds their validation items (known "
+    "before the test; held out of the graph only for tuning).")
 _MAX_QUERIES = flags.DEFINE_integer("max_queries", None,
                                     "Evaluate a seeded subsample of pairs/users.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the subsample and of the pixie walks.")
@@ -186,7 +194,10 @@ def run(
       "counts": {k: v for k, v in first["counts"].items() if k != "ties_at_positive"},
       "config": {"ks": list(config.ks), "user_ks": list(config.user_ks),
                  "mrr_scale": config.mrr_scale, "ties": config.ties,
-                 "user_query": config.user_query, "max_queries": config.max_queries,
+                 "user_query": config.user_query,
+                 "user_query_temperature": config.user_query_temperature,
+                 "test_history_includes_validation": config.test_history_includes_validation,
+                 "max_queries": config.max_queries,
                  "seed": config.seed, "exact": True, "scann": use_scann,
                  "pixie_steps": pixie_steps, "pixie_restart_prob": pixie_restart_prob},
       "methods": {name: {k: v for k, v in r.items() if k not in ("protocol", "split")}
@@ -216,7 +227,9 @@ def main(argv: Sequence[str]) -> None:
     config = evaluation.EvalConfig(
         protocol=_PROTOCOL.value, split=_SPLIT.value, ks=_ints(_KS.value, "ks"),
         user_ks=_ints(_USER_KS.value, "user_ks"), mrr_scale=_MRR_SCALE.value, ties=_TIES.value,
-        user_query=_USER_QUERY.value, max_queries=_MAX_QUERIES.value, seed=_SEED.value,
+        user_query=_USER_QUERY.value, user_query_temperature=_USER_QUERY_TEMPERATURE.value,
+        test_history_includes_validation=_TEST_HISTORY_VALIDATION.value,
+        max_queries=_MAX_QUERIES.value, seed=_SEED.value,
         max_block_elements=max(1, _MAX_BLOCK_MB.value * (1 << 20) // 4), dump_k=_DUMP_K.value)
     output = run(graph_dir=_GRAPH_DIR.value,
                  embeddings=parse_embedding_specs(_EMBEDDINGS_DIR.value, _EMBEDDINGS.value),

@@ -1,9 +1,11 @@
 r"""Embeds every item, layer by layer: `python -m trainer.infer`.
 
     python -m trainer.infer --graph_dir=GRAPH --model_dir=MODEL_DIR \
-        --output_dir=EMB_DIR [--runner=local|beam] [--overwrite]
+        --output_dir=EMB_DIR [--runner=local|beam] [--overwrite] [--checkpoint_step=N]
 
-Reads `MODEL_DIR/experiment.json` and the trained weights in `MODEL_DIR/model`,
+Reads `MODEL_DIR/experiment.json` and the trained weights in `MODEL_DIR/model`
+(or, with `--checkpoint_step=N`, the training checkpoint
+`MODEL_DIR/checkpoints/ckpt-N`: learning curves and early stopping; local runner),
 the graph and its cached neighborhood table (the one training used), computes
 each layer once for all items (`pinsage_tf.inference`, or the Apache Beam
 pipeline of `pinsage_tf.beam_inference` with `--runner=beam`; extra Beam
@@ -40,16 +42,39 @@ _RUNNER = flags.DEFINE_enum("runner", "local", ["local", "beam"],
                             "local (in-process, batched) or beam (Apache Beam pipeline).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8192, "Items per block (local runner).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir.")
+_CHECKPOINT_STEP = flags.DEFINE_integer(
+    "checkpoint_step", None,
+    "Embed with the training checkpoint of this step (MODEL_DIR/checkpoints/ckpt-N) instead "
+    "of the final model (local runner).")
 
 flags.mark_flags_as_required(["graph_dir", "model_dir", "output_dir"])
 
 
+def checkpoint_prefix(model_dir: str, step: int) -> str:
+  """The training checkpoint of `step` in `model_dir`; ValueError lists the existing ones."""
+  directory = os.path.join(model_dir, training.CHECKPOINT_DIR)
+  prefix = os.path.join(directory, f"ckpt-{step}")
+  if not os.path.isfile(prefix + ".index"):
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    steps = sorted(int(n[5:-6]) for n in names
+                   if n.startswith("ckpt-") and n.endswith(".index") and n[5:-6].isdigit())
+    raise ValueError(f"{prefix}: no such checkpoint; {directory} has steps {steps}.")
+  return prefix
+
+
 def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int = 8192,
-          beam_args: list[str] | None = None):
-  """Returns (graph, embeddings [N, E], checkpoint path) for a trained model."""
+          beam_args: list[str] | None = None, checkpoint_step: int | None = None):
+  """Returns (graph, embeddings [N, E], checkpoint path) for a trained model.
+
+  `checkpoint_step` selects a training checkpoint instead of the final model.
+  """
   config = training.ExperimentConfig.load(model_dir)
-  inputs = training.prepare_inputs(graph_dir, config, hard_negatives=False)
+  if checkpoint_step is not None and runner != "local":
+    raise ValueError("--checkpoint_step needs --runner=local.")
   weights_dir = os.path.join(model_dir, training.MODEL_DIR)
+  if checkpoint_step is not None:
+    weights_dir = checkpoint_prefix(model_dir, checkpoint_step)
+  inputs = training.prepare_inputs(graph_dir, config, hard_negatives=False)
 
   def progress(stage, done, total):
     if done == total or done % (batch_size * 4) == 0:
@@ -64,6 +89,11 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
         neighborhoods=config.neighborhoods,
         max_sparse_length=config.pipeline.max_sparse_length)
     vectors = beam_inference.run_layerwise(beam_config, pipeline_args=beam_args or [])
+  elif checkpoint_step is not None:
+    model = model_lib.PinSageModel(config.model)
+    model_lib.restore_weights(model, weights_dir, strict=False)
+    vectors = inference.layerwise_embeddings(model, inputs.tables, batch_size=batch_size,
+                                             progress=progress)
   else:
     model = model_lib.load_model(weights_dir)
     vectors = inference.layerwise_embeddings(model, inputs.tables, batch_size=batch_size,
@@ -79,7 +109,8 @@ def main(argv):
     sys.exit(2)
   try:
     graph, vectors, weights_dir = embed(_GRAPH_DIR.value, _MODEL_DIR.value, _RUNNER.value,
-                                        _BATCH_SIZE.value, beam_args=list(argv[1:]))
+                                        _BATCH_SIZE.value, beam_args=list(argv[1:]),
+                                        checkpoint_step=_CHECKPOINT_STEP.value)
     manifest = embeddings_io.save_embeddings(
         _OUTPUT_DIR.value, vectors, graph.item_ids,
         {"graph_fingerprint": graph_lib.graph_fingerprint(_GRAPH_DIR.value),

@@ -129,3 +129,25 @@ def test_existing_output_needs_overwrite(trained, outputs):
   assert len(errors) == 1 and "already exists" in errors[0], out.stderr[-2000:]
   with open(manifest) as f:
     assert f.read() == before
+
+
+def test_checkpoint_step_embeds_a_training_checkpoint(trained, outputs, tmp_path):
+  graph_dir, model_dir = trained
+  # The 3-step run's only checkpoint is its epoch end, step 3: the final weights.
+  target = str(tmp_path / "ckpt3")
+  out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              f"--output_dir={target}", "--checkpoint_step=3"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = np.load(os.path.join(target, "embeddings.npy"), allow_pickle=False)
+  final = np.load(os.path.join(outputs["local"], "embeddings.npy"), allow_pickle=False)
+  np.testing.assert_allclose(got, final, atol=1e-6)
+  with open(os.path.join(target, "manifest.json")) as f:
+    assert json.load(f)["model_checkpoint"].endswith(os.path.join("checkpoints", "ckpt-3"))
+  # A step without a checkpoint: one error line naming the steps there are.
+  missing = str(tmp_path / "ckpt2")
+  out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              f"--output_dir={missing}", "--checkpoint_step=2"])
+  assert out.returncode == 2
+  errors = _error_lines(out.stderr)
+  assert len(errors) == 1 and "ckpt-2" in errors[0] and "[3]" in errors[0], out.stderr[-2000:]
+  assert not os.path.exists(missing)
