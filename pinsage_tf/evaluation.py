@@ -41,7 +41,8 @@ import numpy as np
 
 from pinsage_tf import metrics
 from pinsage_tf import retrieval_exact as rx
-from pinsage_tf.baselines import DEFAULT_SET_TEMPERATURE, EmbeddingScorer, ItemScorer, SET_AGGREGATIONS
+from pinsage_tf.baselines import (DEFAULT_SET_TEMPERATURE, EmbeddingScorer, ItemScorer,
+                                  SET_AGGREGATIONS)
 from pinsage_tf.graph import CSR, Graph, Split
 
 PROTOCOLS = ("item", "user", "auto")
@@ -173,11 +174,10 @@ def _history_has_validation(graph: Graph, config: EvalConfig) -> bool:
               and graph.heldout.validation.nnz)
 
 
-def user_history(graph: Graph, users: np.ndarray, split: str,
-                 include_validation: bool = True) -> CSR:
+def user_history(graph: Graph, users: np.ndarray, config: EvalConfig) -> CSR:
   """The items a user's scores aggregate: training items, plus validation items on test."""
   history = rx.take_rows(graph.pivot_to_item, users)
-  if include_validation and SPLITS[split] == Split.TEST and graph.heldout.validation.nnz:
+  if _history_has_validation(graph, config):
     history = rx.concat_rows(history, rx.take_rows(graph.heldout.validation, users))
   return history
 
@@ -272,7 +272,7 @@ def evaluate_user_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
   users = heldout_users(graph, config)
   relevant = rx.take_rows(graph.heldout.of(SPLITS[config.split]), users)
   exclude = user_exclusions(graph, users, config.split)
-  train = user_history(graph, users, config.split, config.test_history_includes_validation)
+  train = user_history(graph, users, config)
   n = graph.num_items
   k_max = max(max(config.user_ks), config.dump_k or 0)
   top = np.empty((users.shape[0], k_max), np.int32)
@@ -418,8 +418,7 @@ def evaluate_scann(graph: Graph, scorer: EmbeddingScorer, config: EvalConfig,
       raise ValueError("ScaNN evaluation of the user protocol needs --user_query=mean "
                        "(a max-over-items query is not a single vector).")
     users = heldout_users(graph, config)
-    qvecs = scorer.set_vectors(user_history(graph, users, config.split,
-                                            config.test_history_includes_validation))
+    qvecs = scorer.set_vectors(user_history(graph, users, config))
     exclude = user_exclusions(graph, users, config.split)
     k = max(config.user_ks)
   started = time.perf_counter()
