@@ -5,8 +5,8 @@ minibatch's computation graph (sample negatives, expand K hops of importance
 neighborhoods, re-index the unique nodes of each level, gather features) while
 the accelerator trains on the previous one. Here that is
 
-    pairs -> shard -> shuffle -> batch(drop_remainder) -> enumerate
-          -> map(build_minibatch, num_parallel_calls=AUTOTUNE) -> prefetch
+    pairs -> permute (seeded, per epoch) -> shard -> shuffle -> batch(drop_remainder)
+          -> enumerate -> map(build_minibatch, num_parallel_calls=AUTOTUNE) -> prefetch
 
 Contract:
 * Only TensorFlow ops run in the map (no `py_function`, `numpy_function` or
@@ -15,6 +15,10 @@ Contract:
 * Randomness is stateless and keyed by `(seed, epoch, shard, batch index)`: a
   batch's negatives do not depend on which thread built it or in which
   order, so a run is reproducible even with non-deterministic map order.
+* Every epoch sees the pairs in a uniformly random order: a full permutation
+  keyed by `(seed, epoch)` comes first, then the (bounded) shuffle buffer.
+  Prepared pairs are stored grouped (by user, by time); a buffer alone would
+  fill each batch from a narrow window of that order.
 * Shapes are fixed (`Minibatch` docstring): `tf.function`s and replicas never
   retrace.
 * Under `tf.distribute`, `make_distributed_dataset_fn` gives the function for
@@ -52,7 +56,8 @@ class PipelineConfig:
     num_layers: K, the number of convolutions (hops to expand).
     negative_sampling: "uniform" over items, or "degree" (probability
       proportional to (item degree + 1) ** 0.75, word2vec style).
-    shuffle_buffer: pairs held by the shuffle buffer.
+    shuffle_buffer: pairs held by the shuffle buffer (after the full per-epoch
+      permutation; it reshuffles repeated passes).
     max_sparse_length: sparse id lists are truncated to this many ids.
     seed: base seed of shuffling and sampling.
     deterministic: keep the map output order (slower; tests and debugging).
@@ -328,7 +333,8 @@ def make_dataset(
     tables: per-item tables (`SamplingTables.build`).
     pairs: (query int `[P]`, positive int `[P]`) training pairs.
     config: pipeline config; `config.batch_size` is the global batch.
-    epoch: 1-based epoch; it keys the shuffle order and the sampling seeds.
+    epoch: 1-based epoch; it keys the permutation, the shuffle order and the
+      sampling seeds.
     num_hard_negatives: active hard negatives per query this epoch.
     input_context: from `distribute_datasets_from_function`; selects this
       pipeline's shard and the per-replica batch size.
@@ -352,7 +358,9 @@ def make_dataset(
     raise ValueError(f"{query.shape[0]} pairs cannot fill one batch of {replica_batch} "
                      f"per replica; lower batch_size.")
   builder = MinibatchBuilder(tables, config, replica_batch, num_hard_negatives)
-  ds = tf.data.Dataset.from_tensor_slices((query, positive))
+  # The same permutation in every input pipeline, so their shards stay disjoint.
+  order = np.random.default_rng([config.seed, epoch, 0x5EED]).permutation(query.shape[0])
+  ds = tf.data.Dataset.from_tensor_slices((query[order], positive[order]))
   if num_pipelines > 1:
     ds = ds.shard(num_pipelines, pipeline_id)
   ds = ds.shuffle(min(config.shuffle_buffer, query.shape[0]),

@@ -202,3 +202,27 @@ def test_bad_config_and_tables_are_rejected():
   g, ids, weights, _ = _random_setup()
   with pytest.raises(ValueError, match="another graph"):
     pipeline.SamplingTables.build(g, ids[:10], weights[:10])
+
+
+def test_batches_mix_the_whole_epoch_not_a_window_of_the_stored_order():
+  # Pairs stored grouped (query-sorted, as prepared data is user-sorted), with a
+  # shuffle buffer far smaller than the data: a buffer alone would fill the first
+  # batch from the first ~buffer + batch pairs only.
+  g, ids, weights, hard = _random_setup()
+  tables = pipeline.SamplingTables.build(g, ids, weights, hard_pool=hard)
+  query = np.repeat(np.arange(200, dtype=np.int32), 10)  # 2000 pairs, sorted by query
+  positive = np.roll(query, 1)
+  cfg = pipeline.PipelineConfig(batch_size=50, num_negatives=4, shuffle_buffer=16,
+                                deterministic=True)
+  ds = pipeline.make_dataset(tables, (query, positive), cfg)
+  batch = next(iter(ds))
+  first = _levels(batch)[-1][batch.query.numpy()]
+  # Buffer-only would give queries < (16 + 50) / 10 < 7; a permutation spreads them.
+  assert first.max() >= 100 and first.min() < 100, sorted(first)
+  assert np.unique(first).shape[0] > 30
+  # Still every pair exactly once per epoch (40 full batches).
+  seen = []
+  for b in ds:
+    top = _levels(b)[-1]
+    seen.extend(zip(top[b.query.numpy()], top[b.positive.numpy()]))
+  assert sorted(seen) == sorted(zip(query.tolist(), positive.tolist()))
