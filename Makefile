@@ -64,11 +64,11 @@ bench-quality: setup
 	    --output_json=bench/results/quality_movielens_test.json
 	$(PY) bench/cold_start.py --split=test --seeds=0,1,2 --prepare_flag=--train_pair_window=3 \
 	    --datasets_dir=$(DATASETS) --output_json=bench/results/cold_start_movielens_test.json
-	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=2 --threads_per_job=1 \
-	    --split=test --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_test.json
+	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=3 --threads_per_job=1 \
+	    --split=test --eval_flag=--user_query=logsumexp --eval_flag=--user_query_temperature=0.3 \
+	    --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_bias_test_logsumexp.json
 	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=2 --split=test --evaluate_only \
-	    --baselines= --eval_flag=--user_query=logsumexp --eval_flag=--user_query_temperature=0.3 \
-	    --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_test_logsumexp.json
+	    --baselines= --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_bias_test.json
 
 clean:
 	rm -rf $(OUT) bench/results

@@ -102,6 +102,10 @@ def _pinsage_eval(model_dir: str, reduced_dir: str, split: cold_start.ColdStartS
   inputs = training.prepare_inputs(reduced_dir, experiment, hard_negatives=False)
   graph, tables = inputs.graph, inputs.tables
   model = model_lib.load_model(os.path.join(model_dir, training.MODEL_DIR))
+  if model.config.item_bias:
+    # The cold items would need their own inductive biases as candidates.
+    raise ValueError(f"{model_dir}: the cold-start study does not support item_bias models "
+                     "(cold_start.embed_inductively returns embeddings only).")
   warm_vectors = inference.layerwise_embeddings(model, tables)
   transformed, _ = export.layer_tables(model, tables)
   cold = split.cold_items

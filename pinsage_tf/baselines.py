@@ -150,23 +150,52 @@ class ItemScorer(abc.ABC):
 
 
 class EmbeddingScorer(ItemScorer):
-  """Inner products of item embeddings `[N, d]` (cosine when L2-normalised)."""
+  """Inner products of item embeddings `[N, d]` (cosine when L2-normalised),
+  plus the candidate item's bias `b_i` when `bias` `[N]` is given (a model
+  with `PinSageConfig.item_bias`): score(q, i) = e_q . e_i + b_i. A set's
+  mean or `logsumexp` score then carries the same `b_i`."""
 
   def __init__(self, vectors: np.ndarray, name: str = "embeddings",
-               max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS):
+               max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+               bias: np.ndarray | None = None):
     vectors = np.asarray(vectors)
     if vectors.ndim != 2:
       raise ValueError(f"vectors must be [N, d], got {vectors.shape}.")
     super().__init__(name, vectors.shape[0], max_block_elements)
     self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    self.bias = None
+    if bias is not None:
+      bias = np.asarray(bias, dtype=np.float32)
+      if bias.shape != (vectors.shape[0],):
+        raise ValueError(f"bias must have shape [{vectors.shape[0]}], got {bias.shape}.")
+      self.bias = bias
 
   def score(self, items: np.ndarray) -> np.ndarray:
     items = self._check_items(items)
     return self.score_vectors(self.vectors[items])
 
+  def index_vectors(self) -> np.ndarray:
+    """The items as one maximum-inner-product index: `[N, d]`, or `[e_i, b_i]`
+    `[N, d + 1]` with a bias (pair with `query_vectors`)."""
+    if self.bias is None:
+      return self.vectors
+    return np.concatenate([self.vectors, self.bias[:, None]], axis=1)
+
+  def query_vectors(self, queries: np.ndarray) -> np.ndarray:
+    """`queries [Q, d]` for `index_vectors`: unchanged, or `[q, 1]` with a bias,
+    so that `query . index_i` = `score_vectors`' scores."""
+    queries = np.asarray(queries, dtype=np.float32)
+    if self.bias is None:
+      return queries
+    return np.concatenate([queries, np.ones((queries.shape[0], 1), np.float32)], axis=1)
+
   def score_vectors(self, queries: np.ndarray) -> np.ndarray:
-    """float32 `[Q, N]` inner products of `queries [Q, d]` with every item."""
-    return np.asarray(queries, dtype=np.float32) @ self.vectors.T
+    """float32 `[Q, N]` inner products of `queries [Q, d]` with every item
+    (plus the item biases, if any)."""
+    scores = np.asarray(queries, dtype=np.float32) @ self.vectors.T
+    if self.bias is not None:
+      scores += self.bias[None, :]
+    return scores
 
   def set_vectors(self, sets: CSR) -> np.ndarray:
     """float32 `[S, d]` mean embedding of each set (zeros for empty sets)."""

@@ -188,6 +188,27 @@ def test_logsumexp_set_aggregation():
     emb.score_sets(sets, "logsumexp", 0.0)
 
 
+def test_embedding_bias_is_added_to_every_score_and_index_form():
+  rng = np.random.default_rng(2)
+  vectors = rng.normal(size=(5, 3)).astype(np.float32)
+  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+  bias = np.array([0.3, -0.2, 0.0, 1.0, -0.5], np.float32)
+  plain = baselines.EmbeddingScorer(vectors)
+  emb = baselines.EmbeddingScorer(vectors, bias=bias)
+  items = np.array([0, 3])
+  np.testing.assert_allclose(emb.score(items), plain.score(items) + bias, rtol=1e-6, atol=1e-6)
+  # [q, 1] . [e_i, b_i] reproduces the scores (the ScaNN / serving form).
+  np.testing.assert_allclose(emb.query_vectors(vectors[items]) @ emb.index_vectors().T,
+                             emb.score(items), rtol=1e-6, atol=1e-6)
+  assert plain.index_vectors() is plain.vectors
+  sets = _csr([[0, 1], [2, 3, 4]])
+  for how in ("mean", "logsumexp"):
+    np.testing.assert_allclose(emb.score_sets(sets, how, 0.3),
+                               plain.score_sets(sets, how, 0.3) + bias, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"shape \[5\]"):
+    baselines.EmbeddingScorer(vectors, bias=bias[:3])
+
+
 def test_logsumexp_ranks_multi_interest_users_better_than_mean():
   # Two far-apart interests: the mean vector lies between them and prefers an
   # item close to neither; the soft maximum prefers items near either one.

@@ -5,6 +5,10 @@ Layout (format "pinsage_tf.embeddings", version 1):
     embeddings.npy      float32 [N, d], row i = the embedding of graph item i,
                         L2-normalised (every row has norm 1 within 1e-3).
     item_ids.txt        the raw item id of each row, one per line (UTF-8).
+    item_bias.npy       optional float32 [N], finite: the model's item biases
+                        (`PinSageConfig.item_bias`); item i then scores
+                        q . e_i + b_i for a query vector q. Listed under
+                        "files" and flagged by "item_bias": true.
     manifest.json       {"format", "format_version", "count": N, "dim": d,
                          "graph_fingerprint": sha256 of the graph (or null),
                          "files": {name: sha256}, "projector": {...}} plus
@@ -40,6 +44,7 @@ FORMAT = "pinsage_tf.embeddings"
 FORMAT_VERSION = 1
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEM_IDS_FILE = "item_ids.txt"
+ITEM_BIAS_FILE = "item_bias.npy"
 MANIFEST = "manifest.json"
 PROJECTOR_DIR = "projector"
 NORM_TOLERANCE = 1e-3
@@ -52,11 +57,13 @@ class EmbeddingsFormatError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Embeddings:
-  """Loaded embeddings. `vectors` float32 `[N, d]`, `item_ids` unicode `[N]`."""
+  """Loaded embeddings. `vectors` float32 `[N, d]`, `item_ids` unicode `[N]`,
+  `item_bias` float32 `[N]` or None."""
 
   vectors: np.ndarray
   item_ids: np.ndarray
   manifest: Mapping[str, Any]
+  item_bias: np.ndarray | None = None
 
   @property
   def count(self) -> int:
@@ -95,6 +102,7 @@ def save_embeddings(
     item_titles: Sequence[str] | np.ndarray | None = None,
     overwrite: bool = False,
     projector_max_rows: int | None = None,
+    item_bias: np.ndarray | None = None,
 ) -> dict[str, Any]:
   """Validates and writes an embeddings directory atomically.
 
@@ -109,6 +117,7 @@ def save_embeddings(
     overwrite: replace an existing `directory`.
     projector_max_rows: write only the first rows to the projector TSVs (the
       projector handles ~100k points comfortably); None = all.
+    item_bias: optional float `[N]` finite item biases.
 
   Returns:
     The manifest written.
@@ -130,13 +139,22 @@ def save_embeddings(
       raise EmbeddingsFormatError(f"item id of row {i} ({raw!r}) is empty or contains a tab/newline.")
   if len(set(ids)) != len(ids):
     raise EmbeddingsFormatError("item_ids contains duplicates.")
+  bias = None
+  if item_bias is not None:
+    bias = np.ascontiguousarray(np.asarray(item_bias), dtype=np.float32)
+    if bias.shape != (vectors.shape[0],):
+      raise EmbeddingsFormatError(
+          f"item_bias must have shape [{vectors.shape[0]}], got {bias.shape}.")
+    if not np.all(np.isfinite(bias)):
+      raise EmbeddingsFormatError(
+          f"item_bias[{int(np.nonzero(~np.isfinite(bias))[0][0])}] is NaN or Inf.")
   titles = None
   if item_titles is not None:
     titles = [str(t) for t in np.asarray(item_titles).tolist()]
     if len(titles) != len(ids):
       raise EmbeddingsFormatError(f"got {len(titles)} titles for {len(ids)} items.")
   extra = dict(extra_manifest or {})
-  reserved = {"format", "format_version", "count", "dim", "files", "projector"}
+  reserved = {"format", "format_version", "count", "dim", "files", "projector", "item_bias"}
   clash = reserved & set(extra)
   if clash:
     raise ValueError(f"extra_manifest may not set reserved keys {sorted(clash)}.")
@@ -176,6 +194,9 @@ def save_embeddings(
         "files": {EMBEDDINGS_FILE: entry["sha256"], ITEM_IDS_FILE: atomic.sha256_file(ids_path)},
         "projector": {"rows": rows, "has_titles": titles is not None},
     }
+    if bias is not None:
+      manifest["files"][ITEM_BIAS_FILE] = atomic.save_npy(tmp, "item_bias", bias)["sha256"]
+      manifest["item_bias"] = True
     atomic.write_json(os.path.join(tmp, MANIFEST), manifest)
   return manifest
 
@@ -204,6 +225,11 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
                                   f"{manifest.get(key)!r}.")
   if "graph_fingerprint" not in manifest:
     raise EmbeddingsFormatError(f"{path}: field 'graph_fingerprint' is required (null if unknown).")
+  if not isinstance(manifest.get("item_bias", False), bool):
+    raise EmbeddingsFormatError(f"{path}: field 'item_bias' must be true or false, got "
+                                f"{manifest['item_bias']!r}.")
+  if manifest.get("item_bias") and ITEM_BIAS_FILE not in manifest.get("files", {}):
+    raise EmbeddingsFormatError(f"{path}: 'item_bias' is true but 'files' has no {ITEM_BIAS_FILE}.")
   return manifest
 
 
@@ -260,6 +286,8 @@ def load_embeddings(
   item_ids = np.asarray(lines, dtype=str)
   if verify:
     _check_norms(vectors, npy)
+  bias = _load_bias(directory, manifest, vectors.shape[0], verify) if manifest.get(
+      "item_bias") else None
 
   expected_fp = graph_fingerprint
   if graph is not None and not isinstance(graph, graph_lib.Graph):
@@ -283,4 +311,23 @@ def load_embeddings(
         f"{os.path.join(directory, MANIFEST)}: graph_fingerprint "
         f"{manifest['graph_fingerprint']!r} does not match the graph's {expected_fp!r}; "
         "these embeddings were computed on a different graph (re-run inference).")
-  return Embeddings(vectors=vectors, item_ids=item_ids, manifest=manifest)
+  return Embeddings(vectors=vectors, item_ids=item_ids, manifest=manifest, item_bias=bias)
+
+
+def _load_bias(directory: str, manifest: Mapping[str, Any], count: int,
+               verify: bool) -> np.ndarray:
+  path = os.path.join(directory, ITEM_BIAS_FILE)
+  if not os.path.isfile(path):
+    raise EmbeddingsFormatError(f"{path}: missing (the manifest says item_bias: true).")
+  if verify and atomic.sha256_file(path) != manifest["files"][ITEM_BIAS_FILE]:
+    raise EmbeddingsFormatError(f"{path}: checksum mismatch with {MANIFEST} (corrupt or modified).")
+  try:
+    bias = np.load(path, allow_pickle=False)
+  except ValueError as e:
+    raise EmbeddingsFormatError(f"{path}: unreadable .npy ({e}).") from e
+  if bias.dtype != np.float32 or bias.shape != (count,):
+    raise EmbeddingsFormatError(f"{path}: must be float32 [{count}], got {bias.dtype} {bias.shape}.")
+  if not np.all(np.isfinite(bias)):
+    raise EmbeddingsFormatError(f"{path}: entry {int(np.nonzero(~np.isfinite(bias))[0][0])} is "
+                                "NaN or Inf.")
+  return bias

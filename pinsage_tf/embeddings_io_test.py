@@ -118,3 +118,28 @@ def test_load_rejects_manifest_shape_mismatch_and_pickles(tmp_path):
   np.save(out / "embeddings.npy", np.array([{"x": 1}] * 3, dtype=object), allow_pickle=True)
   with pytest.raises(eio.EmbeddingsFormatError, match="embeddings.npy"):
     eio.load_embeddings(out, verify=False)
+
+
+def test_item_bias_round_trip_and_errors(tmp_path):
+  v = _unit(3)
+  bias = np.array([0.5, -1.0, 0.0], np.float32)
+  manifest = eio.save_embeddings(tmp_path / "e", v, ["a", "b", "c"], item_bias=bias)
+  assert manifest["item_bias"] is True and eio.ITEM_BIAS_FILE in manifest["files"]
+  np.testing.assert_array_equal(eio.load_embeddings(tmp_path / "e").item_bias, bias)
+  assert eio.load_embeddings(_saved(tmp_path / "plain", v)).item_bias is None
+  with pytest.raises(eio.EmbeddingsFormatError, match=r"shape \[3\]"):
+    eio.save_embeddings(tmp_path / "x", v, ["a", "b", "c"], item_bias=bias[:2])
+  with pytest.raises(eio.EmbeddingsFormatError, match=r"item_bias\[1\] is NaN"):
+    eio.save_embeddings(tmp_path / "x", v, ["a", "b", "c"], item_bias=[0, np.nan, 0])
+  assert not (tmp_path / "x").exists()
+  np.save(tmp_path / "e" / eio.ITEM_BIAS_FILE, bias * 2)
+  with pytest.raises(eio.EmbeddingsFormatError, match="item_bias.npy: checksum"):
+    eio.load_embeddings(tmp_path / "e")
+  os.remove(tmp_path / "e" / eio.ITEM_BIAS_FILE)
+  with pytest.raises(eio.EmbeddingsFormatError, match="item_bias.npy: missing"):
+    eio.load_embeddings(tmp_path / "e")
+
+
+def _saved(path, vectors):
+  eio.save_embeddings(path, vectors, ["a", "b", "c"])
+  return path

@@ -421,13 +421,15 @@ def evaluate_scann(graph: Graph, scorer: EmbeddingScorer, config: EvalConfig,
     qvecs = scorer.set_vectors(user_history(graph, users, config))
     exclude = user_exclusions(graph, users, config.split)
     k = max(config.user_ks)
+  # With item biases the index holds [e_i, b_i] and the queries [q, 1].
+  qvecs, index = scorer.query_vectors(qvecs), scorer.index_vectors()
   started = time.perf_counter()
-  searcher, kind = build_scann_searcher(scorer.vectors, k, scann_config)
+  searcher, kind = build_scann_searcher(index, k, scann_config)
   built = time.perf_counter()
   approx = _scann_top_k(searcher, qvecs, k, exclude, scann_config,
                         None if kind == "brute_force" else scann_config.reorder)
   searched = time.perf_counter()
-  exact, _ = rx.top_k(qvecs, scorer.vectors, 10, exclude,
+  exact, _ = rx.top_k(qvecs, index, 10, exclude,
                       max_block_elements=config.max_block_elements)
   k10 = min(10, k)
   overlap = metrics.hits_matrix(approx[:, :k10], _csr_of_lists(exact)).sum(axis=1)

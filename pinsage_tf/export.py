@@ -32,6 +32,11 @@ dim = embedding width, D = dense feature width):
     among them).
   - `related_items_by_embedding`: `embeddings` float32 [B, dim] -> the same
     outputs; nothing is excluded.
+  With item biases (a model trained with `PinSageConfig.item_bias`, whose
+  embeddings directory holds `item_bias.npy`), item i scores
+  `q . z_i + b_i`: the index holds `[z_i, b_i]` (width dim + 1) and each query
+  `[q, 1]`, so ScaNN and the exact search still do one inner product; the
+  signatures' inputs and outputs are unchanged.
 * `pinsage_retrieval_exact` -- the same two signatures computed by brute
   force with stock TensorFlow ops only (blocked matmul + `tf.math.top_k`,
   ties broken by the lower item index; the query is masked out). Loadable by
@@ -473,15 +478,21 @@ class RetrievalModule(tf.Module):
     vectors: float32 `[N, dim]` item embeddings.
     vocab_file: file with `item_ids`, one per line (becomes an asset).
     k: neighbors returned.
-    scann_state: a `scann_index.build_state` result for ScaNN search, or None
-      for exact brute force with stock ops.
+    scann_state: a `scann_index.build_state` result for ScaNN search (over
+      `index_vectors(vectors, bias)`), or None for exact brute force with
+      stock ops.
     block_size: exact search's corpus rows per step.
+    bias: optional float32 `[N]` item biases added to every score.
   """
 
   def __init__(self, item_ids: np.ndarray, vectors: np.ndarray, vocab_file: str, k: int,
-               scann_state: Any = None, block_size: int = 32768):
+               scann_state: Any = None, block_size: int = 32768,
+               bias: np.ndarray | None = None):
     super().__init__(name="pinsage_retrieval")
     n, dim = vectors.shape
+    self._dim = int(dim)
+    self._with_bias = bias is not None
+    vectors = index_vectors(vectors, bias)
     if not 0 < k < n:
       raise ValueError(f"num_neighbors={k} must lie in [1, {n - 1}] for a corpus of {n} items "
                        "(the query itself is excluded).")
@@ -494,7 +505,7 @@ class RetrievalModule(tf.Module):
     if scann_state is None:
       self.block_size = max(min(int(block_size), n), k + 1)
       padded = math.ceil(n / self.block_size) * self.block_size
-      corpus = np.zeros((padded, dim), np.float32)
+      corpus = np.zeros((padded, vectors.shape[1]), np.float32)
       corpus[:n] = vectors
     else:
       corpus = np.asarray(vectors, np.float32)
@@ -508,6 +519,8 @@ class RetrievalModule(tf.Module):
         input_signature=[tf.TensorSpec([None, dim], tf.float32, name="embeddings")])
 
   def _search(self, queries: tf.Tensor, query_index: tf.Tensor | None):
+    if self._with_bias:  # [q, 1] . [z_i, b_i] = q . z_i + b_i
+      queries = tf.concat([queries[:, :self._dim], tf.ones_like(queries[:, :1])], axis=1)
     if self.scann is None:
       return exact_top_k(self.embeddings, self._n, queries, self._k, self.block_size,
                          exclude=query_index)
@@ -791,8 +804,23 @@ def _batched(fn: Callable[..., Mapping[str, tf.Tensor]], values: np.ndarray, key
   return {name: np.concatenate(p) for name, p in parts.items()}
 
 
+def index_vectors(vectors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+  """The retrieval corpus: `vectors`, or `[z_i, b_i]` rows with item biases."""
+  vectors = np.asarray(vectors, np.float32)
+  if bias is None:
+    return vectors
+  return np.concatenate([vectors, np.asarray(bias, np.float32)[:, None]], axis=1)
+
+
+def _query_vectors(vectors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+  if bias is None:
+    return vectors
+  return np.concatenate([vectors, np.ones((vectors.shape[0], 1), np.float32)], axis=1)
+
+
 def _check_retrieval(path: str, item_ids: np.ndarray, vectors: np.ndarray, k: int,
-                     sample: np.ndarray, exact: bool) -> dict[str, Any]:
+                     sample: np.ndarray, exact: bool,
+                     bias: np.ndarray | None = None) -> dict[str, Any]:
   """Loads an exported retrieval model and compares it with numpy exact search."""
   loaded = tf.saved_model.load(path)
   replay_warmup_requests(path, loaded)
@@ -802,7 +830,8 @@ def _check_retrieval(path: str, item_ids: np.ndarray, vectors: np.ndarray, k: in
   out = _batched(fn, item_ids[sample], "item_ids")
   index = {raw: i for i, raw in enumerate(item_ids.tolist())}
   got = np.vectorize(lambda b: index[b.decode("utf-8")], otypes=[np.int64])(out["neighbor_ids"])
-  want, want_scores = retrieval_exact.top_k(vectors[sample], vectors, k, exclude=sample)
+  want, want_scores = retrieval_exact.top_k(_query_vectors(vectors[sample], bias),
+                                            index_vectors(vectors, bias), k, exclude=sample)
   if np.any(got == sample[:, None]):
     raise ExportError(f"{path}: related_items returned the query item itself.")
   recall = scann_index.recall_at_k(got, want)
@@ -884,6 +913,7 @@ def export_models(
     config: ExportConfig = ExportConfig(),
     version: int | None = None,
     source: Mapping[str, Any] | None = None,
+    item_bias: np.ndarray | None = None,
 ) -> dict[str, Any]:
   """Builds, checks and atomically publishes one version of each requested model.
 
@@ -897,6 +927,9 @@ def export_models(
     version: the version number; None = `next_version`. Must not exist yet
       for any requested model.
     source: JSON-serialisable provenance recorded in every report.
+    item_bias: float32 `[N]` item biases of the embeddings (required when
+      the model has `item_bias`, refused otherwise); the retrieval models add
+      them to every score.
 
   Returns:
     A summary: version, each model's path and report, the config files.
@@ -919,6 +952,15 @@ def export_models(
   if model.config.embedding_dim != vectors.shape[1]:
     raise ValueError(f"embeddings have dim {vectors.shape[1]} but the model's embedding_dim is "
                      f"{model.config.embedding_dim}.")
+  bias = None
+  if bool(getattr(model.config, "item_bias", False)) != (item_bias is not None):
+    raise ValueError("the model was trained with item_bias but no item biases were given"
+                     if item_bias is None else
+                     "item biases were given but the model has no item_bias.")
+  if item_bias is not None:
+    bias = np.asarray(item_bias, np.float32)
+    if bias.shape != (n,) or not np.all(np.isfinite(bias)):
+      raise ValueError(f"item_bias must be [{n}] finite floats, got shape {bias.shape}.")
   k = config.num_neighbors
   if not 0 < k < n:
     raise ValueError(f"num_neighbors={k} must lie in [1, {n - 1}] for {n} items.")
@@ -940,7 +982,7 @@ def export_models(
   created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   common = {"format": "pinsage_tf.export", "version": version, "created": created,
             "num_items": n, "embedding_dim": int(vectors.shape[1]),
-            "num_neighbors": k, "source": dict(source or {})}
+            "num_neighbors": k, "item_bias": bias is not None, "source": dict(source or {})}
 
   staging = tempfile.mkdtemp(prefix=".staging-", dir=export_base)
   built: dict[str, str] = {}
@@ -974,12 +1016,13 @@ def export_models(
       return tmp
 
     if RETRIEVAL_EXACT in models:
-      module = RetrievalModule(item_ids, vectors, item_vocab, k, None, config.exact_block_size)
+      module = RetrievalModule(item_ids, vectors, item_vocab, k, None, config.exact_block_size,
+                               bias=bias)
       tmp = build(RETRIEVAL_EXACT, module, module.signatures(), None,
                   {"search": {"algorithm": "exact", "block_size": module.block_size}},
                   warm_retrieval)
       reports[RETRIEVAL_EXACT]["check"] = _check_retrieval(tmp, item_ids, vectors, k,
-                                                           check_sample, exact=True)
+                                                           check_sample, exact=True, bias=bias)
       _LOG.info("%s: built and checked", RETRIEVAL_EXACT)
 
     if EMBEDDER in models:
@@ -1015,14 +1058,14 @@ def export_models(
     if RETRIEVAL in models:
       scann_config = scann_index.resolve_config(n, k + 1, config.scann)
       t0 = time.perf_counter()
-      state = scann_index.build_state(vectors, scann_config, k + 1)
+      state = scann_index.build_state(index_vectors(vectors, bias), scann_config, k + 1)
       build_seconds = time.perf_counter() - t0
-      module = RetrievalModule(item_ids, vectors, item_vocab, k, state)
+      module = RetrievalModule(item_ids, vectors, item_vocab, k, state, bias=bias)
       tmp = build(RETRIEVAL, module, module.signatures(), scann_index.SAVE_OPTIONS,
                   {"search": {"algorithm": "scann", "scann": scann_config.to_json(),
                               "index_build_seconds": round(build_seconds, 2)}},
                   warm_retrieval)
-      check = _check_retrieval(tmp, item_ids, vectors, k, sample, exact=False)
+      check = _check_retrieval(tmp, item_ids, vectors, k, sample, exact=False, bias=bias)
       reports[RETRIEVAL]["check"] = check
       if check["queries"]:
         _LOG.info("%s: recall@%d = %.4f on %d queries", RETRIEVAL, k, check[f"recall@{k}"],

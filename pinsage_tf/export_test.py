@@ -9,6 +9,7 @@ end-to-end path (trained model, CLI, server) is tested in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -394,3 +395,39 @@ def test_bad_arguments_fail_before_writing(setup, tmp_path):
   with pytest.raises(ValueError, match="subset of"):
     export.ExportConfig(models=("nope",))
   assert not os.listdir(tmp_path)
+
+
+def test_item_biases_are_added_to_retrieval_scores(setup, tmp_path):
+  tf.keras.utils.set_random_seed(3)
+  graph, tables = setup["graph"], setup["tables"]
+  model = model_lib.PinSageModel(dataclasses.replace(setup["model"].config, item_bias=True))
+  model_lib.build_variables(model)
+  model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
+  vectors, bias = inference.layerwise_outputs(model, tables)
+  assert np.ptp(bias) > 0.1  # large enough to reorder the cosine lists
+  config = export.ExportConfig(num_neighbors=_K, recall_queries=_N, exact_block_size=16,
+                               models=(export.RETRIEVAL_EXACT, export.RETRIEVAL))
+  summary = export.export_models(str(tmp_path / "b"), model=model, graph=graph, tables=tables,
+                                 embeddings=vectors, config=config, item_bias=bias)
+  assert summary["models"][export.RETRIEVAL]["report"]["item_bias"] is True
+  queries = np.concatenate([vectors, np.ones((_N, 1), np.float32)], axis=1)
+  index = np.concatenate([vectors, bias[:, None]], axis=1)
+  want, want_scores = retrieval_exact.top_k(queries, index, _K, exclude=np.arange(_N))
+  plain, _ = retrieval_exact.top_k(vectors, vectors, _K, exclude=np.arange(_N))
+  assert np.any(want != plain)  # the bias changes the lists
+  by_want, _ = retrieval_exact.top_k(queries, index, _K)
+  for name in (export.RETRIEVAL_EXACT, export.RETRIEVAL):
+    loaded = tf.saved_model.load(os.path.join(str(tmp_path / "b"), name, "1"))
+    out = loaded.signatures["related_items"](item_ids=tf.constant(graph.item_ids))
+    got = _ids_to_rows(out["neighbor_ids"].numpy())
+    np.testing.assert_allclose(out["scores"].numpy(), want_scores, atol=1e-5)
+    assert np.mean(np.all(got == want, axis=1)) > 0.9, name
+    by = loaded.signatures["related_items_by_embedding"](embeddings=tf.constant(vectors))
+    assert np.mean(np.all(_ids_to_rows(by["neighbor_ids"].numpy()) == by_want, axis=1)) > 0.9
+  # The model and the biases must agree.
+  with pytest.raises(ValueError, match="no item biases were given"):
+    export.export_models(str(tmp_path / "c"), model=model, graph=graph, tables=tables,
+                         embeddings=vectors, config=config)
+  with pytest.raises(ValueError, match="model has no item_bias"):
+    _export_again(setup, str(tmp_path / "d"), item_bias=bias)
+  assert not os.path.exists(tmp_path / "c") and not os.path.exists(tmp_path / "d")

@@ -11,6 +11,8 @@ Contract: `layerwise_embeddings(model, tables)` returns float32
 `[num_items, embedding_dim]` L2-normalised embeddings, equal (up to float
 round-off) to applying the model to any minibatch containing the item, because
 the model's training-time computation graph uses the same neighborhood table.
+`layerwise_outputs` also returns the item biases `[num_items]` of a model
+with `PinSageConfig.item_bias` (from the same last-layer representations).
 
 `pinsage_tf.beam_inference` runs the same per-layer computation as an Apache
 Beam pipeline; both call the model's `encode_inputs`, `convolve` and `head`.
@@ -94,6 +96,13 @@ def apply_head(model, h: np.ndarray, *, batch_size: int = 8192,
   return np.concatenate(parts, axis=0).astype(np.float32)
 
 
+def apply_item_bias(model, h: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
+  """The item bias `model.item_bias` of every row of `h`: float32 `[N]`."""
+  bias = tf.function(model.item_bias, reduce_retracing=True)
+  parts = [bias(h[start:stop]).numpy() for start, stop in _blocks(h.shape[0], batch_size)]
+  return np.concatenate(parts, axis=0).astype(np.float32)
+
+
 def layerwise_embeddings(model, tables: pipeline.SamplingTables, *, batch_size: int = 8192,
                          progress: ProgressFn | None = None) -> np.ndarray:
   """Final embeddings of all items, float32 `[N, embedding_dim]`.
@@ -105,7 +114,22 @@ def layerwise_embeddings(model, tables: pipeline.SamplingTables, *, batch_size: 
     batch_size: items per block; bounds memory per step.
     progress: optional callback `(stage, done, total)`.
   """
+  return layerwise_outputs(model, tables, batch_size=batch_size, progress=progress,
+                           with_bias=False)[0]
+
+
+def layerwise_outputs(model, tables: pipeline.SamplingTables, *, batch_size: int = 8192,
+                      progress: ProgressFn | None = None, with_bias: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+  """`layerwise_embeddings` and the item biases float32 `[N]`.
+
+  The biases are None when the model has none (`PinSageConfig.item_bias`
+  False) or `with_bias` is False.
+  """
   h = input_representations(model, tables, batch_size=batch_size, progress=progress)
   for layer in range(model.config.num_layers):
     h = convolve_all(model, layer, h, tables, batch_size=batch_size, progress=progress)
-  return apply_head(model, h, batch_size=batch_size, progress=progress)
+  vectors = apply_head(model, h, batch_size=batch_size, progress=progress)
+  if not (with_bias and getattr(model.config, "item_bias", False)):
+    return vectors, None
+  return vectors, apply_item_bias(model, h, batch_size=batch_size)

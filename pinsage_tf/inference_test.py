@@ -40,6 +40,31 @@ def test_layerwise_equals_minibatch_forward(pooling, num_layers):
   np.testing.assert_allclose(np.linalg.norm(all_z, axis=1), 1.0, atol=1e-5)
 
 
+def test_layerwise_item_biases_equal_the_minibatch_ones():
+  tf.keras.utils.set_random_seed(1)
+  g, ids, weights, hard = _random_setup()
+  tables = pipeline.SamplingTables.build(g, ids, weights, hard_pool=hard)
+  config = model_lib.PinSageConfig(
+      hidden_dim=16, embedding_dim=8, item_bias=True,
+      encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True))
+  model = model_lib.PinSageModel(config)
+  model_lib.build_variables(model)
+  # Zero-initialised: give the bias unit random weights so the check means something.
+  model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
+  builder = pipeline.MinibatchBuilder(tables, pipeline.PipelineConfig(batch_size=6,
+                                                                      num_negatives=4), 6)
+  batch = builder(tf.constant([3, 4], tf.int64), tf.constant([5, 6, 7, 8, 9, 10], tf.int32),
+                  tf.constant([11, 12, 13, 14, 15, 5], tf.int32))
+  z_batch, b_batch = (t.numpy() for t in model.embed_with_bias(batch))
+  items_top = _levels(batch)[-1]
+  real = batch.num_nodes.numpy()[-1]
+  all_z, all_b = inference.layerwise_outputs(model, tables, batch_size=37)
+  assert all_b.shape == (200,) and np.ptp(all_b) > 1e-3
+  np.testing.assert_allclose(all_z[items_top[:real]], z_batch[:real], atol=1e-5)
+  np.testing.assert_allclose(all_b[items_top[:real]], b_batch[:real], atol=1e-5)
+  assert inference.layerwise_outputs(model, tables, with_bias=False)[1] is None
+
+
 def test_progress_is_reported_for_every_stage():
   g, ids, weights, _ = _random_setup()
   tables = pipeline.SamplingTables.build(g, ids, weights)

@@ -9,7 +9,10 @@ Inputs (the output of `PinSageModel.embed_pairs`):
   own hard negatives (curriculum training adds more of them each epoch);
 * `negative_mask` float `[B, Nn]` (optional, 1 = in use): drops shared
   negatives that are the query's own query or positive item (an "accidental
-  hit"; see `shared_negative_mask`).
+  hit"; see `shared_negative_mask`);
+* `bias` (optional, a `CandidateBias` of the model's item biases, see
+  `PinSageConfig.item_bias`): added to every candidate's score, so a
+  candidate i scores `z_q . z_i + b_i` (the query's own bias would cancel).
 
 How shared and hard negatives combine: a query's negative set is its valid
 shared negatives plus its valid hard negatives, and every loss averages (or,
@@ -25,7 +28,18 @@ the global mean (as `tf.nn.compute_average_loss`, which it wraps).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
+
+
+class CandidateBias(NamedTuple):
+  """Item biases of the candidates: positive `[B]`, shared negatives `[Nn]`,
+  hard negatives `[B, H]` (None when there are no hard negatives)."""
+
+  positive: tf.Tensor
+  negative: tf.Tensor
+  hard: tf.Tensor | None = None
 
 # Logit of an excluded candidate: exp() underflows to exactly 0 while staying
 # finite, so a row with every candidate excluded still has no NaN.
@@ -40,6 +54,7 @@ def max_margin_loss(
     hard_mask: tf.Tensor | None = None,
     negative_mask: tf.Tensor | None = None,
     margin: float = 0.1,
+    bias: CandidateBias | None = None,
 ) -> tf.Tensor:
   """The paper's max-margin ranking loss (Sec. 3.3), per query.
 
@@ -58,12 +73,13 @@ def max_margin_loss(
     negative_mask: optional float `[B, Nn]`, 1 for shared negatives in use;
       None uses all.
     margin: Delta, the required score gap.
+    bias: optional item biases added to the candidates' scores.
 
   Returns:
     float32 `[B]` per-query loss.
   """
   positive_score, shared_scores, shared_valid, hard_scores, hard_valid = _scores(
-      z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask)
+      z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask, bias)
   total = tf.reduce_sum(
       tf.nn.relu(shared_scores - positive_score[:, None] + margin) * shared_valid, axis=1)
   count = tf.reduce_sum(shared_valid, axis=1)
@@ -82,6 +98,7 @@ def sampled_softmax_loss(
     hard_mask: tf.Tensor | None = None,
     negative_mask: tf.Tensor | None = None,
     temperature: float = 0.1,
+    bias: CandidateBias | None = None,
 ) -> tf.Tensor:
   """Sampled-softmax cross-entropy, the paper's baseline loss, per query.
 
@@ -90,8 +107,8 @@ def sampled_softmax_loss(
       loss_q = -log( exp(s_i / t) / (exp(s_i / t) + sum_{n in N_q} exp(s_n / t)) )
 
   Args:
-    z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask: as in
-      `max_margin_loss`.
+    z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask, bias:
+      as in `max_margin_loss`.
     temperature: t > 0; with unit-norm embeddings the logits lie in
       [-1/t, 1/t], so a small t is needed for a peaked softmax.
 
@@ -104,7 +121,7 @@ def sampled_softmax_loss(
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature!r}.")
   positive_score, shared_scores, shared_valid, hard_scores, hard_valid = _scores(
-      z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask)
+      z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask, bias)
   logits = [positive_score[:, None],
             tf.where(shared_valid > 0, shared_scores, _EXCLUDED_LOGIT * temperature)]
   if hard_scores is not None:
@@ -154,8 +171,8 @@ def shared_negative_mask(query: tf.Tensor, positive: tf.Tensor, negative: tf.Ten
   return 1.0 - tf.cast(hit, tf.float32)
 
 
-def _scores(z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask):
-  """Dot-product scores and validity masks shared by both losses."""
+def _scores(z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask, bias=None):
+  """Dot-product scores (plus item biases) and validity masks shared by both losses."""
   z_query = tf.convert_to_tensor(z_query, tf.float32)
   z_positive = tf.convert_to_tensor(z_positive, tf.float32)
   z_negative = tf.convert_to_tensor(z_negative, tf.float32)
@@ -173,4 +190,11 @@ def _scores(z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask):
                   else tf.cast(hard_mask, tf.float32))
   elif hard_mask is not None:
     raise ValueError("hard_mask was given without z_hard; pass both or neither.")
+  if bias is not None:
+    positive_score += tf.convert_to_tensor(bias.positive, tf.float32)
+    shared_scores += tf.convert_to_tensor(bias.negative, tf.float32)[None, :]
+    if hard_scores is not None:
+      if bias.hard is None:
+        raise ValueError("bias.hard is None but hard negatives were given.")
+      hard_scores += tf.convert_to_tensor(bias.hard, tf.float32)
   return positive_score, shared_scores, shared_valid, hard_scores, hard_valid

@@ -104,6 +104,37 @@ class SampledSoftmaxLossTest(tf.test.TestCase):
       losses.sampled_softmax_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, temperature=0.0)
 
 
+class CandidateBiasTest(tf.test.TestCase):
+
+  def test_bias_is_added_to_every_candidate_score(self):
+    bias = losses.CandidateBias(positive=np.array([0.5, -0.2], np.float32),
+                                negative=np.array([0.1, -1.0, 0.3], np.float32),
+                                hard=np.array([[0.2, 9.0], [0.0, -0.4]], np.float32))
+    loss = losses.sampled_softmax_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, Z_HARD, HARD_MASK,
+                                       temperature=0.5, bias=bias)
+    # query 0: positive .8+.5, shared .6+.1, 1-1, 0+.3, hard 1+.2 (the 9.0 slot is masked).
+    logits0 = np.array([1.3, 0.7, 0.0, 0.3, 1.2]) / 0.5
+    # query 1: positive 1-.2, shared .8+.1, 0-1, 1+.3, hard .8+0, 1-.4.
+    logits1 = np.array([0.8, 0.9, -1.0, 1.3, 0.8, 0.6]) / 0.5
+    want = [np.log(np.exp(l).sum()) - l[0] for l in (logits0, logits1)]
+    self.assertAllClose(loss, want, atol=1e-5)
+    margin = losses.max_margin_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, Z_HARD, HARD_MASK,
+                                    margin=0.1, bias=bias)
+    hinge = lambda l: np.maximum(0.0, l[1:] - l[0] + 0.1).mean()
+    self.assertAllClose(margin, [hinge(logits0 * 0.5), hinge(logits1 * 0.5)], atol=1e-5)
+
+  def test_zero_bias_changes_nothing_and_hard_bias_is_required(self):
+    zero = losses.CandidateBias(np.zeros(2, np.float32), np.zeros(3, np.float32),
+                                np.zeros((2, 2), np.float32))
+    self.assertAllClose(
+        losses.sampled_softmax_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, Z_HARD, HARD_MASK,
+                                    bias=zero),
+        losses.sampled_softmax_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, Z_HARD, HARD_MASK))
+    with self.assertRaisesRegex(ValueError, "bias.hard"):
+      losses.max_margin_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, Z_HARD, HARD_MASK,
+                             bias=zero._replace(hard=None))
+
+
 class ReductionTest(tf.test.TestCase):
 
   def test_divides_by_global_batch_size(self):

@@ -8,7 +8,9 @@ Ying et al., KDD'18, Algorithm 2 (minibatch forward propagation):
     z_u   = G2 ReLU(G1 h^K_u + g), then z_u / ||z_u||_2
 
 `PinSageModel.call` consumes a `pinsage_tf.minibatch.Minibatch` and returns the
-final embeddings float32 `[U_K, embedding_dim]` of the level-K nodes. Each
+final embeddings float32 `[U_K, embedding_dim]` of the level-K nodes
+(`embed_with_bias` also returns their item biases `[U_K]` when
+`PinSageConfig.item_bias` is set: a scalar score offset per item). Each
 unique node of a level is encoded / convolved exactly once: hop k gathers
 level-(k-1) rows by `Hop.self_index` and `Hop.neighbor_index`. The neighbor
 transform ReLU(Q h + q) is applied once per level-(k-1) node before the
@@ -91,6 +93,12 @@ class PinSageConfig:
     neighbor_dim: width of each convolution's neighbor transform; None = hidden_dim.
     pooling: "importance" (the paper), "mean" or "max" (ablations).
     dropout_rate: dropout on every convolution's inputs in training.
+    item_bias: also output a scalar score offset b_u per item, a linear unit
+      on the head's hidden layer (so it is inductive like z): a candidate i
+      scores z_q . z_i + b_i for a query q. Unit-norm embeddings express an
+      item's overall popularity poorly; b absorbs it. Training adds b to the
+      candidates' scores; inference writes it beside the embeddings
+      (`embeddings_io`) and the scorers add it.
     encoder: the input encoder's schema and options.
   """
 
@@ -100,6 +108,7 @@ class PinSageConfig:
   neighbor_dim: int | None = None
   pooling: str = "importance"
   dropout_rate: float = 0.0
+  item_bias: bool = False
   encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
 
   def __post_init__(self):
@@ -110,6 +119,8 @@ class PinSageConfig:
     if self.pooling not in convolve_lib.POOLINGS:
       raise ValueError(
           f"PinSageConfig.pooling must be one of {convolve_lib.POOLINGS}, got {self.pooling!r}.")
+    if not isinstance(self.item_bias, bool):
+      raise ValueError(f"PinSageConfig.item_bias must be a bool, got {self.item_bias!r}.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"PinSageConfig.dropout_rate must lie in [0, 1), got {self.dropout_rate!r}.")
 
@@ -178,6 +189,10 @@ class PinSageModel(tf.keras.Model):
         config.hidden_dim, activation="relu", name="head_hidden")
     self.head_output = tf.keras.layers.Dense(
         config.embedding_dim, use_bias=False, name="head_output")
+    # b_u = w . ReLU(G1 h + g) + c; zero-initialised, so training starts from
+    # the plain cosine scores.
+    self.bias_output = (tf.keras.layers.Dense(1, kernel_initializer="zeros", name="item_bias")
+                        if config.item_bias else None)
 
   def call(self, batch: minibatch.Minibatch, training: bool | None = None) -> tf.Tensor:
     """Embeds the level-K nodes of `batch`.
@@ -190,6 +205,17 @@ class PinSageModel(tf.keras.Model):
       float32 `[num_nodes[K], embedding_dim]` (the real level-K nodes; every
       position in `batch.query` etc. is below it), rows of unit L2 norm.
     """
+    return self.head(self._last_hidden(batch, training))
+
+  def embed_with_bias(self, batch: minibatch.Minibatch, training: bool | None = None
+                      ) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """`call`'s embeddings and the item biases float32 `[num_nodes[K]]` (None
+    unless `config.item_bias`)."""
+    h = self._last_hidden(batch, training)
+    return self.head(h), (self.item_bias(h) if self.bias_output is not None else None)
+
+  def _last_hidden(self, batch: minibatch.Minibatch, training: bool | None) -> tf.Tensor:
+    """h^K of the level-K nodes of `batch`."""
     if len(batch.hops) != len(self.convs):
       raise ValueError(
           f"the minibatch has {len(batch.hops)} hops but the model has num_layers="
@@ -206,7 +232,7 @@ class PinSageModel(tf.keras.Model):
       # once per level-(k-1) node, then rows are gathered per (u, t) slot.
       h = self.convolve(k, tf.gather(h, hop.self_index[:c]), h, hop.neighbor_weight[:c],
                         neighbor_index=hop.neighbor_index[:c], training=training)  # [c_k, hidden]
-    return self.head(h)
+    return h
 
   def encode_inputs(self, inputs: minibatch.NodeInputs, training: bool | None = None) -> tf.Tensor:
     """h^0: `NodeInputs` with U rows -> float32 `[U, hidden_dim]`."""
@@ -244,6 +270,16 @@ class PinSageModel(tf.keras.Model):
     """z = normalize(G2 ReLU(G1 h + g)): float `[U, hidden_dim]` -> `[U, embedding_dim]`."""
     z = self.head_output(self.head_hidden(h))
     return tf.math.l2_normalize(z, axis=-1, epsilon=1e-12)
+
+  def item_bias(self, h: tf.Tensor) -> tf.Tensor:
+    """b = w . ReLU(G1 h + g) + c: float `[U, hidden_dim]` -> `[U]`.
+
+    Raises:
+      ValueError: the model was built without `config.item_bias`.
+    """
+    if self.bias_output is None:
+      raise ValueError("this model has no item bias (PinSageConfig.item_bias is False).")
+    return self.bias_output(self.head_hidden(h))[:, 0]
 
   def embed_pairs(
       self, batch: minibatch.Minibatch, training: bool | None = None
@@ -294,6 +330,8 @@ def build_variables(model: PinSageModel) -> None:
   for k in range(config.num_layers):
     h = model.convolve(k, h, h[:, None, :], tf.zeros([1, 1]))
   model.head(h)
+  if model.config.item_bias:
+    model.item_bias(h)
 
 
 def save_model(model: PinSageModel, directory: str | os.PathLike, overwrite: bool = False) -> None:

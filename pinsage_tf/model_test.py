@@ -174,6 +174,42 @@ class PinSageModelTest(tf.test.TestCase, parameterized.TestCase):
       self.assertIsNotNone(grad, variable.name)
       self.assertGreater(float(tf.norm(tf.convert_to_tensor(grad))), 0.0, variable.name)
 
+  def test_item_bias_is_a_head_unit_trained_with_the_rest(self):
+    plain = model_lib.PinSageModel(make_config())
+    batch, levels = build_minibatch()
+    z, b = plain.embed_with_bias(batch)
+    self.assertIsNone(b)
+    self.assertAllEqual(z, plain(batch))
+    with self.assertRaisesRegex(ValueError, "item_bias"):
+      plain.item_bias(tf.zeros([1, 8]))
+    model = model_lib.PinSageModel(make_config(item_bias=True))
+    with tf.GradientTape() as tape:
+      z, b = model.embed_with_bias(batch, training=True)
+      bias = losses.CandidateBias(tf.gather(b, batch.positive), tf.gather(b, batch.negative),
+                                  tf.gather(b, batch.hard_negative))
+      loss = losses.average_loss(losses.sampled_softmax_loss(
+          tf.gather(z, batch.query), tf.gather(z, batch.positive), tf.gather(z, batch.negative),
+          tf.gather(z, batch.hard_negative), batch.hard_mask, bias=bias))
+    self.assertEqual(b.shape, (len(levels[2]),))
+    self.assertAllClose(b, np.zeros(len(levels[2])))  # zero-initialised
+    self.assertAllClose(z, model(batch), atol=1e-6)
+    names = [v.name for v in model.trainable_variables]
+    grads = dict(zip(names, tape.gradient(loss, model.trainable_variables)))
+    bias_grads = [g for n, g in grads.items() if "item_bias" in n]
+    self.assertLen(bias_grads, 2)  # w and c
+    self.assertGreater(float(tf.norm(bias_grads[0])), 0.0)
+    # Saved and reloaded with the weights; a bias-free checkpoint does not load.
+    model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
+    directory = os.path.join(self.get_temp_dir(), "biased")
+    model_lib.save_model(model, directory)
+    loaded = model_lib.load_model(directory)
+    self.assertAllClose(loaded.embed_with_bias(batch)[1], model.embed_with_bias(batch)[1])
+    plain_dir = os.path.join(self.get_temp_dir(), "plain")
+    model_lib.save_model(plain, plain_dir)
+    with self.assertRaises(AssertionError):
+      model_lib.restore_weights(model_lib.PinSageModel(make_config(item_bias=True)),
+                                os.path.join(plain_dir, model_lib.CHECKPOINT_PREFIX))
+
   def test_wrong_number_of_hops(self):
     model = model_lib.PinSageModel(make_config(num_layers=3))
     batch, _ = build_minibatch(2)

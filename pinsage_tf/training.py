@@ -227,9 +227,9 @@ def validation_hit_rate(model: model_lib.PinSageModel, inputs: TrainingInputs,
   split = "validation"
   if max_queries <= 0 or graph.pairs.count(graph_lib.Split.VALIDATION) == 0:
     return None
-  embeddings = inference.layerwise_embeddings(model, inputs.tables)
+  embeddings, bias = inference.layerwise_outputs(model, inputs.tables)
   result = evaluation.evaluate(
-      graph, baselines.EmbeddingScorer(embeddings, name="pinsage"),
+      graph, baselines.EmbeddingScorer(embeddings, name="pinsage", bias=bias),
       evaluation.EvalConfig(protocol="item", split=split, ks=(k,), max_queries=max_queries))
   return float(result["metrics"][f"hit_rate@{k}"])
 
@@ -262,16 +262,19 @@ def build_train_step(model, optimizer, strategy, config: ExperimentConfig):
 
   def replica_step(batch):
     with tf.GradientTape() as tape:
-      z = model(batch, training=True)
+      z, b = model.embed_with_bias(batch, training=True)
       z_q, z_p = tf.gather(z, batch.query), tf.gather(z, batch.positive)
       z_n, z_h = tf.gather(z, batch.negative), tf.gather(z, batch.hard_negative)
+      bias = None if b is None else losses.CandidateBias(
+          tf.gather(b, batch.positive), tf.gather(b, batch.negative),
+          tf.gather(b, batch.hard_negative))
       neg_mask = losses.shared_negative_mask(batch.query, batch.positive, batch.negative)
       if tc.loss == "max_margin":
         per_example = losses.max_margin_loss(z_q, z_p, z_n, z_h, batch.hard_mask, neg_mask,
-                                             margin=tc.margin)
+                                             margin=tc.margin, bias=bias)
       else:
         per_example = losses.sampled_softmax_loss(z_q, z_p, z_n, z_h, batch.hard_mask, neg_mask,
-                                                  temperature=tc.temperature)
+                                                  temperature=tc.temperature, bias=bias)
       loss = losses.average_loss(per_example, global_batch_size=global_batch)
     variables = model.trainable_variables
     grads = tape.gradient(loss, variables)

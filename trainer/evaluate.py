@@ -154,7 +154,8 @@ def run(
     if name in embeddings:
       emb = embeddings_io.load_embeddings(embeddings[name], graph, graph_fingerprint=fingerprint)
       scorers[name] = baselines.EmbeddingScorer(emb.vectors, name=name,
-                                                max_block_elements=config.max_block_elements)
+                                                max_block_elements=config.max_block_elements,
+                                                bias=emb.item_bias)
       sources[name] = os.path.abspath(embeddings[name])
     elif name in baselines.BASELINES:
       scorers[name] = baselines.make_baseline(

@@ -125,7 +125,8 @@ def export(model_dir: str, graph_dir: str, embeddings_dir: str, export_base: str
             "embeddings_model_checkpoint": embeddings.manifest.get("model_checkpoint")}
   return export_lib.export_models(
       export_base, model=model, graph=inputs.graph, tables=inputs.tables,
-      embeddings=embeddings.vectors, config=config, version=version, source=source)
+      embeddings=embeddings.vectors, config=config, version=version, source=source,
+      item_bias=embeddings.item_bias)
 
 
 def _summary(result: dict) -> dict:

@@ -64,7 +64,8 @@ def checkpoint_prefix(model_dir: str, step: int) -> str:
 
 def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int = 8192,
           beam_args: list[str] | None = None, checkpoint_step: int | None = None):
-  """Returns (graph, embeddings [N, E], checkpoint path) for a trained model.
+  """Returns (graph, embeddings [N, E], item biases [N] or None, checkpoint
+  path) for a trained model.
 
   `checkpoint_step` selects a training checkpoint instead of the final model.
   """
@@ -80,6 +81,10 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
     if done == total or done % (batch_size * 4) == 0:
       logging.info("%s: %d/%d items", stage, done, total)
 
+  if runner == "beam" and config.model.item_bias:
+    raise ValueError("--runner=beam does not compute item biases (the model was trained with "
+                     "item_bias); use --runner=local.")
+  bias = None
   if runner == "beam":
     from pinsage_tf import beam_inference  # pylint: disable=g-import-not-at-top
     # Workers rebuild the model from weights_dir and read the graph and its
@@ -92,13 +97,13 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
   elif checkpoint_step is not None:
     model = model_lib.PinSageModel(config.model)
     model_lib.restore_weights(model, weights_dir, strict=False)
-    vectors = inference.layerwise_embeddings(model, inputs.tables, batch_size=batch_size,
-                                             progress=progress)
+    vectors, bias = inference.layerwise_outputs(model, inputs.tables, batch_size=batch_size,
+                                                progress=progress)
   else:
     model = model_lib.load_model(weights_dir)
-    vectors = inference.layerwise_embeddings(model, inputs.tables, batch_size=batch_size,
-                                             progress=progress)
-  return inputs.graph, vectors, weights_dir
+    vectors, bias = inference.layerwise_outputs(model, inputs.tables, batch_size=batch_size,
+                                                progress=progress)
+  return inputs.graph, vectors, bias, weights_dir
 
 
 def main(argv):
@@ -108,7 +113,7 @@ def main(argv):
           file=sys.stderr)
     sys.exit(2)
   try:
-    graph, vectors, weights_dir = embed(_GRAPH_DIR.value, _MODEL_DIR.value, _RUNNER.value,
+    graph, vectors, bias, weights_dir = embed(_GRAPH_DIR.value, _MODEL_DIR.value, _RUNNER.value,
                                         _BATCH_SIZE.value, beam_args=list(argv[1:]),
                                         checkpoint_step=_CHECKPOINT_STEP.value)
     manifest = embeddings_io.save_embeddings(
@@ -117,7 +122,7 @@ def main(argv):
          "graph_dir": os.path.abspath(_GRAPH_DIR.value),
          "model_checkpoint": os.path.abspath(weights_dir),
          "runner": _RUNNER.value},
-        item_titles=graph.item_titles, overwrite=_OVERWRITE.value)
+        item_titles=graph.item_titles, overwrite=_OVERWRITE.value, item_bias=bias)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

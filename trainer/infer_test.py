@@ -151,3 +151,35 @@ def test_checkpoint_step_embeds_a_training_checkpoint(trained, outputs, tmp_path
   errors = _error_lines(out.stderr)
   assert len(errors) == 1 and "ckpt-2" in errors[0] and "[3]" in errors[0], out.stderr[-2000:]
   assert not os.path.exists(missing)
+
+
+def test_item_bias_model_writes_its_biases_beside_the_embeddings(trained, tmp_path):
+  graph_dir, _ = trained
+  model_dir = str(tmp_path / "biased")
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              "--epochs=1", "--steps_per_epoch=3", "--batch_size=32", "--num_negatives=16",
+              "--num_neighbors=5", "--num_walks=10", "--hidden_dim=16", "--embedding_dim=8",
+              "--validation_queries=0", "--quiet", "--item_bias", "--learning_rate=0.01"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  target = str(tmp_path / "emb")
+  out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              f"--output_dir={target}"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  loaded = embeddings_io.load_embeddings(target, graph_dir)
+  assert loaded.item_bias is not None and loaded.item_bias.shape == (NUM_ITEMS,)
+  # Trained away from the zero initialisation, and item-dependent.
+  assert np.ptp(loaded.item_bias) > 1e-4
+  # The same numbers as recomputing them in-process from the saved model.
+  from pinsage_tf import inference, model as model_lib, training  # pylint: disable=g-import-not-at-top
+  config = training.ExperimentConfig.load(model_dir)
+  inputs = training.prepare_inputs(graph_dir, config, hard_negatives=False)
+  model = model_lib.load_model(os.path.join(model_dir, training.MODEL_DIR))
+  vectors, bias = inference.layerwise_outputs(model, inputs.tables)
+  np.testing.assert_allclose(loaded.vectors, vectors, atol=1e-6)
+  np.testing.assert_allclose(loaded.item_bias, bias, atol=1e-6)
+  # The Beam runner does not compute biases: a clear error, nothing written.
+  refused = str(tmp_path / "beam")
+  out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              f"--output_dir={refused}", "--runner=beam"])
+  assert out.returncode == 2
+  assert "item biases" in out.stderr and not os.path.exists(refused)

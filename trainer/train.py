@@ -61,6 +61,8 @@ _POOLING = flags.DEFINE_enum("pooling", "importance", ["importance", "mean", "ma
 _ID_EMBEDDING = flags.DEFINE_enum("id_embedding", "auto", ["auto", "on", "off"],
                                   "Learnable item-id embedding (auto: only without features).")
 _DROPOUT = flags.DEFINE_float("dropout", 0.0, "Dropout on convolution inputs.")
+_ITEM_BIAS = flags.DEFINE_bool("item_bias", False,
+                               "Learn a per-item score offset b_i (scores z_q . z_i + b_i).")
 # Optimisation.
 _EPOCHS = flags.DEFINE_integer("epochs", 5, "Epochs.")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
@@ -122,6 +124,7 @@ def config_from_flags() -> training.ExperimentConfig:
           mc, hidden_dim=pick(_HIDDEN_DIM, mc.hidden_dim),
           embedding_dim=pick(_EMBEDDING_DIM, mc.embedding_dim), num_layers=num_layers,
           pooling=pick(_POOLING, mc.pooling), dropout_rate=pick(_DROPOUT, mc.dropout_rate),
+          item_bias=pick(_ITEM_BIAS, mc.item_bias),
           encoder=dataclasses.replace(
               mc.encoder, use_id_embedding=pick(_ID_EMBEDDING, mc.encoder.use_id_embedding))),
       train=dataclasses.replace(
