@@ -43,6 +43,7 @@ import dataclasses
 import numpy as np
 
 from pinsage_tf.graph import CSR, Graph
+from pinsage_tf import retrieval_exact
 from pinsage_tf.retrieval_exact import DEFAULT_MAX_BLOCK_ELEMENTS
 
 SET_AGGREGATIONS = ("mean", "max", "logsumexp")
@@ -177,17 +178,12 @@ class EmbeddingScorer(ItemScorer):
   def index_vectors(self) -> np.ndarray:
     """The items as one maximum-inner-product index: `[N, d]`, or `[e_i, b_i]`
     `[N, d + 1]` with a bias (pair with `query_vectors`)."""
-    if self.bias is None:
-      return self.vectors
-    return np.concatenate([self.vectors, self.bias[:, None]], axis=1)
+    return retrieval_exact.biased_corpus(self.vectors, self.bias)
 
   def query_vectors(self, queries: np.ndarray) -> np.ndarray:
     """`queries [Q, d]` for `index_vectors`: unchanged, or `[q, 1]` with a bias,
     so that `query . index_i` = `score_vectors`' scores."""
-    queries = np.asarray(queries, dtype=np.float32)
-    if self.bias is None:
-      return queries
-    return np.concatenate([queries, np.ones((queries.shape[0], 1), np.float32)], axis=1)
+    return retrieval_exact.biased_queries(queries, self.bias)
 
   def score_vectors(self, queries: np.ndarray) -> np.ndarray:
     """float32 `[Q, N]` inner products of `queries [Q, d]` with every item

@@ -479,7 +479,7 @@ class RetrievalModule(tf.Module):
     vocab_file: file with `item_ids`, one per line (becomes an asset).
     k: neighbors returned.
     scann_state: a `scann_index.build_state` result for ScaNN search (over
-      `index_vectors(vectors, bias)`), or None for exact brute force with
+      `retrieval_exact.biased_corpus(vectors, bias)`), or None for exact brute force with
       stock ops.
     block_size: exact search's corpus rows per step.
     bias: optional float32 `[N]` item biases added to every score.
@@ -492,7 +492,7 @@ class RetrievalModule(tf.Module):
     n, dim = vectors.shape
     self._dim = int(dim)
     self._with_bias = bias is not None
-    vectors = index_vectors(vectors, bias)
+    vectors = retrieval_exact.biased_corpus(vectors, bias)
     if not 0 < k < n:
       raise ValueError(f"num_neighbors={k} must lie in [1, {n - 1}] for a corpus of {n} items "
                        "(the query itself is excluded).")
@@ -804,20 +804,6 @@ def _batched(fn: Callable[..., Mapping[str, tf.Tensor]], values: np.ndarray, key
   return {name: np.concatenate(p) for name, p in parts.items()}
 
 
-def index_vectors(vectors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-  """The retrieval corpus: `vectors`, or `[z_i, b_i]` rows with item biases."""
-  vectors = np.asarray(vectors, np.float32)
-  if bias is None:
-    return vectors
-  return np.concatenate([vectors, np.asarray(bias, np.float32)[:, None]], axis=1)
-
-
-def _query_vectors(vectors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-  if bias is None:
-    return vectors
-  return np.concatenate([vectors, np.ones((vectors.shape[0], 1), np.float32)], axis=1)
-
-
 def _check_retrieval(path: str, item_ids: np.ndarray, vectors: np.ndarray, k: int,
                      sample: np.ndarray, exact: bool,
                      bias: np.ndarray | None = None) -> dict[str, Any]:
@@ -830,8 +816,9 @@ def _check_retrieval(path: str, item_ids: np.ndarray, vectors: np.ndarray, k: in
   out = _batched(fn, item_ids[sample], "item_ids")
   index = {raw: i for i, raw in enumerate(item_ids.tolist())}
   got = np.vectorize(lambda b: index[b.decode("utf-8")], otypes=[np.int64])(out["neighbor_ids"])
-  want, want_scores = retrieval_exact.top_k(_query_vectors(vectors[sample], bias),
-                                            index_vectors(vectors, bias), k, exclude=sample)
+  queries = retrieval_exact.biased_queries(vectors[sample], bias)
+  corpus = retrieval_exact.biased_corpus(vectors, bias)
+  want, want_scores = retrieval_exact.top_k(queries, corpus, k, exclude=sample)
   if np.any(got == sample[:, None]):
     raise ExportError(f"{path}: related_items returned the query item itself.")
   recall = scann_index.recall_at_k(got, want)
@@ -1058,7 +1045,8 @@ def export_models(
     if RETRIEVAL in models:
       scann_config = scann_index.resolve_config(n, k + 1, config.scann)
       t0 = time.perf_counter()
-      state = scann_index.build_state(index_vectors(vectors, bias), scann_config, k + 1)
+      state = scann_index.build_state(retrieval_exact.biased_corpus(vectors, bias), scann_config,
+                                      k + 1)
       build_seconds = time.perf_counter() - t0
       module = RetrievalModule(item_ids, vectors, item_vocab, k, state, bias=bias)
       tmp = build(RETRIEVAL, module, module.signatures(), scann_index.SAVE_OPTIONS,

@@ -26,6 +26,10 @@ items' scores, so comparisons are exact (no recomputation rounding).
 
 The `*_of_scores` helpers work on any `[b, N]` score block, so baselines that
 are not inner products (`pinsage_tf.baselines`) share the same code.
+
+Item biases (`PinSageConfig.item_bias`: item i scores `q . e_i + b_i`) become
+one inner product with `biased_corpus` rows `[e_i, b_i]` and `biased_queries`
+rows `[q, 1]`; evaluation's ScaNN path and the retrieval exports use them.
 """
 
 from __future__ import annotations
@@ -189,6 +193,22 @@ def rank_counts_of_scores(scores: np.ndarray, targets: np.ndarray) -> tuple[np.n
   greater = np.count_nonzero(scores > target_scores[:, None], axis=1).astype(np.int64)
   equal = np.count_nonzero(scores == target_scores[:, None], axis=1).astype(np.int64) - 1
   return greater, equal
+
+
+def biased_corpus(vectors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+  """float32 `vectors [N, d]`, or `[e_i, b_i]` rows `[N, d + 1]` with item biases."""
+  vectors = np.asarray(vectors, np.float32)
+  if bias is None:
+    return vectors
+  return np.concatenate([vectors, np.asarray(bias, np.float32)[:, None]], axis=1)
+
+
+def biased_queries(queries: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+  """float32 `queries [Q, d]` for `biased_corpus`: unchanged, or `[q, 1]` with biases."""
+  queries = np.asarray(queries, np.float32)
+  if bias is None:
+    return queries
+  return np.concatenate([queries, np.ones((queries.shape[0], 1), np.float32)], axis=1)
 
 
 def _check_vectors(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
