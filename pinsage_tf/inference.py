@@ -96,11 +96,19 @@ def apply_head(model, h: np.ndarray, *, batch_size: int = 8192,
   return np.concatenate(parts, axis=0).astype(np.float32)
 
 
-def apply_item_bias(model, h: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
-  """The item bias `model.item_bias` of every row of `h`: float32 `[N]`."""
-  bias = tf.function(model.item_bias, reduce_retracing=True)
-  parts = [bias(h[start:stop]).numpy() for start, stop in _blocks(h.shape[0], batch_size)]
-  return np.concatenate(parts, axis=0).astype(np.float32)
+def apply_head_and_bias(model, h: np.ndarray, *, batch_size: int = 8192,
+                        progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """`apply_head` and the item biases float32 `[N]` in one pass (`model.head_and_bias`)."""
+  fn = tf.function(model.head_and_bias, reduce_retracing=True)
+  vectors, biases = [], []
+  for start, stop in _blocks(h.shape[0], batch_size):
+    z, b = fn(h[start:stop])
+    vectors.append(z.numpy())
+    biases.append(b.numpy())
+    if progress:
+      progress("head", stop, h.shape[0])
+  return (np.concatenate(vectors, axis=0).astype(np.float32),
+          np.concatenate(biases, axis=0).astype(np.float32))
 
 
 def layerwise_embeddings(model, tables: pipeline.SamplingTables, *, batch_size: int = 8192,
@@ -129,7 +137,6 @@ def layerwise_outputs(model, tables: pipeline.SamplingTables, *, batch_size: int
   h = input_representations(model, tables, batch_size=batch_size, progress=progress)
   for layer in range(model.config.num_layers):
     h = convolve_all(model, layer, h, tables, batch_size=batch_size, progress=progress)
-  vectors = apply_head(model, h, batch_size=batch_size, progress=progress)
-  if not (with_bias and getattr(model.config, "item_bias", False)):
-    return vectors, None
-  return vectors, apply_item_bias(model, h, batch_size=batch_size)
+  if with_bias and getattr(model.config, "item_bias", False):
+    return apply_head_and_bias(model, h, batch_size=batch_size, progress=progress)
+  return apply_head(model, h, batch_size=batch_size, progress=progress), None

@@ -211,8 +211,7 @@ class PinSageModel(tf.keras.Model):
                       ) -> tuple[tf.Tensor, tf.Tensor | None]:
     """`call`'s embeddings and the item biases float32 `[num_nodes[K]]` (None
     unless `config.item_bias`)."""
-    h = self._last_hidden(batch, training)
-    return self.head(h), (self.item_bias(h) if self.bias_output is not None else None)
+    return self.head_and_bias(self._last_hidden(batch, training))
 
   def _last_hidden(self, batch: minibatch.Minibatch, training: bool | None) -> tf.Tensor:
     """h^K of the level-K nodes of `batch`."""
@@ -270,6 +269,15 @@ class PinSageModel(tf.keras.Model):
     """z = normalize(G2 ReLU(G1 h + g)): float `[U, hidden_dim]` -> `[U, embedding_dim]`."""
     z = self.head_output(self.head_hidden(h))
     return tf.math.l2_normalize(z, axis=-1, epsilon=1e-12)
+
+  def head_and_bias(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """`head(h)` and, with `config.item_bias`, `item_bias(h)` (else None),
+    sharing the head's hidden layer ReLU(G1 h + g)."""
+    hidden = self.head_hidden(h)
+    z = tf.math.l2_normalize(self.head_output(hidden), axis=-1, epsilon=1e-12)
+    if self.bias_output is None:
+      return z, None
+    return z, self.bias_output(hidden)[:, 0]
 
   def item_bias(self, h: tf.Tensor) -> tf.Tensor:
     """b = w . ReLU(G1 h + g) + c: float `[U, hidden_dim]` -> `[U]`.
