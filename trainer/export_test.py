@@ -224,8 +224,15 @@ def test_cold_start_of_existing_items_is_close_to_their_embeddings(trained, expo
   np.testing.assert_allclose(cos[isolated], 1.0, atol=1e-5)
   # With pivots the neighborhoods differ (one-hop visit distribution including
   # the item itself vs the multi-hop random-walk table): close, not equal.
-  assert cos[~isolated].mean() > 0.9, np.percentile(cos[~isolated], [0, 10, 50])
-  assert cos[~isolated].min() < 0.9999
+  # "Close" is judged by rank, not by a cosine threshold: this 3-step model
+  # depends on the (non-deterministic) batch order, and its embeddings share a
+  # cone whose width varies from run to run (mean cosine to the own vector
+  # 0.87 on one CI machine, 0.98-0.99 here). The own vector must be among the
+  # nearest of all 300 (a random guess has median rank 150; measured here: 3).
+  connected = ~isolated
+  rank = np.sum(z @ trained["vectors"].T > cos[:, None], axis=1)[connected]
+  assert np.median(rank) < 30, np.percentile(rank, [10, 50, 90])
+  assert cos[connected].min() < 0.9999  # and really not the same computation
 
 
 # --- Serving through python -m serving.server ---------------------------------------
