@@ -13,6 +13,18 @@ Inputs (the output of `PinSageModel.embed_pairs`):
 * `bias` (optional, a `CandidateBias` of the model's item biases, see
   `PinSageConfig.item_bias`): added to every candidate's score, so a
   candidate i scores `z_q . z_i + b_i` (the query's own bias would cancel).
+* `negative_log_count` (optional, sampled softmax only) float `[Nn]`: the log
+  of each shared negative's expected number of occurrences in a batch's
+  shared set (the "logQ correction" of sampled softmax, Bengio & Senecal;
+  Yi et al. 2019 for in-batch negatives). Subtracting it from the negatives'
+  logits makes `sum_n exp(s_n / t - log c_n)` an unbiased estimate of the
+  sum over ALL items, so the loss approximates the full softmax whatever the
+  negatives' sampler (uniform, degree-based, the batch's own positives).
+
+In-batch negatives (the other queries' positives) are passed as more shared
+negatives: concatenate them to `z_negative` with their own mask
+(`shared_negative_mask(query, positive, positive)` drops the query's own
+positive and any repeat of it) and their log expected counts.
 
 How shared and hard negatives combine: a query's negative set is its valid
 shared negatives plus its valid hard negatives, and every loss averages (or,
@@ -99,18 +111,24 @@ def sampled_softmax_loss(
     negative_mask: tf.Tensor | None = None,
     temperature: float = 0.1,
     bias: CandidateBias | None = None,
+    negative_log_count: tf.Tensor | None = None,
 ) -> tf.Tensor:
   """Sampled-softmax cross-entropy, the paper's baseline loss, per query.
 
   Softmax over {positive} + N_q with logits `z_q . z / temperature`:
 
-      loss_q = -log( exp(s_i / t) / (exp(s_i / t) + sum_{n in N_q} exp(s_n / t)) )
+      loss_q = -log( exp(s_i / t) / (exp(s_i / t) + sum_{n in N_q} exp(s_n / t - c_n)) )
+
+  with `c_n = negative_log_count[n]` for shared negatives and 0 otherwise
+  (hard negatives are a curriculum, not an estimate of the full sum).
 
   Args:
     z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask, bias:
       as in `max_margin_loss`.
     temperature: t > 0; with unit-norm embeddings the logits lie in
       [-1/t, 1/t], so a small t is needed for a peaked softmax.
+    negative_log_count: optional float `[Nn]`, the logQ correction (module
+      docstring); None = no correction.
 
   Returns:
     float32 `[B]` per-query loss (0 for a query with no negative).
@@ -122,11 +140,14 @@ def sampled_softmax_loss(
     raise ValueError(f"temperature must be > 0, got {temperature!r}.")
   positive_score, shared_scores, shared_valid, hard_scores, hard_valid = _scores(
       z_query, z_positive, z_negative, z_hard, hard_mask, negative_mask, bias)
-  logits = [positive_score[:, None],
-            tf.where(shared_valid > 0, shared_scores, _EXCLUDED_LOGIT * temperature)]
+  shared_logits = shared_scores / temperature
+  if negative_log_count is not None:
+    shared_logits -= tf.convert_to_tensor(negative_log_count, tf.float32)[None, :]
+  logits = [positive_score[:, None] / temperature,
+            tf.where(shared_valid > 0, shared_logits, _EXCLUDED_LOGIT)]
   if hard_scores is not None:
-    logits.append(tf.where(hard_valid > 0, hard_scores, _EXCLUDED_LOGIT * temperature))
-  logits = tf.concat(logits, axis=1) / temperature  # [B, 1 + Nn (+ H)]
+    logits.append(tf.where(hard_valid > 0, hard_scores / temperature, _EXCLUDED_LOGIT))
+  logits = tf.concat(logits, axis=1)  # [B, 1 + Nn (+ H)]
   return tf.reduce_logsumexp(logits, axis=1) - logits[:, 0]
 
 

@@ -99,6 +99,24 @@ class SampledSoftmaxLossTest(tf.test.TestCase):
                                        negative_mask=np.zeros((2, 3), np.float32))
     self.assertAllClose(loss, [0., 0.])
 
+  def test_log_count_correction_shifts_shared_logits_only(self):
+    log_count = np.array([0.5, -1.0, 2.0], np.float32)
+    mask = np.array([[1., 0., 1.], [1., 1., 1.]], np.float32)
+    loss = losses.sampled_softmax_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, Z_HARD, HARD_MASK,
+                                       negative_mask=mask, temperature=0.5,
+                                       negative_log_count=log_count)
+    # Logits are score / 0.5; shared negatives then lose their log count; the
+    # positive and the hard negatives are not corrected; masked ones drop out.
+    logits0 = [0.8 / .5, 0.6 / .5 - 0.5, 0.0 / .5 - 2.0, 1.0 / .5]
+    logits1 = [1.0 / .5, 0.8 / .5 - 0.5, 0.0 / .5 + 1.0, 1.0 / .5 - 2.0, 0.8 / .5, 1.0 / .5]
+    want = [np.log(np.exp(l).sum()) - l[0] for l in (logits0, logits1)]
+    self.assertAllClose(loss, want, atol=1e-5)
+    # A zero correction is no correction.
+    self.assertAllClose(
+        losses.sampled_softmax_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, temperature=0.5,
+                                    negative_log_count=np.zeros(3, np.float32)),
+        losses.sampled_softmax_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, temperature=0.5))
+
   def test_bad_temperature(self):
     with self.assertRaisesRegex(ValueError, "temperature"):
       losses.sampled_softmax_loss(Z_QUERY, Z_POSITIVE, Z_NEGATIVE, temperature=0.0)

@@ -87,3 +87,15 @@ class Minibatch(NamedTuple):
   hard_negative: tf.Tensor
   hard_mask: tf.Tensor
   num_nodes: tf.Tensor
+
+
+def target_items(batch: Minibatch, positions: tf.Tensor) -> tf.Tensor:
+  """Item row indices of level-K `positions` (e.g. `batch.negative`).
+
+  Follows each node's `self_index` down to level 0, whose `inputs.item` names
+  the item. Any shape of int32 positions; the result has the same shape.
+  """
+  index = positions
+  for hop in reversed(batch.hops):
+    index = tf.gather(hop.self_index, index)
+  return tf.gather(batch.inputs.item, index)

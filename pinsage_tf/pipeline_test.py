@@ -9,6 +9,7 @@ import pinsage_tf  # noqa: F401
 import tensorflow as tf
 
 from pinsage_tf import graph as graph_lib
+from pinsage_tf import minibatch
 from pinsage_tf import pipeline
 
 def _random_setup(num_items=200, num_pivots=60, t=4, pool=6, seed=0):
@@ -62,6 +63,9 @@ class TestMinibatchBuilder:
     top = levels[-1]
     np.testing.assert_array_equal(top[batch.query.numpy()], query)
     np.testing.assert_array_equal(top[batch.positive.numpy()], positive)
+    np.testing.assert_array_equal(minibatch.target_items(batch, batch.positive), positive)
+    np.testing.assert_array_equal(minibatch.target_items(batch, batch.hard_negative),
+                                  top[batch.hard_negative.numpy()])
     negatives = top[batch.negative.numpy()]
     assert negatives.shape == (5,) and negatives.min() >= 0 and negatives.max() < 200
     # Hard negatives come from the query's pool; item 7 has none (mask 0),

@@ -49,6 +49,7 @@ from pinsage_tf import graph as graph_lib
 from pinsage_tf import hard_negatives as hard_lib
 from pinsage_tf import inference
 from pinsage_tf import losses
+from pinsage_tf import minibatch
 from pinsage_tf import model as model_lib
 from pinsage_tf import neighborhoods as nb_lib
 from pinsage_tf import pipeline
@@ -79,6 +80,13 @@ class TrainConfig:
     margin: Delta of the max-margin loss.
     temperature: of the sampled softmax.
     clip_norm: global gradient-norm clipping; None disables it.
+    in_batch_negatives: the other pairs' positives of a replica batch are
+      negatives too (besides the sampled shared ones): free (they are
+      embedded anyway) and distributed like the positives, i.e. popular
+      items more often (see `losses`).
+    logq_correction: sampled softmax only: subtract from each shared and
+      in-batch negative's logit the log of its expected count in the batch
+      (`candidate_log_counts`), so the loss approximates the full softmax.
     checkpoint_every_steps: also checkpoint every this many steps.
     keep_checkpoints: checkpoints kept on disk.
     validation_queries: validation pairs (seeded subsample) scored for
@@ -96,6 +104,8 @@ class TrainConfig:
   margin: float = 0.1
   temperature: float = 0.1
   clip_norm: float | None = 10.0
+  in_batch_negatives: bool = False
+  logq_correction: bool = False
   checkpoint_every_steps: int = 500
   keep_checkpoints: int = 3
   validation_queries: int = 2000
@@ -111,6 +121,12 @@ class TrainConfig:
       raise ValueError("TrainConfig.steps_per_epoch must be >= 1 or None.")
     if self.learning_rate <= 0:
       raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}.")
+    for name in ("in_batch_negatives", "logq_correction"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"TrainConfig.{name} must be a bool, got {getattr(self, name)!r}.")
+    if self.logq_correction and self.loss != "sampled_softmax":
+      raise ValueError("TrainConfig.logq_correction applies to loss='sampled_softmax' only, "
+                       f"not {self.loss!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,8 +266,37 @@ def _worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
   return os.path.join(model_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
 
 
-def build_train_step(model, optimizer, strategy, config: ExperimentConfig):
+def candidate_log_counts(tables: pipeline.SamplingTables, train_positive: np.ndarray,
+                         config: ExperimentConfig, num_replicas: int) -> np.ndarray:
+  """float32 `[N]`: log of each item's expected count among a replica batch's negatives.
+
+  The shared negatives contribute `Nn * p(i)` (`p` uniform or the "degree"
+  distribution of `tables.negative_logits`); with `in_batch_negatives` the
+  batch's `B` positives add `B * f(i)`, `f` the item's share of the training
+  pairs' positives. An item that can be neither (f = 0 and p = 0) gets a
+  large finite value; it is never a candidate anyway.
+  """
+  pc = config.pipeline
+  n = tables.num_items
+  if pc.negative_sampling == "uniform":
+    p = np.full(n, 1.0 / n)
+  else:
+    p = np.exp(tables.negative_logits.astype(np.float64))
+  count = pc.num_negatives * p
+  if config.train.in_batch_negatives:
+    train_positive = np.asarray(train_positive)
+    freq = np.bincount(train_positive, minlength=n) / max(1, train_positive.shape[0])
+    count = count + (pc.batch_size // num_replicas) * freq
+  return np.log(np.maximum(count, 1e-30)).astype(np.float32)
+
+
+def build_train_step(model, optimizer, strategy, config: ExperimentConfig,
+                     log_counts: np.ndarray | None = None):
   """A `tf.function` running one synchronous step over all replicas.
+
+  Args:
+    log_counts: `candidate_log_counts(...)`; required when
+      `config.train.logq_correction` is on, ignored otherwise.
 
   Returns:
     step(distributed_batch) -> (loss, grad_norm) scalars, summed over replicas
@@ -259,22 +304,36 @@ def build_train_step(model, optimizer, strategy, config: ExperimentConfig):
   """
   tc = config.train
   global_batch = config.pipeline.batch_size
+  if tc.logq_correction:
+    if log_counts is None:
+      raise ValueError("logq_correction needs log_counts (candidate_log_counts).")
+    log_counts = tf.constant(log_counts, tf.float32)
 
   def replica_step(batch):
     with tf.GradientTape() as tape:
       z, b = model.embed_with_bias(batch, training=True)
+      negative = batch.negative
+      neg_mask = losses.shared_negative_mask(batch.query, batch.positive, negative)
+      if tc.in_batch_negatives:
+        negative = tf.concat([negative, batch.positive], axis=0)
+        neg_mask = tf.concat(
+            [neg_mask, losses.shared_negative_mask(batch.query, batch.positive, batch.positive)],
+            axis=1)
       z_q, z_p = tf.gather(z, batch.query), tf.gather(z, batch.positive)
-      z_n, z_h = tf.gather(z, batch.negative), tf.gather(z, batch.hard_negative)
+      z_n, z_h = tf.gather(z, negative), tf.gather(z, batch.hard_negative)
       bias = None if b is None else losses.CandidateBias(
-          tf.gather(b, batch.positive), tf.gather(b, batch.negative),
+          tf.gather(b, batch.positive), tf.gather(b, negative),
           tf.gather(b, batch.hard_negative))
-      neg_mask = losses.shared_negative_mask(batch.query, batch.positive, batch.negative)
       if tc.loss == "max_margin":
         per_example = losses.max_margin_loss(z_q, z_p, z_n, z_h, batch.hard_mask, neg_mask,
                                              margin=tc.margin, bias=bias)
       else:
+        correction = None
+        if tc.logq_correction:
+          correction = tf.gather(log_counts, minibatch.target_items(batch, negative))
         per_example = losses.sampled_softmax_loss(z_q, z_p, z_n, z_h, batch.hard_mask, neg_mask,
-                                                  temperature=tc.temperature, bias=bias)
+                                                  temperature=tc.temperature, bias=bias,
+                                                  negative_log_count=correction)
       loss = losses.average_loss(per_example, global_batch_size=global_batch)
     variables = model.trainable_variables
     grads = tape.gradient(loss, variables)
@@ -363,7 +422,11 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
     checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     logging.info("Resumed from %s at step %d, epoch %d", manager.latest_checkpoint,
                  int(optimizer.iterations.numpy()), int(epoch_var.numpy()))
-  step_fn = build_train_step(model, optimizer, strategy, config)
+  log_counts = None
+  if tc.logq_correction:
+    log_counts = candidate_log_counts(inputs.tables, train_pairs[1], config,
+                                      strategy.num_replicas_in_sync)
+  step_fn = build_train_step(model, optimizer, strategy, config, log_counts)
   writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
             if _is_chief(strategy) else tf.summary.create_noop_writer())
 

@@ -187,6 +187,84 @@ def test_two_replicas_match_one_replica_with_the_same_global_batch(small_graph_d
   assert changed == len(model1.trainable_variables) > 0
 
 
+def test_candidate_log_counts(small_graph_dir):
+  graph = graph_lib.load_graph(small_graph_dir)
+  nb = nb_lib.compute_neighborhoods(graph, nb_lib.NeighborhoodConfig(num_neighbors=5,
+                                                                      num_walks=10))
+  tables = pipeline.SamplingTables.build(graph, nb.ids, nb.weights)
+  n = graph.num_items
+  positive = np.array([3, 3, 3, 7], np.int32)  # f(3) = 3/4, f(7) = 1/4
+  base = _small_config(loss="sampled_softmax", logq_correction=True)  # B=32, Nn=32
+  uniform = training.candidate_log_counts(tables, positive, base, num_replicas=1)
+  np.testing.assert_allclose(uniform, np.log(32 / n), rtol=1e-6)
+  in_batch = dataclasses.replace(
+      base, train=dataclasses.replace(base.train, in_batch_negatives=True))
+  got = training.candidate_log_counts(tables, positive, in_batch, num_replicas=2)
+  want = np.full(n, 32 / n)
+  want[3] += 16 * 0.75  # the replica batch is 32 / 2 pairs
+  want[7] += 16 * 0.25
+  np.testing.assert_allclose(got, np.log(want), rtol=1e-6)
+  degree = dataclasses.replace(
+      base, pipeline=dataclasses.replace(base.pipeline, negative_sampling="degree"))
+  np.testing.assert_allclose(training.candidate_log_counts(tables, positive, degree, 1),
+                             np.log(32 * np.exp(tables.negative_logits.astype(np.float64))),
+                             rtol=1e-5)
+
+
+def test_logq_correction_requires_sampled_softmax():
+  with pytest.raises(ValueError, match="sampled_softmax"):
+    training.TrainConfig(loss="max_margin", logq_correction=True)
+  with pytest.raises(ValueError, match="in_batch_negatives must be a bool"):
+    training.TrainConfig(in_batch_negatives=1)
+
+
+def test_in_batch_negatives_and_logq_enter_the_train_step_loss(small_graph_dir):
+  """The step's loss equals the sampled softmax written out by hand: shared
+  negatives plus the batch's positives, each logit corrected by its item's
+  log count, own positive (and repeats of it) and own query excluded."""
+  graph, cfg, halves = _replica_batches(small_graph_dir)
+  batch = halves[0]
+  config = dataclasses.replace(
+      _small_config(loss="sampled_softmax", temperature=0.5, in_batch_negatives=True,
+                    logq_correction=True),
+      pipeline=dataclasses.replace(cfg, batch_size=8),
+      model=model_lib.PinSageConfig(hidden_dim=16, embedding_dim=8,
+                                    encoder=model_lib.EncoderConfig.from_graph(graph)))
+  log_counts = np.linspace(-2.0, 2.0, graph.num_items).astype(np.float32)
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  with strategy.scope():
+    tf.keras.utils.set_random_seed(5)
+    model = model_lib.PinSageModel(config.model)
+    model_lib.build_variables(model)
+    optimizer = tf.keras.optimizers.SGD(0.0)
+    optimizer.build(model.trainable_variables)
+  z = model(batch, training=True).numpy()
+  # Items of level K through the self indices (independently of the library).
+  items = batch.inputs.item.numpy()
+  for hop in batch.hops:
+    items = items[hop.self_index.numpy()]
+  q, p, neg = batch.query.numpy(), batch.positive.numpy(), batch.negative.numpy()
+  per = []
+  for b in range(len(q)):
+    logits = [z[q[b]] @ z[p[b]] / 0.5]
+    for c in list(neg) + list(p):
+      if items[c] in (items[q[b]], items[p[b]]):
+        continue
+      logits.append(z[q[b]] @ z[c] / 0.5 - log_counts[items[c]])
+    logits = np.array(logits, np.float64)
+    per.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[0])
+  step = training.build_train_step(model, optimizer, strategy, config, log_counts)
+  loss, _ = step(batch)
+  assert float(loss) == pytest.approx(np.mean(per), rel=1e-4)
+  # Without in-batch negatives (and correction) the loss is a different number.
+  plain = dataclasses.replace(config, train=dataclasses.replace(
+      config.train, in_batch_negatives=False, logq_correction=False))
+  loss_plain, _ = training.build_train_step(model, optimizer, strategy, plain)(batch)
+  assert abs(float(loss_plain) - float(loss)) > 1e-3
+  with pytest.raises(ValueError, match="log_counts"):
+    training.build_train_step(model, optimizer, strategy, config)
+
+
 def test_training_beats_popularity_on_synthetic(tmp_path):
   graph = synthetic.generate(synthetic.SyntheticConfig(seed=0))
   graph_dir = str(tmp_path / "g")

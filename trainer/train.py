@@ -75,6 +75,10 @@ _LOSS = flags.DEFINE_enum("loss", "max_margin", list(training.LOSSES), "Training
 _MARGIN = flags.DEFINE_float("margin", 0.1, "Max-margin Delta.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.1, "Sampled-softmax temperature.")
 _CLIP_NORM = flags.DEFINE_float("clip_norm", 10.0, "Global gradient-norm clip (0 = off).")
+_IN_BATCH = flags.DEFINE_bool("in_batch_negatives", False,
+                              "The batch's other positives are negatives too.")
+_LOGQ = flags.DEFINE_bool("logq_correction", False,
+                          "Sampled softmax: subtract log expected counts from negative logits.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpoint interval.")
 _VALIDATION_QUERIES = flags.DEFINE_integer("validation_queries", 2000,
                                            "Validation pairs scored per epoch (0 = off).")
@@ -136,6 +140,8 @@ def config_from_flags() -> training.ExperimentConfig:
           decay_rate=pick(_DECAY_RATE, tc.decay_rate), loss=pick(_LOSS, tc.loss),
           margin=pick(_MARGIN, tc.margin), temperature=pick(_TEMPERATURE, tc.temperature),
           clip_norm=(clip or None),
+          in_batch_negatives=pick(_IN_BATCH, tc.in_batch_negatives),
+          logq_correction=pick(_LOGQ, tc.logq_correction),
           checkpoint_every_steps=pick(_CHECKPOINT_EVERY, tc.checkpoint_every_steps),
           validation_queries=pick(_VALIDATION_QUERIES, tc.validation_queries)),
       strategy=_STRATEGY.value,

@@ -144,3 +144,21 @@ def test_hard_negative_seed_decouples_the_pool_from_the_training_seed(graph_dir,
   assert config["pipeline"]["seed"] == 3
   pools = os.listdir(os.path.join(graph_dir, "hard_negatives"))
   assert any(p.endswith("-s0") for p in pools), pools
+
+
+def test_in_batch_negatives_with_logq_correction_trains_and_is_recorded(graph_dir, tmp_path):
+  model_dir = f"{tmp_path}/m"
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              "--loss=sampled_softmax", "--in_batch_negatives", "--logq_correction",
+              "--epochs=1", "--steps_per_epoch=3", *SMALL])
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert _last_json(out.stdout)["steps"] == 3
+  with open(os.path.join(model_dir, "experiment.json")) as f:
+    train = json.load(f)["train"]
+  assert train["in_batch_negatives"] is True and train["logq_correction"] is True
+  # The paper's max-margin loss has no logQ correction: refused before training.
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={tmp_path}/m2",
+              "--loss=max_margin", "--logq_correction", *SMALL])
+  assert out.returncode != 0
+  assert "logq_correction applies to loss='sampled_softmax' only" in out.stderr
+  assert not os.path.exists(os.path.join(f"{tmp_path}/m2", "checkpoints"))
