@@ -62,6 +62,10 @@ bench-quality: setup
 	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --split=test \
 	    --prepare_flag=--train_pair_window=3 --datasets_dir=$(DATASETS) \
 	    --output_json=bench/results/quality_movielens_test.json
+	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --jobs=2 --threads_per_job=1 \
+	    --split=test --prepare_flag=--train_pair_window=3 --prepare_flag=--val_quantile=0.89 \
+	    --work_dir=$(OUT)/refit --datasets_dir=$(DATASETS) \
+	    --output_json=bench/results/quality_movielens_refit_test.json
 	$(PY) bench/cold_start.py --split=test --seeds=0,1,2 --prepare_flag=--train_pair_window=3 \
 	    --datasets_dir=$(DATASETS) --output_json=bench/results/cold_start_movielens_test.json
 	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=3 --threads_per_job=1 \
