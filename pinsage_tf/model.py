@@ -287,7 +287,7 @@ class PinSageModel(tf.keras.Model):
     """
     if self.bias_output is None:
       raise ValueError("this model has no item bias (PinSageConfig.item_bias is False).")
-    return self.bias_output(self.head_hidden(h))[:, 0]
+    return self.head_and_bias(h)[1]
 
   def embed_pairs(
       self, batch: minibatch.Minibatch, training: bool | None = None
@@ -337,9 +337,7 @@ def build_variables(model: PinSageModel) -> None:
   h = model.encode_inputs(inputs)
   for k in range(config.num_layers):
     h = model.convolve(k, h, h[:, None, :], tf.zeros([1, 1]))
-  model.head(h)
-  if model.config.item_bias:
-    model.item_bias(h)
+  model.head_and_bias(h)  # the head and, with config.item_bias, the bias unit
 
 
 def save_model(model: PinSageModel, directory: str | os.PathLike, overwrite: bool = False) -> None:
