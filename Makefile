@@ -59,12 +59,12 @@ bench: setup
 # about 3 h on 2 cores). Tune with --split=validation instead (see bench/quality.py).
 bench-quality: setup
 	mkdir -p bench/results
-	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --split=test \
+	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --split=test --compare_to=itemknn \
 	    --prepare_flag=--train_pair_window=3 --datasets_dir=$(DATASETS) \
 	    --output_json=bench/results/quality_movielens_test.json
 	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --jobs=2 --threads_per_job=1 \
-	    --split=test --prepare_flag=--train_pair_window=3 --prepare_flag=--val_quantile=0.89 \
-	    --work_dir=$(OUT)/refit --datasets_dir=$(DATASETS) \
+	    --split=test --compare_to=itemknn --prepare_flag=--train_pair_window=3 \
+	    --prepare_flag=--val_quantile=0.89 --work_dir=$(OUT)/refit --datasets_dir=$(DATASETS) \
 	    --output_json=bench/results/quality_movielens_refit_test.json
 	$(PY) bench/cold_start.py --split=test --seeds=0,1,2 --prepare_flag=--train_pair_window=3 \
 	    --datasets_dir=$(DATASETS) --output_json=bench/results/cold_start_movielens_test.json

@@ -8,7 +8,7 @@ r"""Reproducible quality benchmark: prepare -> train -> infer -> evaluate (JSON 
         [--prepare_flag=--train_pair_window=3 ...] [--graph_dir=EXISTING_GRAPH] \
         [--protocol=auto|item|user] [--max_queries=N] [--baselines=popularity,itemknn,pixie,features] \
         [--eval_flag=--user_query=logsumexp ...] [--evaluate_only | --resume] \
-        [--jobs=J] [--threads_per_job=N]
+        [--jobs=J] [--threads_per_job=N] [--compare_to=itemknn]
 
 Every stage runs as a subprocess of the project's own CLIs, exactly as a user
 would run them (the command lines are recorded in the output):
@@ -21,7 +21,10 @@ would run them (the command lines are recorded in the output):
 3. per seed (with --jobs=J, J tasks at a time, the baselines being one):
    `python -m trainer.train --config_json=... --seed=N`,
    `python -m trainer.infer`, `python -m trainer.evaluate --methods=pinsage`
-   (every evaluation gets the `--eval_flag`s). With --evaluate_only, the
+   (every evaluation gets the `--eval_flag`s; with `--compare_to=BASELINE`
+   it is `--methods=pinsage,BASELINE --compare_to=BASELINE`, so each seed
+   also gets paired cluster-bootstrap intervals of its ratio to and
+   difference from that baseline, `pinsage_tf.significance`). With --evaluate_only, the
    models trained by an earlier run with the same --work_dir are embedded and
    evaluated again (e.g. with another --eval_flag) without training; their
    training wall time is then not part of this run's output. With --resume,
@@ -149,6 +152,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       help="TensorFlow intra-/inter-op threads of every stage (e.g. 1 with "
                            "--jobs=2 on 2 cores: two single-threaded trainings made 1.5x "
                            "the steps/s of one two-threaded training here).")
+  parser.add_argument("--compare_to", default=None,
+                      help="Baseline each seed is compared with (paired cluster-bootstrap "
+                           "intervals of the ratio and difference, per metric).")
   parser.add_argument("--work_dir", default="out/quality")
   parser.add_argument("--datasets_dir", default=os.path.join("..", "shared", "datasets"))
   parser.add_argument("--reuse_graph", action="store_true",
@@ -165,6 +171,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Inherited by every stage's subprocess (see _run).
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads_per_job)
     os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads_per_job)
+  known = {b for names in _DEFAULT_BASELINES.values() for b in names.split(",")}
+  if args.compare_to is not None and args.compare_to not in known:
+    parser.error(f"--compare_to must be one of the baselines {sorted(known)}, "
+                 f"got {args.compare_to!r}.")
   if args.evaluate_only and args.resume:
     parser.error("--evaluate_only and --resume exclude each other.")
   if args.evaluate_only or args.resume:
@@ -216,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   methods: dict[str, Any] = {}
   split_tag = f"{args.split}" + (f"_q{args.max_queries}" if args.max_queries else "")
+  if args.compare_to:
+    split_tag += f"_vs_{args.compare_to}"
   # Evaluations with other flags get their own files (never overwrite another's).
   for flag in args.eval_flag:
     split_tag += "_" + "".join(c if c.isalnum() or c in ".=" else "_" for c in flag.lstrip("-"))
@@ -252,9 +264,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"--config_json={config_path}", f"--seed={seed}", "--quiet"] + args.train_flag
     infer = [py, "-m", "trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
              f"--output_dir={emb_dir}", "--overwrite"]
+    compare = ([f"--methods=pinsage,{args.compare_to}", f"--compare_to={args.compare_to}"]
+               if args.compare_to else ["--methods=pinsage"])
     evaluate = [py, "-m", "trainer.evaluate", f"--graph_dir={graph_dir}",
-                f"--embeddings_dir={emb_dir}", "--methods=pinsage",
-                f"--output_json={out}"] + _eval_flags(args)
+                f"--embeddings_dir={emb_dir}", f"--output_json={out}"] + compare + _eval_flags(args)
     commands[f"seed{seed}"] = {"train": None if args.evaluate_only else train,
                                "infer": infer, "evaluate": evaluate}
     times = {"train_s": None if args.evaluate_only else _run(
@@ -265,9 +278,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       result = json.load(f)
     metrics = result["methods"]["pinsage"]["metrics"]
     per_seed[str(seed)] = {"metrics": metrics, "wall": times, "counts": result.get("counts")}
+    if args.compare_to:
+      comparison = result["comparison"]
+      per_seed[str(seed)]["comparison"] = {"reference": comparison["reference"],
+                                           "cluster_by": comparison["cluster_by"],
+                                           **comparison["methods"]["pinsage"]}
     wall[f"seed{seed}"] = times
     _log(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
                                        if "hit_rate" in k or "recall" in k or "ndcg" in k))
+    if args.compare_to:
+      for k, m in sorted(per_seed[str(seed)]["comparison"]["metrics"].items()):
+        r = m["ratio"]
+        if r["low"] is not None and ("hit_rate" in k or "recall" in k or "ndcg" in k):
+          _log(f"seed {seed}: {k} / {args.compare_to} = {r['estimate']:.3f} "
+               f"[{r['low']:.3f}, {r['high']:.3f}]")
 
   if args.jobs > 1:
     wall["concurrent_seeds"] = min(args.jobs, len(seeds))
@@ -294,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "config": config_contents,
       "train_flags": args.train_flag,
       "eval_flags": args.eval_flag,
+      "compare_to": args.compare_to,
       "evaluate_only": args.evaluate_only,
       "resumed": args.resume,
       "threads_per_job": args.threads_per_job,

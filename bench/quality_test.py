@@ -46,13 +46,24 @@ def test_train_then_evaluate_only_with_other_eval_flags(tmp_path):
   # Re-evaluate the same model with other evaluation flags, without training.
   second_json = tmp_path / "second.json"
   out = _quality(tmp_path, "--evaluate_only", "--eval_flag=--ks=7,10",
-                 f"--output_json={second_json}")
+                 "--compare_to=popularity", f"--output_json={second_json}")
   assert out.returncode == 0, out.stderr[-3000:]
   second = json.loads(second_json.read_text())
   run2 = second["methods"]["pinsage"]["per_seed"]["0"]
   assert run2["wall"]["train_s"] is None and second["commands"]["seed0"]["train"] is None
   assert second["eval_flags"] == ["--ks=7,10"] and second["evaluate_only"] is True
   assert "hit_rate@7" in run2["metrics"]
+  # --compare_to: each seed against the baseline, resampling the synthetic
+  # sessions (the pairs' groups), with intervals around the point estimates.
+  assert second["compare_to"] == "popularity" and "comparison" not in run
+  comparison = run2["comparison"]
+  assert comparison["reference"] == "popularity" and comparison["cluster_by"] == "group"
+  assert 1 < comparison["clusters"] < comparison["queries"]
+  h10 = comparison["metrics"]["hit_rate@10"]
+  assert h10["method"] == pytest.approx(run2["metrics"]["hit_rate@10"])
+  assert h10["reference"] == pytest.approx(second["methods"]["popularity"]["metrics"]["hit_rate@10"])
+  assert h10["difference"]["low"] <= h10["difference"]["estimate"] <= h10["difference"]["high"]
+  assert "--compare_to=popularity" in second["commands"]["seed0"]["evaluate"]
   assert "--ks=7,10" in second["commands"]["seed0"]["evaluate"]
   assert "--ks=7,10" in second["commands"]["evaluate_baselines"]
   # Same model, same graph: the shared metric is unchanged; nothing was retrained.
@@ -61,13 +72,15 @@ def test_train_then_evaluate_only_with_other_eval_flags(tmp_path):
   # Each evaluation keeps its own per-seed file.
   seed_dir = weights.parent.parent
   assert (seed_dir / "eval_validation.json").is_file()
-  assert (seed_dir / "eval_validation_ks=7_10.json").is_file()
+  assert (seed_dir / "eval_validation_vs_popularity_ks=7_10.json").is_file()
 
 
 def test_evaluate_only_needs_trained_models(tmp_path):
   out = _quality(tmp_path, "--evaluate_only")
   assert out.returncode == 2
   assert "--evaluate_only: no trained model at" in out.stderr
+  out = _quality(tmp_path, "--compare_to=pinsage")
+  assert out.returncode == 2 and "--compare_to must be one of the baselines" in out.stderr
   assert not (tmp_path / "work" / "synthetic" / "seed0").exists()
 
 

@@ -29,6 +29,7 @@ Item-item pairs, so the paper's item protocol can run here too:
 * VALIDATION: (a random remaining training item of the user, validation item);
 * TEST: (a random remaining training item of the user, test item); test users
   without training items give no pair (counted in metadata).
+Every pair's group (`ItemPairs.group`) is its user's row.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def load_lightgcn(input_dir: str | os.PathLike, config: LightGCNConfig) -> Graph
   # Consecutive items of the (still random) order: links pos -> pos + 1.
   links = np.minimum(remaining - 1, config.max_pairs_per_user // 2)
   link = pos < links[user]
-  a, b = item[link], item[np.flatnonzero(link) + 1]
+  a, b, ab_user = item[link], item[np.flatnonzero(link) + 1], user[link]
 
   def random_train_item(users: np.ndarray) -> np.ndarray:
     offset = np.floor(rng.random(users.shape[0]) * remaining[users]).astype(np.int64)
@@ -184,7 +185,7 @@ def load_lightgcn(input_dir: str | os.PathLike, config: LightGCNConfig) -> Graph
   test_query = random_train_item(test_user[has_train])
 
   # Further rounds: a fresh permutation inside each user's block (`user` is sorted).
-  rounds_a, rounds_b = [a], [b]
+  rounds_a, rounds_b, rounds_user = [a], [b], [ab_user]
   for _ in range(1, config.pair_rounds):
     order = np.lexsort((rng.random(user.size), user))
     round_user, round_item = user[order], item[order]
@@ -192,14 +193,18 @@ def load_lightgcn(input_dir: str | os.PathLike, config: LightGCNConfig) -> Graph
     link = round_pos < links[round_user]
     rounds_a.append(round_item[link])
     rounds_b.append(round_item[np.flatnonzero(link) + 1])
+    rounds_user.append(round_user[link])
   a, b = np.concatenate(rounds_a), np.concatenate(rounds_b)
+  ab_user = np.concatenate(rounds_user)
 
   query = np.concatenate([a, b, val_query, test_query])
   positive = np.concatenate([b, a, val_item, test_item[has_train]])
   split = np.concatenate([np.full(2 * a.size, int(Split.TRAIN), np.int8),
                           np.full(val_item.size, int(Split.VALIDATION), np.int8),
                           np.full(int(has_train.sum()), int(Split.TEST), np.int8)])
-  pairs = ItemPairs(query.astype(np.int32), positive.astype(np.int32), split)
+  group = np.concatenate([ab_user, ab_user, val_user, test_user[has_train]])
+  pairs = ItemPairs(query.astype(np.int32), positive.astype(np.int32), split,
+                    group.astype(np.int32))
   if pairs.count(Split.TEST) == 0:
     raise InputError(test_path, None, "no test user has a training item, so the test "
                      "split would be empty.")

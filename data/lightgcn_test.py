@@ -113,6 +113,14 @@ def test_validation_holdout(tmp_path):
   assert all(q in train_items for q, _ in val)
   # Train pairs only use remaining training items: one link for user 0 now.
   assert all(set(p) <= train_items or set(p) == {1, 2} for p in _pairs(g, Split.TRAIN))
+  # Every pair's group is its user: both items of a training pair are that
+  # user's training items, a validation pair's positive its validation item.
+  for split in (Split.TRAIN, Split.VALIDATION):
+    q, p = g.pairs.of(split)
+    for a, b, u in zip(q, p, g.pairs.groups_of(split)):
+      mine = set(g.items_of(u).tolist()) | set(g.heldout.validation.row(u).tolist())
+      assert {int(a), int(b)} <= mine
+  np.testing.assert_array_equal(g.pairs.groups_of(Split.VALIDATION), [0, 0])
 
 
 def test_deterministic_per_seed(tmp_path):

@@ -17,7 +17,9 @@ global cut-offs:
   order), because the user protocol embeds a pivot from its training items;
 * item pairs (paper protocol): among `is_engagement` interactions of one pivot,
   each one and the next form (query, positive); the pair's split is the period
-  of the *positive*. Self-pairs (same item twice in a row) are dropped.
+  of the *positive*, its group the raw pivot index (the pairs of one user are
+  correlated: `pinsage_tf.significance` resamples users, not pairs).
+  Self-pairs (same item twice in a row) are dropped.
   With `train_pair_window` w > 1, a TRAIN-period positive is also paired with
   each of the w-1 engagements before its direct predecessor (more training
   pairs from the same pre-cut-off data); validation and test pairs are always
@@ -126,6 +128,8 @@ def split_log(*, source: str, pivot: np.ndarray, item: np.ndarray, period: np.nd
     raise ValueError(f"train_pair_window must be >= 1, got {train_pair_window}.")
   if pivot.size and np.any(np.diff(pivot) < 0):
     raise ValueError("split_log needs the log sorted by pivot.")
+  if pivot.size and not 0 <= pivot[0] <= pivot[-1] <= np.iinfo(np.int32).max:
+    raise ValueError("split_log needs raw pivot indices in [0, 2**31).")
   train_edge = is_edge & (period == int(Split.TRAIN))
   if not np.any(train_edge):
     raise InputError(source, None, "no interaction falls before the validation cut-off, so "
@@ -148,7 +152,8 @@ def split_log(*, source: str, pivot: np.ndarray, item: np.ndarray, period: np.nd
     positives.append(cur[linked])
   query, positive = np.concatenate(queries), np.concatenate(positives)
   pairs = ItemPairs(query=item[query].astype(np.int32), positive=item[positive].astype(np.int32),
-                    split=period[positive].astype(np.int8))
+                    split=period[positive].astype(np.int8),
+                    group=pivot[positive].astype(np.int32))
   for split, hint in ((Split.VALIDATION, "lower --val_quantile or raise --test_quantile"),
                       (Split.TEST, "lower --test_quantile")):
     if pairs.count(split) == 0:

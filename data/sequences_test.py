@@ -56,6 +56,9 @@ def test_split_log_edges_pairs_and_heldout():
                       (1, 0, T), (0, 2, T), (2, 3, X),
                       (0, 2, T), (2, 1, V), (1, 3, X),
                       (3, 0, X)]
+  # Each pair's group is the raw pivot of its log (pivot 2 has no edge, still a group).
+  np.testing.assert_array_equal(log.pairs.group, [0, 0, 0, 1, 1, 1, 2])
+  assert log.pairs.group.dtype == np.int32
   # Held-out rows: pivot 0 -> val {}, test {3}; pivot 1 -> val {1}, test {3}.
   np.testing.assert_array_equal(log.heldout.validation.indptr, [0, 0, 1])
   np.testing.assert_array_equal(log.heldout.validation.indices, [1])

@@ -29,7 +29,7 @@ Generative story (all draws from one `numpy.random.Generator(seed)`):
   dropped); exactly `num_pairs` pairs are kept (the last session cut short).
   Sessions are split in time order: the first `1 - val_fraction -
   test_fraction` of the sessions give TRAIN pairs, the next `val_fraction`
-  VALIDATION, the last `test_fraction` TEST.
+  VALIDATION, the last `test_fraction` TEST. A pair's group is its session.
 * `heldout` is empty: boards are not users, so there is no user protocol.
 
 The ground truth (communities) is returned by `generate_with_truth`; the
@@ -201,7 +201,8 @@ def generate_with_truth(config: SyntheticConfig) -> tuple[Graph, SyntheticTruth]
   split = np.full(query.shape[0], int(Split.TRAIN), dtype=np.int8)
   split[session >= train_end] = int(Split.VALIDATION)
   split[session >= val_end] = int(Split.TEST)
-  pairs = ItemPairs(query.astype(np.int32), positive.astype(np.int32), split)
+  pairs = ItemPairs(query.astype(np.int32), positive.astype(np.int32), split,
+                    session.astype(np.int32))
   for s, fraction in ((Split.VALIDATION, config.val_fraction), (Split.TEST, config.test_fraction)):
     if fraction > 0 and pairs.count(s) == 0:
       raise ValueError(f"num_pairs={config.num_pairs} is too small for a non-empty "

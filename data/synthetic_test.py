@@ -69,6 +69,13 @@ def test_splits_are_in_session_time_order():
   g, _ = synthetic.generate_with_truth(SMALL)
   # Pairs are emitted session by session; splits never go back in time.
   assert np.all(np.diff(g.pairs.split.astype(int)) >= 0)
+  # A pair's group is its session: non-decreasing, and consecutive pairs of
+  # one session chain (the positive of one is the query of the next).
+  group = g.pairs.group
+  assert group is not None and np.all(np.diff(group) >= 0)
+  same = group[1:] == group[:-1]
+  assert same.mean() > 0.5
+  assert np.mean(g.pairs.positive[:-1][same] == g.pairs.query[1:][same]) > 0.9
 
 
 def test_planted_structure():

@@ -172,7 +172,7 @@ def hold_out_items(graph: graph_lib.Graph, *, fraction: float = 0.1,
       features=dataclasses.replace(
           graph.features,
           log_degree=np.log1p(item_to_pivot.degrees()).astype(np.float32)),
-      pairs=graph_lib.ItemPairs(query[keep_pair], positive[keep_pair], split[keep_pair]),
+      pairs=pairs.subset(keep_pair),
       metadata={**dict(graph.metadata), "cold_start": {
           "source_graph": graph.name, "fraction": float(fraction), "seed": int(seed),
           "cold_items": int(count), "eligible_items": int(eligible.size),
@@ -198,9 +198,7 @@ def cold_query_pairs(graph: graph_lib.Graph, cold_items: np.ndarray,
   pairs = graph.pairs
   keep = (np.asarray(pairs.split) == int(_SPLIT_NAMES[split])) & np.isin(
       pairs.query, np.asarray(cold_items))
-  return dataclasses.replace(graph, pairs=graph_lib.ItemPairs(
-      np.asarray(pairs.query)[keep], np.asarray(pairs.positive)[keep],
-      np.asarray(pairs.split)[keep]))
+  return dataclasses.replace(graph, pairs=pairs.subset(keep))
 
 
 def _padded(pivot_lists: graph_lib.CSR) -> np.ndarray:

@@ -41,7 +41,9 @@ def _hand_graph() -> graph_lib.Graph:
       name="hand", item_ids=[f"i{i}" for i in range(5)], pivot_ids=["a", "b", "c"],
       edge_items=np.array([0, 0, 1, 2, 2, 3]), edge_pivots=np.array([0, 1, 0, 1, 2, 2]),
       dense=np.arange(10, dtype=np.float32).reshape(5, 2), dense_names=["x", "y"],
-      pairs=graph_lib.ItemPairs(q.astype(np.int32), p.astype(np.int32), s.astype(np.int8)))
+      pairs=graph_lib.ItemPairs(q.astype(np.int32), p.astype(np.int32), s.astype(np.int8),
+                                # group = the pair's position, so kept pairs are traceable
+                                np.arange(len(pairs), dtype=np.int32)))
 
 
 def _rows(csr: graph_lib.CSR) -> list[list[int]]:
@@ -64,6 +66,7 @@ def test_hold_out_on_a_hand_made_graph():
                    reduced.pairs.split.tolist()))
   assert pairs == [(0, 1, 0), (0, 4, 0), (2, 1, 1), (4, 0, 1), (1, 1, 1), (3, 2, 2)]
   assert split.dropped_train_pairs == 3
+  np.testing.assert_array_equal(reduced.pairs.group, [0, 4, 5, 6, 7, 8])  # groups follow
   # Rows, features and ids are untouched.
   np.testing.assert_array_equal(reduced.item_ids, graph.item_ids)
   np.testing.assert_array_equal(reduced.pivot_ids, graph.pivot_ids)

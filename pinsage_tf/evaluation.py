@@ -20,7 +20,9 @@ the test split, so are the user's validation items (known positives that are
 not targets); Recall/Precision/NDCG@K come from the top-K lists.
 
 `config.max_queries` evaluates a seeded random subsample of pairs (item) or
-users (user). `sink`, when given, receives one record per evaluated query or
+users (user). `keep_values=True` adds the per-query metric values and their
+clusters (`PerQuery`: the pair's user group, or the user) for paired
+confidence intervals (`pinsage_tf.significance`). `sink`, when given, receives one record per evaluated query or
 user with its top-`config.dump_k` raw item ids and scores, so the run can be
 re-scored independently (hit-rate/recall from the lists; the evaluator's own
 numbers use exact ranks and the tie policy, which differ from list-based
@@ -152,15 +154,37 @@ def _subsample(count: int, max_queries: int | None, seed: int) -> np.ndarray:
   return np.sort(rng.choice(count, size=max_queries, replace=False))
 
 
-def item_pairs(graph: Graph, config: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
-  """(queries [P], positives [P], skipped self-pairs) to evaluate, subsampled."""
-  q, p = graph.pairs.of(SPLITS[config.split])
+def item_pairs(graph: Graph, config: EvalConfig
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+  """(queries [P], positives [P], groups [P] or None, skipped self-pairs), subsampled."""
+  split = SPLITS[config.split]
+  q, p = graph.pairs.of(split)
+  groups = graph.pairs.groups_of(split)
   q = np.asarray(q, np.int64)
   p = np.asarray(p, np.int64)
   keep = q != p
-  q, p = q[keep], p[keep]
-  pick = _subsample(q.shape[0], config.max_queries, config.seed)
-  return q[pick], p[pick], int(np.count_nonzero(~keep))
+  pick = np.flatnonzero(keep)[_subsample(int(np.count_nonzero(keep)), config.max_queries,
+                                         config.seed)]
+  return (q[pick], p[pick], None if groups is None else np.asarray(groups)[pick],
+          int(np.count_nonzero(~keep)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PerQuery:
+  """Per-query metric values of one evaluation, for paired comparisons.
+
+  Attributes:
+    values: {metric: float64 [P]} in a fixed query order (the same for every
+      scorer under one graph and config).
+    clusters: int [P] the correlated unit of each query: the pair's group
+      (user) under the item protocol when the graph records one, else the
+      pair itself; the user under the user protocol.
+    cluster_by: "group", "pair" or "user".
+  """
+
+  values: Mapping[str, np.ndarray]
+  clusters: np.ndarray
+  cluster_by: str
 
 
 def heldout_users(graph: Graph, config: EvalConfig) -> np.ndarray:
@@ -220,10 +244,11 @@ def _rounded(scores: np.ndarray) -> list[float]:
 
 def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
                            progress: Progress | None = None,
-                           sink: Sink | None = None) -> dict[str, Any]:
+                           sink: Sink | None = None,
+                           keep_values: bool = False) -> dict[str, Any]:
   """Hit-rate@K / MRR / scaled MRR over the split's item pairs (see module doc)."""
   _check_scorer(graph, scorer)
-  queries, positives, skipped = item_pairs(graph, config)
+  queries, positives, groups, skipped = item_pairs(graph, config)
   uniq, inverse = np.unique(queries, return_inverse=True)
   order = np.argsort(inverse, kind="stable")
   queries, positives, inverse = queries[order], positives[order], inverse[order]
@@ -251,7 +276,7 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
               "positives": _raw(pos, graph.item_ids), "topk": _raw(top[r], graph.item_ids),
               "scores": _rounded(top_scores[r])})
     tick(stop)
-  return {
+  result = {
       "protocol": "item",
       "split": config.split,
       "metrics": metrics.item_metrics(greater, equal, config.ks, config.mrr_scale, config.ties),
@@ -262,11 +287,21 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
       "ties": config.ties,
       "mrr_scale": config.mrr_scale,
   }
+  if keep_values:
+    values = metrics.item_metric_values(greater, equal, config.ks, config.mrr_scale,
+                                        config.ties)
+    values.pop("rank")
+    result["per_query"] = PerQuery(
+        values=values,
+        clusters=np.arange(queries.shape[0]) if groups is None else groups[order],
+        cluster_by="pair" if groups is None else "group")
+  return result
 
 
 def evaluate_user_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
                            progress: Progress | None = None,
-                           sink: Sink | None = None) -> dict[str, Any]:
+                           sink: Sink | None = None,
+                           keep_values: bool = False) -> dict[str, Any]:
   """Recall/Precision/NDCG@K over the split's test users (see module doc)."""
   _check_scorer(graph, scorer)
   users = heldout_users(graph, config)
@@ -291,7 +326,7 @@ def evaluate_user_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
               "topk": _raw(top[start + r, :dump_k], graph.item_ids),
               "scores": _rounded(top_scores[r, :dump_k])})
     tick(stop)
-  return {
+  result = {
       "protocol": "user",
       "split": config.split,
       "metrics": metrics.user_metrics(top, relevant, config.user_ks),
@@ -302,6 +337,12 @@ def evaluate_user_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
       "user_history": ("train+validation" if _history_has_validation(graph, config)
                        else "train"),
   }
+  if keep_values:
+    result["per_query"] = PerQuery(
+        values=metrics.user_metric_values(metrics.hits_matrix(top, relevant),
+                                          relevant.degrees(), config.user_ks),
+        clusters=users, cluster_by="user")
+  return result
 
 
 def _check_scorer(graph: Graph, scorer: ItemScorer) -> None:
@@ -311,14 +352,19 @@ def _check_scorer(graph: Graph, scorer: ItemScorer) -> None:
 
 
 def evaluate(graph: Graph, scorer: ItemScorer, config: EvalConfig,
-             progress: Progress | None = None, sink: Sink | None = None) -> dict[str, Any]:
-  """Evaluates `scorer` on `graph` under `config` (protocol resolved), timed."""
+             progress: Progress | None = None, sink: Sink | None = None,
+             keep_values: bool = False) -> dict[str, Any]:
+  """Evaluates `scorer` on `graph` under `config` (protocol resolved), timed.
+
+  With `keep_values`, the result also holds "per_query": a `PerQuery` (numpy
+  arrays, not JSON: pop it before serialising) for `pinsage_tf.significance`.
+  """
   protocol = resolve_protocol(graph, config.protocol, config.split)
   started = time.perf_counter()
   if protocol == "item":
-    result = evaluate_item_protocol(graph, scorer, config, progress, sink)
+    result = evaluate_item_protocol(graph, scorer, config, progress, sink, keep_values)
   else:
-    result = evaluate_user_protocol(graph, scorer, config, progress, sink)
+    result = evaluate_user_protocol(graph, scorer, config, progress, sink, keep_values)
   result["wall_time_s"] = round(time.perf_counter() - started, 3)
   return result
 
@@ -408,7 +454,7 @@ def evaluate_scann(graph: Graph, scorer: EmbeddingScorer, config: EvalConfig,
                      f"{type(scorer).__name__}.")
   protocol = resolve_protocol(graph, config.protocol, config.split)
   if protocol == "item":
-    queries, positives, _ = item_pairs(graph, config)
+    queries, positives, _, _ = item_pairs(graph, config)
     uniq, inverse = np.unique(queries, return_inverse=True)
     qvecs = scorer.vectors[uniq]
     exclude = rx.as_exclusion(uniq.astype(np.int64), uniq.shape[0], graph.num_items)

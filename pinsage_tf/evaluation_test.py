@@ -276,3 +276,47 @@ def test_scann_brute_force_and_tree():
   # Half the leaves searched and exact re-ordering: most of the exact top-10.
   assert 0.7 < tree["recall@10_vs_exact"] <= 1.0
   assert set(tree["metrics"]) == {"hit_rate@10", "hit_rate@50"}
+
+
+def test_per_query_values_average_to_the_metrics_and_carry_groups():
+  graph = _random_graph(5)
+  rng = np.random.default_rng(6)
+  groups = rng.integers(0, 7, graph.pairs.query.size).astype(np.int32)
+  grouped = dataclasses.replace(graph, pairs=dataclasses.replace(graph.pairs, group=groups))
+  scorer = baselines.ItemKNNScorer(grouped)
+  config = ev.EvalConfig(protocol="item", ks=(1, 5, 10), max_queries=45, seed=2)
+  result = ev.evaluate(grouped, scorer, config, keep_values=True)
+  per = result["per_query"]
+  assert per.cluster_by == "group" and set(per.values) == set(result["metrics"]) - {
+      "mean_rank", "median_rank"}
+  for name, values in per.values.items():
+    assert values.shape == (result["counts"]["pairs"],)
+    assert values.mean() == pytest.approx(result["metrics"][name])
+  # Each value's cluster is its pair's group: recompute every pair's hit@5
+  # by brute force and match them up by (query, positive, group).
+  q, p, g, _ = ev.item_pairs(grouped, config)
+  scores = scorer.score(q)
+  scores[np.arange(q.size), q] = -np.inf
+  pos = scores[np.arange(q.size), p]
+  greater = (scores > pos[:, None]).sum(1)
+  equal = (scores == pos[:, None]).sum(1) - 1
+  hit5 = np.clip(5 - greater, 0, equal + 1) / (equal + 1)
+  want = sorted(zip(g.tolist(), hit5.round(9).tolist()))
+  got = sorted(zip(per.clusters.tolist(), per.values["hit_rate@5"].round(9).tolist()))
+  assert got == want
+  # Without groups every pair is its own cluster; without keep_values nothing extra.
+  plain = ev.evaluate(graph, scorer, config, keep_values=True)["per_query"]
+  assert plain.cluster_by == "pair" and sorted(plain.clusters.tolist()) == list(range(45))
+  assert "per_query" not in ev.evaluate(graph, scorer, config)
+
+
+def test_per_user_values_of_the_user_protocol():
+  graph = _random_graph(7)
+  scorer = baselines.PopularityScorer(graph)
+  config = ev.EvalConfig(protocol="user", user_ks=(5, 10))
+  result = ev.evaluate(graph, scorer, config, keep_values=True)
+  per = result["per_query"]
+  assert per.cluster_by == "user"
+  np.testing.assert_array_equal(per.clusters, ev.heldout_users(graph, config))
+  for name, value in result["metrics"].items():
+    assert per.values[name].mean() == pytest.approx(value)

@@ -13,7 +13,10 @@ In memory, a `Graph` is a frozen dataclass of numpy arrays:
   id-list fields (categorical/multi-hot and hashed text tokens) as CSR rows,
   and `log_degree [N] = log1p(item degree in the training graph)`, always.
 * `pairs`: `ItemPairs`, the labelled (query, positive) item pairs with their
-  split (train / validation / test) for the item-to-item protocol.
+  split (train / validation / test) for the item-to-item protocol, and
+  optionally the group (the user / interaction log) each pair came from:
+  pairs of one group are correlated, so confidence intervals resample groups
+  (`pinsage_tf.significance`).
 * `heldout`: `HeldOut`, per-pivot held-out items for the user protocol
   (NGCF/LightGCN Recall/NDCG); rows are pivots, empty where not used.
 
@@ -181,16 +184,32 @@ class ItemFeatures:
 
 @dataclasses.dataclass(frozen=True)
 class ItemPairs:
-  """Labelled (query, positive) item pairs: int32 `[P]` each, split int8 `[P]`."""
+  """Labelled (query, positive) item pairs: int32 `[P]` each, split int8 `[P]`.
+
+  `group` (optional, int32 `[P]`, >= 0) names the interaction log (e.g. the
+  user) each pair was cut from; None when the source does not say.
+  """
 
   query: np.ndarray
   positive: np.ndarray
   split: np.ndarray
+  group: np.ndarray | None = None
 
   def of(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
     """Returns (query, positive) of the pairs in `split`."""
     keep = self.split == int(split)
     return self.query[keep], self.positive[keep]
+
+  def groups_of(self, split: Split) -> np.ndarray | None:
+    """The `group` of the pairs in `split` (aligned with `of`), or None."""
+    if self.group is None:
+      return None
+    return self.group[self.split == int(split)]
+
+  def subset(self, keep: np.ndarray) -> "ItemPairs":
+    """The pairs selected by the bool mask or index array `keep` (groups kept)."""
+    return ItemPairs(self.query[keep], self.positive[keep], self.split[keep],
+                     None if self.group is None else self.group[keep])
 
   def count(self, split: Split) -> int:
     return int(np.count_nonzero(self.split == int(split)))
@@ -322,6 +341,12 @@ class Graph:
       raise GraphFormatError(f"pair item ids must lie in [0, {n}).")
     if p.split.size and not np.isin(p.split, [s.value for s in Split]).all():
       raise GraphFormatError("pairs.split values must be 0 (train), 1 (validation) or 2 (test).")
+    if p.group is not None:
+      if p.group.shape != p.query.shape or p.group.dtype != np.int32:
+        raise GraphFormatError(f"pairs.group must be int32 {p.query.shape} like pairs.query, "
+                               f"got {p.group.dtype} {p.group.shape}.")
+      if p.group.size and p.group.min() < 0:
+        raise GraphFormatError("pairs.group values must be >= 0.")
     self.heldout.validation.validate("heldout.validation", m, n)
     self.heldout.test.validate("heldout.test", m, n)
     if self.item_titles is not None and self.item_titles.shape != (n,):
@@ -385,6 +410,8 @@ def _arrays(graph: Graph) -> dict[str, np.ndarray]:
       out[f"sparse_{s.name}_vocab"] = s.vocab
   if graph.item_titles is not None:
     out["item_titles"] = graph.item_titles
+  if graph.pairs.group is not None:
+    out["pairs_group"] = graph.pairs.group
   return out
 
 
@@ -485,7 +512,8 @@ def load_graph(directory: str | os.PathLike, mmap: bool = True, verify: bool = T
       features=ItemFeatures(dense=load("dense_features"), log_degree=load("log_degree"),
                             dense_names=tuple(manifest["features"]["dense"]["names"]),
                             sparse=sparse),
-      pairs=ItemPairs(load("pairs_query"), load("pairs_positive"), load("pairs_split")),
+      pairs=ItemPairs(load("pairs_query"), load("pairs_positive"), load("pairs_split"),
+                      load("pairs_group", optional=True)),
       heldout=HeldOut(csr("heldout_validation"), csr("heldout_test")),
       item_titles=load("item_titles", optional=True),
       metadata=manifest.get("metadata", {}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -95,6 +96,32 @@ def test_save_load_round_trip_memory_mapped(tmp_path):
   assert all(f.endswith(".npy") or f == "manifest.json" for f in os.listdir(tmp_path / "g"))
 
 
+def test_pair_groups_round_trip_subset_and_validation(tmp_path):
+  g = _tiny_graph()
+  assert g.pairs.group is None and g.pairs.groups_of(Split.TEST) is None
+  graph_lib.save_graph(g, tmp_path / "plain")
+  assert "pairs_group" not in graph_lib.read_manifest(tmp_path / "plain")["files"]
+  assert graph_lib.load_graph(tmp_path / "plain").pairs.group is None  # older graphs load
+  pairs = dataclasses.replace(g.pairs, group=np.array([5, 0, 5], np.int32))
+  grouped = dataclasses.replace(g, pairs=pairs)
+  graph_lib.save_graph(grouped, tmp_path / "grouped")
+  loaded = graph_lib.load_graph(tmp_path / "grouped")
+  np.testing.assert_array_equal(loaded.pairs.group, [5, 0, 5])
+  np.testing.assert_array_equal(loaded.pairs.groups_of(Split.TEST), [5])
+  # The group file is part of the checksummed set (and of the fingerprint).
+  assert (graph_lib.graph_fingerprint(tmp_path / "grouped")
+          != graph_lib.graph_fingerprint(tmp_path / "plain"))
+  sub = pairs.subset(np.array([True, False, True]))
+  np.testing.assert_array_equal(sub.query, [0, 2])
+  np.testing.assert_array_equal(sub.group, [5, 5])
+  assert g.pairs.subset(np.array([2])).group is None
+  for bad, message in ((np.array([1, 2], np.int32), "must be int32"),
+                       (np.array([1, 2, 3], np.int64), "must be int32"),
+                       (np.array([1, -1, 3], np.int32), ">= 0")):
+    with pytest.raises(GraphFormatError, match=message):
+      dataclasses.replace(g, pairs=dataclasses.replace(g.pairs, group=bad)).validate()
+
+
 def test_checksum_mismatch_names_the_file(tmp_path):
   graph_lib.save_graph(_tiny_graph(), tmp_path / "g")
   path = tmp_path / "g" / "dense_features.npy"
@@ -128,7 +155,6 @@ def test_invalid_graphs_are_rejected_and_nothing_is_written(tmp_path):
   g = _tiny_graph()
   bad_pairs = graph_lib.ItemPairs(np.array([0], np.int32), np.array([7], np.int32),
                                   np.array([0], np.int8))
-  import dataclasses
   with pytest.raises(GraphFormatError, match="pair item ids"):
     graph_lib.save_graph(dataclasses.replace(g, pairs=bad_pairs), tmp_path / "g")
   assert not os.path.exists(tmp_path / "g")

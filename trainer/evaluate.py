@@ -5,7 +5,7 @@ r"""Offline evaluation CLI: learned embeddings and baselines, exact by default.
         --methods=pinsage,pinsage_mean,popularity,itemknn,pixie,features \
         --protocol=auto --split=test --output_json=results.json \
         [--dump_topk=topk.jsonl] [--ks=10,50,100,500] [--mrr_scale=100] \
-        [--max_queries=N] [--scann]
+        [--max_queries=N] [--scann] [--compare_to=itemknn [--bootstrap_resamples=2000]]
 
 Methods are embedding directories (`--embeddings_dir` is the method
 "pinsage"; `--embeddings=name=DIR,...` adds named ones, e.g. the paper's
@@ -20,6 +20,12 @@ query (item protocol: {"method", "query", "positives", "topk", "scores"}) or
 user ({"method", "user", "relevant", "topk", "scores"}), raw ids, so results
 can be re-scored independently. `--scann` also scores each embedding method
 through a ScaNN index and reports its recall@10 against exact search.
+
+`--compare_to=METHOD` (one of `--methods`) adds "comparison": every other
+method against that reference, per metric, with paired cluster-bootstrap
+intervals of the ratio and the difference (`pinsage_tf.significance`). The
+clusters are the pairs' users when the graph records them (`pairs_group`),
+else the pairs (item protocol), and the users (user protocol).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from pinsage_tf import evaluation
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import metrics
 from pinsage_tf import retrieval_exact
+from pinsage_tf import significance
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "Graph directory (data.prepare output).")
 _EMBEDDINGS_DIR = flags.DEFINE_string(
@@ -87,6 +94,15 @@ _PIXIE_STEPS = flags.DEFINE_integer("pixie_steps", baselines.DEFAULT_PIXIE_STEPS
                                     "Pixie visits per query (or per user).")
 _PIXIE_RESTART = flags.DEFINE_float("pixie_restart_prob", baselines.DEFAULT_PIXIE_RESTART_PROB,
                                     "Pixie restart probability.")
+_COMPARE_TO = flags.DEFINE_string(
+    "compare_to", None, "Reference method (one of --methods): report every other method's "
+    "ratio and difference to it with paired cluster-bootstrap confidence intervals.")
+_BOOTSTRAP_RESAMPLES = flags.DEFINE_integer(
+    "bootstrap_resamples", significance.BootstrapConfig.resamples,
+    "Bootstrap resamples of --compare_to.")
+_BOOTSTRAP_CONFIDENCE = flags.DEFINE_float(
+    "bootstrap_confidence", significance.BootstrapConfig.confidence,
+    "Two-sided level of the --compare_to intervals.")
 _MAX_BLOCK_MB = flags.DEFINE_integer(
     "max_block_mb", retrieval_exact.DEFAULT_MAX_BLOCK_ELEMENTS * 4 >> 20,
     "Size bound (MiB, float32) of one [queries, items] score block.")
@@ -138,6 +154,8 @@ def run(
     use_scann: bool = False,
     pixie_steps: int = baselines.DEFAULT_PIXIE_STEPS,
     pixie_restart_prob: float = baselines.DEFAULT_PIXIE_RESTART_PROB,
+    compare_to: str | None = None,
+    bootstrap: significance.BootstrapConfig = significance.BootstrapConfig(),
 ) -> dict[str, Any]:
   """Evaluates `methods` and returns (and optionally writes) the results dict."""
   started = time.perf_counter()
@@ -147,6 +165,9 @@ def run(
   methods = list(methods) if methods else _default_methods(graph, list(embeddings))
   if len(set(methods)) != len(methods):
     raise ValueError(f"--methods lists a method twice: {methods}.")
+  if compare_to is not None and (compare_to not in methods or len(methods) < 2):
+    raise ValueError(f"--compare_to={compare_to} must be one of --methods ({','.join(methods)}) "
+                     "and at least one other method must be evaluated.")
   # Build every scorer before evaluating anything, so bad inputs fail fast.
   scorers: dict[str, baselines.ItemScorer] = {}
   sources: dict[str, str] = {}
@@ -178,12 +199,14 @@ def run(
     for name, scorer in scorers.items():
       logging.info("evaluating %s (%s protocol, %s split)", name, protocol, config.split)
       unit = "queries" if protocol == "item" else "users"
-      result = evaluation.evaluate(graph, scorer, config, _progress_logger(name, unit), sink)
+      result = evaluation.evaluate(graph, scorer, config, _progress_logger(name, unit), sink,
+                                   keep_values=compare_to is not None)
       result["source"] = sources[name]
       if use_scann and isinstance(scorer, baselines.EmbeddingScorer):
         result["scann"] = evaluation.evaluate_scann(graph, scorer, config)
       results[name] = result
 
+  per_query = {name: r.pop("per_query") for name, r in results.items() if "per_query" in r}
   first = next(iter(results.values()))
   output = {
       "dataset": graph.name,
@@ -205,11 +228,41 @@ def run(
                   for name, r in results.items()},
       "total_wall_time_s": round(time.perf_counter() - started, 3),
   }
+  if compare_to is not None:
+    output["comparison"] = compare_methods(per_query, compare_to, bootstrap)
   if dump_topk:
     output["dump_topk"] = os.path.abspath(dump_topk)
   if output_json:
     atomic.write_json(output_json, output)
   return output
+
+
+def compare_methods(per_query: Mapping[str, evaluation.PerQuery], reference: str,
+                    bootstrap: significance.BootstrapConfig) -> dict[str, Any]:
+  """Every method of `per_query` against `reference` (`significance.compare`)."""
+  ref = per_query[reference]
+  return {
+      "reference": reference,
+      "cluster_by": ref.cluster_by,
+      "methods": {name: significance.compare(pq.values, ref.values, ref.clusters, bootstrap)
+                  for name, pq in per_query.items() if name != reference},
+  }
+
+
+def format_comparison(comparison: Mapping[str, Any]) -> str:
+  """One line per (method, metric): ratio and difference with their intervals."""
+  lines = []
+  for name, c in comparison["methods"].items():
+    lines.append(f"{name} vs {comparison['reference']} ({c['clusters']} {comparison['cluster_by']} "
+                 f"clusters, {c['resamples']} resamples, {c['confidence']:.0%} intervals):")
+    for metric, m in c["metrics"].items():
+      ratio, diff = m["ratio"], m["difference"]
+      ratio_text = ("n/a" if ratio["low"] is None else
+                    f"{ratio['estimate']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}]")
+      lines.append(f"  {metric}: {m['method']:.4f} vs {m['reference']:.4f}, ratio {ratio_text}, "
+                   f"difference {diff['estimate']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}], "
+                   f"not better in {m['share_not_better']:.1%} of resamples")
+  return "\n".join(lines)
 
 
 def _ints(values: Sequence[str], flag: str) -> tuple[int, ...]:
@@ -232,11 +285,15 @@ def main(argv: Sequence[str]) -> None:
         test_history_includes_validation=_TEST_HISTORY_VALIDATION.value,
         max_queries=_MAX_QUERIES.value, seed=_SEED.value,
         max_block_elements=max(1, _MAX_BLOCK_MB.value * (1 << 20) // 4), dump_k=_DUMP_K.value)
+    bootstrap = significance.BootstrapConfig(resamples=_BOOTSTRAP_RESAMPLES.value,
+                                             confidence=_BOOTSTRAP_CONFIDENCE.value,
+                                             seed=_SEED.value)
     output = run(graph_dir=_GRAPH_DIR.value,
                  embeddings=parse_embedding_specs(_EMBEDDINGS_DIR.value, _EMBEDDINGS.value),
                  methods=_METHODS.value, config=config, output_json=_OUTPUT_JSON.value,
                  dump_topk=_DUMP_TOPK.value, use_scann=_SCANN.value,
-                 pixie_steps=_PIXIE_STEPS.value, pixie_restart_prob=_PIXIE_RESTART.value)
+                 pixie_steps=_PIXIE_STEPS.value, pixie_restart_prob=_PIXIE_RESTART.value,
+                 compare_to=_COMPARE_TO.value, bootstrap=bootstrap)
   except (ValueError, ImportError, FileNotFoundError) as e:
     # Bad inputs (graph/embeddings format errors are ValueErrors): one clear
     # line on stderr and exit status 1, no traceback.
@@ -250,6 +307,8 @@ def main(argv: Sequence[str]) -> None:
       recall = next(v for k, v in s.items() if k.startswith("recall@"))
       print(f"{name} via ScaNN ({s['index']}): recall@10 vs exact {recall:.4f}, "
             + ", ".join(f"{k}={v:.4f}" for k, v in s["metrics"].items()))
+  if "comparison" in output:
+    print(format_comparison(output["comparison"]))
   if _OUTPUT_JSON.value:
     print(f"wrote {_OUTPUT_JSON.value}")
 

@@ -146,3 +146,39 @@ def test_bad_inputs_fail_clearly(workdir, tmp_path):
   assert f"{broken}/embeddings.npy: missing" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "never.json").exists()
+
+
+def test_compare_to_reports_paired_intervals(workdir, tmp_path):
+  out_json = tmp_path / "cmp.json"
+  proc = _cli(f"--graph_dir={workdir / 'graph'}", f"--embeddings_dir={workdir / 'emb_a'}",
+              "--methods=pinsage,popularity,itemknn", "--compare_to=itemknn",
+              "--bootstrap_resamples=300", "--protocol=item", "--split=test",
+              f"--output_json={out_json}")
+  assert proc.returncode == 0, proc.stderr
+  assert "pinsage vs itemknn" in proc.stdout and "ratio" in proc.stdout
+  result = json.loads(out_json.read_text())
+  comparison = result["comparison"]
+  # The tiny graph records no pair groups: every pair is its own cluster.
+  assert comparison["reference"] == "itemknn" and comparison["cluster_by"] == "pair"
+  assert set(comparison["methods"]) == {"pinsage", "popularity"}
+  c = comparison["methods"]["pinsage"]
+  assert c["resamples"] == 300 and c["clusters"] == result["counts"]["pairs"]
+  h = c["metrics"]["hit_rate@10"]
+  assert h["method"] == pytest.approx(result["methods"]["pinsage"]["metrics"]["hit_rate@10"])
+  assert h["reference"] == pytest.approx(result["methods"]["itemknn"]["metrics"]["hit_rate@10"])
+  assert h["difference"]["low"] <= h["difference"]["estimate"] <= h["difference"]["high"]
+  assert "per_query" not in result["methods"]["pinsage"]
+  # The user protocol resamples users.
+  user = evaluate.run(graph_dir=str(workdir / "graph"), embeddings={}, methods=[
+      "popularity", "itemknn"], config=evaluation.EvalConfig(protocol="user"),
+      compare_to="popularity")
+  assert user["comparison"]["cluster_by"] == "user"
+  assert user["comparison"]["methods"]["itemknn"]["clusters"] == user["counts"]["users"]
+  # The reference must be one of the evaluated methods, with something to compare.
+  proc = _cli(f"--graph_dir={workdir / 'graph'}", "--methods=popularity,itemknn",
+              "--compare_to=pixie", f"--output_json={tmp_path / 'bad.json'}")
+  assert proc.returncode == 1 and "--compare_to=pixie must be one of --methods" in proc.stderr
+  assert not (tmp_path / "bad.json").exists()
+  with pytest.raises(ValueError, match="at least one other method"):
+    evaluate.run(graph_dir=str(workdir / "graph"), embeddings={}, methods=["popularity"],
+                 config=evaluation.EvalConfig(), compare_to="popularity")
