@@ -15,7 +15,7 @@ popularity, itemknn, pixie and (when the graph has item features) features.
 
 Prints a table and writes JSON: {"dataset", "protocol", "split", "config",
 "methods": {name: {"metrics", "counts", "wall_time_s", "source", ["scann"]}},
-"total_wall_time_s", ...}. `--dump_topk` writes JSON lines, one per evaluated
+"total_wall_time_s", ["comparison"], ...}. `--dump_topk` writes JSON lines, one per evaluated
 query (item protocol: {"method", "query", "positives", "topk", "scores"}) or
 user ({"method", "user", "relevant", "topk", "scores"}), raw ids, so results
 can be re-scored independently. `--scann` also scores each embedding method
@@ -96,7 +96,8 @@ _PIXIE_RESTART = flags.DEFINE_float("pixie_restart_prob", baselines.DEFAULT_PIXI
                                     "Pixie restart probability.")
 _COMPARE_TO = flags.DEFINE_string(
     "compare_to", None, "Reference method (one of --methods): report every other method's "
-    "ratio and difference to it with paired cluster-bootstrap confidence intervals.")
+    "ratio and difference to it with paired cluster-bootstrap confidence intervals "
+    "(resamples seeded by --seed).")
 _BOOTSTRAP_RESAMPLES = flags.DEFINE_integer(
     "bootstrap_resamples", significance.BootstrapConfig.resamples,
     "Bootstrap resamples of --compare_to.")
@@ -223,7 +224,11 @@ def run(
                  "test_history_includes_validation": config.test_history_includes_validation,
                  "max_queries": config.max_queries,
                  "seed": config.seed, "exact": True, "scann": use_scann,
-                 "pixie_steps": pixie_steps, "pixie_restart_prob": pixie_restart_prob},
+                 "pixie_steps": pixie_steps, "pixie_restart_prob": pixie_restart_prob,
+                 "compare_to": compare_to,
+                 "bootstrap": (None if compare_to is None else
+                               {"resamples": bootstrap.resamples,
+                                "confidence": bootstrap.confidence, "seed": bootstrap.seed})},
       "methods": {name: {k: v for k, v in r.items() if k not in ("protocol", "split")}
                   for name, r in results.items()},
       "total_wall_time_s": round(time.perf_counter() - started, 3),

@@ -163,6 +163,8 @@ def test_compare_to_reports_paired_intervals(workdir, tmp_path):
   assert set(comparison["methods"]) == {"pinsage", "popularity"}
   c = comparison["methods"]["pinsage"]
   assert c["resamples"] == 300 and c["clusters"] == result["counts"]["pairs"]
+  assert result["config"]["compare_to"] == "itemknn"
+  assert result["config"]["bootstrap"] == {"resamples": 300, "confidence": 0.95, "seed": 0}
   h = c["metrics"]["hit_rate@10"]
   assert h["method"] == pytest.approx(result["methods"]["pinsage"]["metrics"]["hit_rate@10"])
   assert h["reference"] == pytest.approx(result["methods"]["itemknn"]["metrics"]["hit_rate@10"])
