@@ -13,6 +13,8 @@ round-off) to applying the model to any minibatch containing the item, because
 the model's training-time computation graph uses the same neighborhood table.
 `layerwise_outputs` also returns the item biases `[num_items]` of a model
 with `PinSageConfig.item_bias` (from the same last-layer representations).
+`LayerwiseInference` holds the traced stages for one model and table set,
+for callers that embed again after every epoch.
 
 `pinsage_tf.beam_inference` runs the same per-layer computation as an Apache
 Beam pipeline; both call the model's `encode_inputs`, `convolve` and `head`.
@@ -35,80 +37,118 @@ def _blocks(n: int, batch_size: int):
     yield start, min(start + batch_size, n)
 
 
+class LayerwiseInference:
+  """The per-layer computation for one `(model, tables)`, traced once.
+
+  Every stage is a `tf.function` built here, once: calling the same instance
+  again (e.g. after every training epoch, on updated weights; variables are
+  read at call time) re-uses the traces instead of tracing new functions.
+  The module-level functions below build a throw-away instance.
+
+  Args:
+    model: a `PinSageModel` (`encode_inputs`, `convs`, `head`,
+      `head_and_bias`, `config`).
+    tables: the graph's `SamplingTables` (the training neighborhood table).
+    batch_size: items per block; bounds memory per step.
+  """
+
+  def __init__(self, model, tables: pipeline.SamplingTables, *, batch_size: int = 8192):
+    self.model, self.tables, self.batch_size = model, tables, batch_size
+    constants = pipeline.table_constants(tables)
+    self._encode = tf.function(lambda items: model.encode_inputs(
+        pipeline.gather_node_inputs(tables, items, constants)), reduce_retracing=True)
+    self._transform = [tf.function(conv.transform_neighbors, reduce_retracing=True)
+                       for conv in model.convs]
+
+    def make_step(conv):
+      def step(self_h, nbr, w, transformed):
+        return conv.combine(self_h, conv.pool(tf.gather(transformed, nbr), w))
+      return tf.function(step, reduce_retracing=True)
+
+    self._step = [make_step(conv) for conv in model.convs]
+    self._head = tf.function(model.head, reduce_retracing=True)
+    self._head_and_bias = tf.function(model.head_and_bias, reduce_retracing=True)
+
+  def input_representations(self, progress: ProgressFn | None = None) -> np.ndarray:
+    """h^0 of every item: float32 `[N, hidden]` (the model's input encoder)."""
+    n = self.tables.num_items
+    out = None
+    for start, stop in _blocks(n, self.batch_size):
+      h = self._encode(tf.range(start, stop, dtype=tf.int32)).numpy()
+      if out is None:
+        out = np.empty((n, h.shape[1]), np.float32)
+      out[start:stop] = h
+      if progress:
+        progress("inputs", stop, n)
+    return out
+
+  def convolve(self, layer: int, h_prev: np.ndarray,
+               progress: ProgressFn | None = None) -> np.ndarray:
+    """Applies convolution `layer` (0-based) to every item once: `[N, d_out]`.
+
+    The neighbor transform ReLU(Q h + q) runs once per item over the whole
+    previous layer; each block then gathers its neighbors' transformed rows,
+    pools them with the importance weights and combines with its own h.
+    """
+    n, tables = self.tables.num_items, self.tables
+    transformed = tf.constant(np.concatenate(
+        [self._transform[layer](h_prev[start:stop]).numpy()
+         for start, stop in _blocks(n, self.batch_size)]))
+    out = None
+    for start, stop in _blocks(n, self.batch_size):
+      z = self._step[layer](h_prev[start:stop], tables.neighbor_ids[start:stop],
+                            tables.neighbor_weights[start:stop], transformed).numpy()
+      if out is None:
+        out = np.empty((n, z.shape[1]), np.float32)
+      out[start:stop] = z
+      if progress:
+        progress(f"layer {layer + 1}", stop, n)
+    return out
+
+  def head(self, h: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
+    """The dense head and L2 normalisation for every row of `h`."""
+    parts = []
+    for start, stop in _blocks(h.shape[0], self.batch_size):
+      parts.append(self._head(h[start:stop]).numpy())
+      if progress:
+        progress("head", stop, h.shape[0])
+    return np.concatenate(parts, axis=0).astype(np.float32)
+
+  def head_and_bias(self, h: np.ndarray, progress: ProgressFn | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """`head` and the item biases float32 `[N]` in one pass (`model.head_and_bias`)."""
+    vectors, biases = [], []
+    for start, stop in _blocks(h.shape[0], self.batch_size):
+      z, b = self._head_and_bias(h[start:stop])
+      vectors.append(z.numpy())
+      biases.append(b.numpy())
+      if progress:
+        progress("head", stop, h.shape[0])
+    return (np.concatenate(vectors, axis=0).astype(np.float32),
+            np.concatenate(biases, axis=0).astype(np.float32))
+
+  def outputs(self, progress: ProgressFn | None = None, with_bias: bool = True
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """All items' embeddings and (with `with_bias` and a bias model) biases."""
+    h = self.input_representations(progress)
+    for layer in range(self.model.config.num_layers):
+      h = self.convolve(layer, h, progress)
+    if with_bias and getattr(self.model.config, "item_bias", False):
+      return self.head_and_bias(h, progress)
+    return self.head(h, progress), None
+
+
 def input_representations(model, tables: pipeline.SamplingTables, *, batch_size: int = 8192,
                           progress: ProgressFn | None = None) -> np.ndarray:
   """h^0 of every item: float32 `[N, hidden]` (the model's input encoder)."""
-  n = tables.num_items
-  constants = pipeline.table_constants(tables)
-  encode = tf.function(lambda items: model.encode_inputs(
-      pipeline.gather_node_inputs(tables, items, constants)), reduce_retracing=True)
-  out = None
-  for start, stop in _blocks(n, batch_size):
-    h = encode(tf.range(start, stop, dtype=tf.int32)).numpy()
-    if out is None:
-      out = np.empty((n, h.shape[1]), np.float32)
-    out[start:stop] = h
-    if progress:
-      progress("inputs", stop, n)
-  return out
+  return LayerwiseInference(model, tables, batch_size=batch_size).input_representations(progress)
 
 
 def convolve_all(model, layer: int, h_prev: np.ndarray, tables: pipeline.SamplingTables, *,
                  batch_size: int = 8192, progress: ProgressFn | None = None) -> np.ndarray:
-  """Applies convolution `layer` (0-based) to every item once: `[N, d_out]`.
-
-  The neighbor transform ReLU(Q h + q) runs once per item over the whole
-  previous layer; each block then gathers its neighbors' transformed rows,
-  pools them with the importance weights and combines with its own h.
-  """
-  n = tables.num_items
-  conv = model.convs[layer]
-  transform = tf.function(conv.transform_neighbors, reduce_retracing=True)
-  transformed = np.concatenate(
-      [transform(h_prev[start:stop]).numpy() for start, stop in _blocks(n, batch_size)])
-  transformed_t = tf.constant(transformed)
-
-  @tf.function(reduce_retracing=True)
-  def step(self_h, nbr, w):
-    return conv.combine(self_h, conv.pool(tf.gather(transformed_t, nbr), w))
-
-  out = None
-  for start, stop in _blocks(n, batch_size):
-    z = step(h_prev[start:stop], tables.neighbor_ids[start:stop],
-             tables.neighbor_weights[start:stop]).numpy()
-    if out is None:
-      out = np.empty((n, z.shape[1]), np.float32)
-    out[start:stop] = z
-    if progress:
-      progress(f"layer {layer + 1}", stop, n)
-  return out
-
-
-def apply_head(model, h: np.ndarray, *, batch_size: int = 8192,
-               progress: ProgressFn | None = None) -> np.ndarray:
-  """The dense head and L2 normalisation for every row of `h`."""
-  head = tf.function(model.head, reduce_retracing=True)
-  parts = []
-  for start, stop in _blocks(h.shape[0], batch_size):
-    parts.append(head(h[start:stop]).numpy())
-    if progress:
-      progress("head", stop, h.shape[0])
-  return np.concatenate(parts, axis=0).astype(np.float32)
-
-
-def apply_head_and_bias(model, h: np.ndarray, *, batch_size: int = 8192,
-                        progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """`apply_head` and the item biases float32 `[N]` in one pass (`model.head_and_bias`)."""
-  fn = tf.function(model.head_and_bias, reduce_retracing=True)
-  vectors, biases = [], []
-  for start, stop in _blocks(h.shape[0], batch_size):
-    z, b = fn(h[start:stop])
-    vectors.append(z.numpy())
-    biases.append(b.numpy())
-    if progress:
-      progress("head", stop, h.shape[0])
-  return (np.concatenate(vectors, axis=0).astype(np.float32),
-          np.concatenate(biases, axis=0).astype(np.float32))
+  """Applies convolution `layer` (0-based) to every item once (`LayerwiseInference.convolve`)."""
+  return LayerwiseInference(model, tables, batch_size=batch_size).convolve(layer, h_prev,
+                                                                           progress)
 
 
 def layerwise_embeddings(model, tables: pipeline.SamplingTables, *, batch_size: int = 8192,
@@ -116,7 +156,7 @@ def layerwise_embeddings(model, tables: pipeline.SamplingTables, *, batch_size: 
   """Final embeddings of all items, float32 `[N, embedding_dim]`.
 
   Args:
-    model: a `PinSageModel` (anything with `encode_inputs`, `convolve`,
+    model: a `PinSageModel` (anything with `encode_inputs`, `convs`,
       `head` and `config.num_layers`).
     tables: the graph's `SamplingTables` (the training neighborhood table).
     batch_size: items per block; bounds memory per step.
@@ -132,11 +172,7 @@ def layerwise_outputs(model, tables: pipeline.SamplingTables, *, batch_size: int
   """`layerwise_embeddings` and the item biases float32 `[N]`.
 
   The biases are None when the model has none (`PinSageConfig.item_bias`
-  False) or `with_bias` is False.
+  False) or `with_bias` is False. Repeated calls (every epoch) should keep a
+  `LayerwiseInference` instead, so nothing is traced again.
   """
-  h = input_representations(model, tables, batch_size=batch_size, progress=progress)
-  for layer in range(model.config.num_layers):
-    h = convolve_all(model, layer, h, tables, batch_size=batch_size, progress=progress)
-  if with_bias and getattr(model.config, "item_bias", False):
-    return apply_head_and_bias(model, h, batch_size=batch_size, progress=progress)
-  return apply_head(model, h, batch_size=batch_size, progress=progress), None
+  return LayerwiseInference(model, tables, batch_size=batch_size).outputs(progress, with_bias)

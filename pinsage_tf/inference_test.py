@@ -76,3 +76,26 @@ def test_progress_is_reported_for_every_stage():
                                  progress=lambda stage, done, total: seen.append((stage, done)))
   assert [s for s in seen if s[1] == 200] == [
       ("inputs", 200), ("layer 1", 200), ("layer 2", 200), ("head", 200)]
+
+
+def test_a_reused_runner_sees_new_weights_without_tracing_again():
+  tf.keras.utils.set_random_seed(2)
+  g, ids, weights, _ = _random_setup()
+  tables = pipeline.SamplingTables.build(g, ids, weights)
+  config = model_lib.PinSageConfig(hidden_dim=16, embedding_dim=8, item_bias=True,
+                                   encoder=model_lib.EncoderConfig.from_graph(g))
+  model = model_lib.PinSageModel(config)
+  model_lib.build_variables(model)
+  runner = inference.LayerwiseInference(model, tables, batch_size=37)
+  first, _ = runner.outputs()
+  functions = [runner._encode, runner._head_and_bias, *runner._transform, *runner._step]
+  traces = [f.experimental_get_tracing_count() for f in functions]
+  # A "training step": every weight moves. The same runner must see it.
+  for v in model.trainable_variables:
+    v.assign_add(0.1 * tf.random.normal(v.shape))
+  second, bias = runner.outputs()
+  assert np.abs(second - first).max() > 1e-3
+  fresh, fresh_bias = inference.layerwise_outputs(model, tables, batch_size=37)
+  np.testing.assert_allclose(second, fresh, atol=1e-6)
+  np.testing.assert_allclose(bias, fresh_bias, atol=1e-6)
+  assert [f.experimental_get_tracing_count() for f in functions] == traces

@@ -237,13 +237,19 @@ def resolve_model_config(config: ExperimentConfig, graph: graph_lib.Graph) -> Ex
 
 
 def validation_hit_rate(model: model_lib.PinSageModel, inputs: TrainingInputs,
-                        max_queries: int, k: int = 10) -> float | None:
-  """Hit-rate@k on (a seeded subsample of) the validation pairs, or None."""
+                        max_queries: int, k: int = 10,
+                        runner: inference.LayerwiseInference | None = None) -> float | None:
+  """Hit-rate@k on (a seeded subsample of) the validation pairs, or None.
+
+  `runner` (for `model` and `inputs.tables`) is re-used across calls, so
+  per-epoch validation traces its functions once.
+  """
   graph = inputs.graph
   split = "validation"
   if max_queries <= 0 or graph.pairs.count(graph_lib.Split.VALIDATION) == 0:
     return None
-  embeddings, bias = inference.layerwise_outputs(model, inputs.tables)
+  runner = runner or inference.LayerwiseInference(model, inputs.tables)
+  embeddings, bias = runner.outputs()
   result = evaluation.evaluate(
       graph, baselines.EmbeddingScorer(embeddings, name="pinsage", bias=bias),
       evaluation.EvalConfig(protocol="item", split=split, ks=(k,), max_queries=max_queries))
@@ -433,6 +439,7 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
   val_history: dict[int, float] = {}
   loss_value = float("nan")
   examples, train_time = 0, 0.0
+  runner = inference.LayerwiseInference(model, inputs.tables)  # traced once, every epoch
   while int(epoch_var.numpy()) <= tc.epochs:
     epoch = int(epoch_var.numpy())
     step = int(optimizer.iterations.numpy())
@@ -476,7 +483,7 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
         manager.save(checkpoint_number=step)
     epoch_var.assign(epoch + 1)
     manager.save(checkpoint_number=step)
-    hit = validation_hit_rate(model, inputs, tc.validation_queries)
+    hit = validation_hit_rate(model, inputs, tc.validation_queries, runner=runner)
     if hit is not None:
       val_history[epoch] = hit
       with writer.as_default(step=step):
