@@ -28,7 +28,8 @@ Pipeline (K = `num_layers`, T = neighbors per item, d = hidden width):
                     conv_k.combine(h^k, conv_k.pool([U, T, d'] slots, [U, T]))
                     = h^{k+1}; for k+1 < K also t^{k+1} = conv_{k+1}'s neighbor
                     transform (H_{k+1}, T_{k+1}); for k+1 = K the head instead
-                    (the final, L2-normalised embeddings)
+                    (the final, L2-normalised embeddings; with item biases
+                    `head_and_bias`, the bias b_u appended as a last column)
       -> Write: keyed by item // output_shard_size, GroupByKey, one
          `part-<start>-<stop>.npy` float32 `[stop - start, E]` per shard,
          written to a temporary name and renamed (idempotent under retries).
@@ -39,7 +40,8 @@ the shards tile `[0, N)` exactly.
 
 Contract: `run_layerwise(config)` returns float32 `[N, E]` equal, within float
 round-off (1e-5), to `inference.layerwise_embeddings(model, tables)` for the
-same weights, graph and neighborhood table: the same layer functions
+same weights, graph and neighborhood table (`run_layerwise_outputs` also the
+item biases `[N]` of an `item_bias` model, like `inference.layerwise_outputs`): the same layer functions
 (`encode_inputs`, `PinSageConv.transform_neighbors` / `pool` / `combine`,
 `head`) run on the same inputs. Padding slots (id -1 or weight 0) send no
 message and are zero-filled in the reducer; they never contribute to any
@@ -146,13 +148,20 @@ class BeamInferenceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class JobInfo:
-  """What `inspect_inputs` found: item count N, embedding width E, layers K
-  and the graph fingerprint the workers check."""
+  """What `inspect_inputs` found: item count N, embedding width E, layers K,
+  the graph fingerprint the workers check and whether the model has item
+  biases (`PinSageConfig.item_bias`)."""
 
   num_items: int
   embedding_dim: int
   num_layers: int
   fingerprint: str
+  item_bias: bool = False
+
+  @property
+  def output_dim(self) -> int:
+    """Width of the output rows: E, plus the bias b_u as a last column."""
+    return self.embedding_dim + int(self.item_bias)
 
 
 def inspect_inputs(config: BeamInferenceConfig) -> JobInfo:
@@ -180,7 +189,8 @@ def inspect_inputs(config: BeamInferenceConfig) -> JobInfo:
                             "written by model.save_model?")
   return JobInfo(num_items=num_items, embedding_dim=model_config.embedding_dim,
                   num_layers=model_config.num_layers,
-                  fingerprint=graph_lib.graph_fingerprint(config.graph_dir))
+                  fingerprint=graph_lib.graph_fingerprint(config.graph_dir),
+                  item_bias=bool(model_config.item_bias))
 
 
 def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
@@ -225,6 +235,11 @@ class _LayerFunctions:
                            tf.TensorSpec([None, num_neighbors], tf.float32)]))
     self.head = tf.function(lambda h: model.head(h),
                             input_signature=[tf.TensorSpec([None, hidden], tf.float32)])
+    self.head_and_bias = None
+    if cfg.item_bias:
+      self.head_and_bias = tf.function(
+          lambda h: model.head_and_bias(h),
+          input_signature=[tf.TensorSpec([None, hidden], tf.float32)])
     self.neighbor_units = [conv.neighbor_units for conv in model.convs]
 
 
@@ -355,7 +370,11 @@ class _ConvolveFn(beam.DoFn):
                           f"for {np.count_nonzero(weights[i])} distinct slots; expected {count}")
     h = fns.convolve[k](self_h, transformed, weights)
     if self._last:
-      z = fns.head(h).numpy()
+      if fns.head_and_bias is not None:
+        z, b = fns.head_and_bias(h)
+        z = np.concatenate([z.numpy(), b.numpy()[:, None]], axis=1)  # bias: last column
+      else:
+        z = fns.head(h).numpy()
       for i, item in enumerate(items):
         yield item, _to_bytes(z[i])
       return
@@ -435,7 +454,7 @@ def _build(root, config: BeamInferenceConfig, info: JobInfo, output_dir: str):
       | "KeyByShard" >> beam.Map(lambda kv: (kv[0] // shard_size, kv))
       | "GroupShards" >> beam.GroupByKey()
       | "WriteShards" >> beam.ParDo(
-          _WriteShardFn(output_dir, info.num_items, shard_size, info.embedding_dim)))
+          _WriteShardFn(output_dir, info.num_items, shard_size, info.output_dim)))
 
 
 def build_pipeline(root, config: BeamInferenceConfig, output_dir: str):
@@ -508,7 +527,17 @@ def _check_runner(options: pipeline_options.PipelineOptions) -> None:
 
 def run_layerwise(config: BeamInferenceConfig, *, pipeline_args: Sequence[str] = (),
                   output_dir: str | None = None) -> np.ndarray:
-  """Runs the pipeline and returns the embeddings float32 `[N, E]`.
+  """The embeddings float32 `[N, E]` of `run_layerwise_outputs` (biases dropped)."""
+  return run_layerwise_outputs(config, pipeline_args=pipeline_args, output_dir=output_dir)[0]
+
+
+def run_layerwise_outputs(config: BeamInferenceConfig, *, pipeline_args: Sequence[str] = (),
+                          output_dir: str | None = None
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+  """Runs the pipeline: embeddings float32 `[N, E]` and item biases `[N]` or None.
+
+  The biases are None unless the model has them (`PinSageConfig.item_bias`);
+  then the output shards hold `[rows, E + 1]`, the bias in the last column.
 
   Args:
     config: inputs and work split.
@@ -541,7 +570,11 @@ def run_layerwise(config: BeamInferenceConfig, *, pipeline_args: Sequence[str] =
   try:
     with beam.Pipeline(options=options) as pipeline:
       _build(pipeline, config, info, output_dir)
-    return assemble_shards(output_dir, info.num_items, info.embedding_dim)
+    rows = assemble_shards(output_dir, info.num_items, info.output_dim)
+    if info.item_bias:
+      return (np.ascontiguousarray(rows[:, :info.embedding_dim]),
+              np.ascontiguousarray(rows[:, info.embedding_dim]))
+    return rows, None
   finally:
     if not keep:
       try:

@@ -98,6 +98,35 @@ def test_beam_equals_local_layerwise(graph_dir, tmp_path, pooling, num_layers, a
   np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_item_biases_equal_the_local_ones(graph_dir, tmp_path):
+  tf.keras.utils.set_random_seed(3)
+  g = graph_lib.load_graph(graph_dir)
+  model = model_lib.PinSageModel(model_lib.PinSageConfig(
+      hidden_dim=16, embedding_dim=8, item_bias=True,
+      encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True)))
+  model_lib.build_variables(model)
+  # Zero-initialised: random bias weights, so the check means something.
+  model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
+  weights_dir = str(tmp_path / "model")
+  model_lib.save_model(model, weights_dir)
+  nb = nb_lib.load_neighborhoods(graph_dir, NB_CONFIG)
+  tables = pipeline.SamplingTables.build(g, np.asarray(nb.ids), np.asarray(nb.weights))
+  want_z, want_b = inference.layerwise_outputs(model, tables, batch_size=16)
+  out_dir = str(tmp_path / "shards")
+  got_z, got_b = beam_inference.run_layerwise_outputs(_config(graph_dir, weights_dir),
+                                                      output_dir=out_dir)
+  assert got_z.shape == (NUM_ITEMS, 8) and got_b.shape == (NUM_ITEMS,)
+  assert np.ptp(got_b) > 1e-3
+  np.testing.assert_allclose(got_z, want_z, atol=1e-5)
+  np.testing.assert_allclose(got_b, want_b, atol=1e-5)
+  # The shards carry the bias as a ninth column; without biases, run_layerwise
+  # gives the embeddings only and run_layerwise_outputs None for the biases.
+  np.testing.assert_allclose(beam_inference.assemble_shards(out_dir, NUM_ITEMS, 9)[:, 8], got_b)
+  _, plain, plain_dir = _model(graph_dir, tmp_path / "plain", "importance", 1)
+  z, bias = beam_inference.run_layerwise_outputs(_config(graph_dir, plain_dir))
+  assert bias is None and z.shape == (NUM_ITEMS, 8)
+
+
 def test_isolated_item_pools_to_zero(graph_dir, tmp_path):
   # With no neighbors every layer sees n_u = 0, so the embedding is
   # head(combine_2(combine_1(h0, 0), 0)), computed here without any table.

@@ -81,10 +81,6 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
     if done == total or done % (batch_size * 4) == 0:
       logging.info("%s: %d/%d items", stage, done, total)
 
-  if runner == "beam" and config.model.item_bias:
-    raise ValueError("--runner=beam does not compute item biases (the model was trained with "
-                     "item_bias); use --runner=local.")
-  bias = None
   if runner == "beam":
     from pinsage_tf import beam_inference  # pylint: disable=g-import-not-at-top
     # Workers rebuild the model from weights_dir and read the graph and its
@@ -93,7 +89,8 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
         graph_dir=os.path.abspath(graph_dir), weights_dir=os.path.abspath(weights_dir),
         neighborhoods=config.neighborhoods,
         max_sparse_length=config.pipeline.max_sparse_length)
-    vectors = beam_inference.run_layerwise(beam_config, pipeline_args=beam_args or [])
+    vectors, bias = beam_inference.run_layerwise_outputs(beam_config,
+                                                         pipeline_args=beam_args or [])
   elif checkpoint_step is not None:
     model = model_lib.PinSageModel(config.model)
     model_lib.restore_weights(model, weights_dir, strict=False)
