@@ -439,7 +439,9 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
   val_history: dict[int, float] = {}
   loss_value = float("nan")
   examples, train_time = 0, 0.0
-  runner = inference.LayerwiseInference(model, inputs.tables)  # traced once, every epoch
+  # Per-epoch validation embeds every item: its functions are traced once.
+  runner = (inference.LayerwiseInference(model, inputs.tables)
+            if tc.validation_queries > 0 else None)
   while int(epoch_var.numpy()) <= tc.epochs:
     epoch = int(epoch_var.numpy())
     step = int(optimizer.iterations.numpy())
