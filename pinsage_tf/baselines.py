@@ -9,6 +9,9 @@ learned embeddings and baselines identically and scores them exactly.
                                         (a user's training items): "mean",
                                         "max" or "logsumexp" of the
                                         item-to-item scores
+    score_users(users [S], sets)     -> float32 [S, N]  scores for pivots
+                                        (users) with those item sets; by
+                                        default `score_sets(sets)`
 
 Callers bound memory by choosing Q (and S) so that `Q * N` fits their
 budget; scorers bound their own intermediates (`max_block_elements`).
@@ -17,6 +20,9 @@ Methods:
 
 * `EmbeddingScorer`: inner product of (L2-normalised) embeddings = cosine.
   "mean" over a set is the inner product with the set's mean vector.
+* `PivotScorer`: an `EmbeddingScorer` whose users are scored by their own
+  pivot embeddings (`PinSageModel.pivot_hidden`): `z_u . z_i + b_i`, the
+  objective the pivot pairs train.
 * `PopularityScorer`: score(item) = its training degree, the same list for
   every query ("most popular").
 * `ItemKNNScorer`: cosine similarity of the items' rows of the item x pivot
@@ -149,6 +155,14 @@ class ItemScorer(abc.ABC):
       out[sizes == 0] = 0.0
     return out
 
+  def score_users(self, users: np.ndarray, sets: CSR, how: str = "mean",
+                  temperature: float = DEFAULT_SET_TEMPERATURE) -> np.ndarray:
+    """float32 `[S, N]` scores for the pivots `users [S]`, whose item
+    histories are the rows of `sets`. Item-item methods aggregate over the
+    history (`score_sets`); a method with its own user vectors overrides this."""
+    del users  # Item-item scorers only look at the histories.
+    return self.score_sets(sets, how, temperature)
+
 
 class EmbeddingScorer(ItemScorer):
   """Inner products of item embeddings `[N, d]` (cosine when L2-normalised),
@@ -204,6 +218,35 @@ class EmbeddingScorer(ItemScorer):
       # mean_j <e_j, e_i> = <mean_j e_j, e_i>: one [S, d] x [d, N] product.
       return self.score_vectors(self.set_vectors(sets))
     return super().score_sets(sets, how, temperature)
+
+
+class PivotScorer(EmbeddingScorer):
+  """Item embeddings plus one embedding per pivot: a user u ranks item i by
+  `z_u . z_i + b_i`.
+
+  `score` stays item-to-item (the item embeddings); `score_users` reads the
+  users' rows of `pivot_vectors [M, d]`, embedded from the histories the
+  evaluation assumes (the caller picks the matching set, e.g. the graph
+  items for validation, plus the validation items for test).
+  """
+
+  def __init__(self, vectors: np.ndarray, pivot_vectors: np.ndarray, name: str = "pivots",
+               max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+               bias: np.ndarray | None = None):
+    super().__init__(vectors, name, max_block_elements, bias)
+    pivot_vectors = np.asarray(pivot_vectors)
+    if pivot_vectors.ndim != 2 or pivot_vectors.shape[1] != self.vectors.shape[1]:
+      raise ValueError(f"pivot_vectors must be [M, {self.vectors.shape[1]}], got "
+                       f"{pivot_vectors.shape}.")
+    self.pivot_vectors = pivot_vectors
+
+  def score_users(self, users: np.ndarray, sets: CSR, how: str = "mean",
+                  temperature: float = DEFAULT_SET_TEMPERATURE) -> np.ndarray:
+    del sets, how, temperature  # The pivot embedding already summarises the history.
+    users = np.asarray(users, np.int64).reshape(-1)
+    if users.size and (users.min() < 0 or users.max() >= self.pivot_vectors.shape[0]):
+      raise ValueError(f"{self.name}: user ids must lie in [0, {self.pivot_vectors.shape[0]}).")
+    return self.score_vectors(np.asarray(self.pivot_vectors[users], np.float32))
 
 
 class PopularityScorer(ItemScorer):

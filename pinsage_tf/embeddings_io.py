@@ -9,6 +9,15 @@ Layout (format "pinsage_tf.embeddings", version 1):
                         (`PinSageConfig.item_bias`); item i then scores
                         q . e_i + b_i for a query vector q. Listed under
                         "files" and flagged by "item_bias": true.
+    pivot_ids.txt       optional: the raw pivot id of each pivot row (graph order).
+    pivot_embeddings_<history>.npy
+                        optional float32 [M, d], L2-normalised: the model's
+                        pivot embeddings (`PinSageModel.pivot_hidden`), one
+                        file per item history the pivots were embedded from:
+                        "graph" (their graph edges) and, for graphs with a
+                        validation hold-out, "graph+validation" (their
+                        validation items added: what is known at test time).
+                        Listed under "files" and "pivots".
     manifest.json       {"format", "format_version", "count": N, "dim": d,
                          "graph_fingerprint": sha256 of the graph (or null),
                          "files": {name: sha256}, "projector": {...}} plus
@@ -45,6 +54,8 @@ FORMAT_VERSION = 1
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEM_IDS_FILE = "item_ids.txt"
 ITEM_BIAS_FILE = "item_bias.npy"
+PIVOT_IDS_FILE = "pivot_ids.txt"
+PIVOT_HISTORIES = ("graph", "graph+validation")
 MANIFEST = "manifest.json"
 PROJECTOR_DIR = "projector"
 NORM_TOLERANCE = 1e-3
@@ -55,15 +66,25 @@ class EmbeddingsFormatError(ValueError):
   """An embeddings directory violates the format contract."""
 
 
+def pivot_file(history: str) -> str:
+  """File name of the pivot embeddings embedded from `history`."""
+  if history not in PIVOT_HISTORIES:
+    raise ValueError(f"pivot history must be one of {PIVOT_HISTORIES}, got {history!r}.")
+  return f"pivot_embeddings_{history.replace('+', '_')}.npy"
+
+
 @dataclasses.dataclass(frozen=True)
 class Embeddings:
   """Loaded embeddings. `vectors` float32 `[N, d]`, `item_ids` unicode `[N]`,
-  `item_bias` float32 `[N]` or None."""
+  `item_bias` float32 `[N]` or None; `pivot_ids` unicode `[M]` or None and
+  `pivot_vectors` {history: float32 `[M, d]`} (empty without pivots)."""
 
   vectors: np.ndarray
   item_ids: np.ndarray
   manifest: Mapping[str, Any]
   item_bias: np.ndarray | None = None
+  pivot_ids: np.ndarray | None = None
+  pivot_vectors: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def count(self) -> int:
@@ -103,6 +124,8 @@ def save_embeddings(
     overwrite: bool = False,
     projector_max_rows: int | None = None,
     item_bias: np.ndarray | None = None,
+    pivot_ids: Sequence[str] | np.ndarray | None = None,
+    pivot_embeddings: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
   """Validates and writes an embeddings directory atomically.
 
@@ -118,6 +141,9 @@ def save_embeddings(
     projector_max_rows: write only the first rows to the projector TSVs (the
       projector handles ~100k points comfortably); None = all.
     item_bias: optional float `[N]` finite item biases.
+    pivot_ids: `[M]` raw pivot ids, required with `pivot_embeddings`.
+    pivot_embeddings: optional {history: float `[M, d]` L2-normalised}, the
+      histories among `PIVOT_HISTORIES`.
 
   Returns:
     The manifest written.
@@ -148,13 +174,15 @@ def save_embeddings(
     if not np.all(np.isfinite(bias)):
       raise EmbeddingsFormatError(
           f"item_bias[{int(np.nonzero(~np.isfinite(bias))[0][0])}] is NaN or Inf.")
+  pivots = _check_pivots(pivot_ids, pivot_embeddings, vectors.shape[1])
   titles = None
   if item_titles is not None:
     titles = [str(t) for t in np.asarray(item_titles).tolist()]
     if len(titles) != len(ids):
       raise EmbeddingsFormatError(f"got {len(titles)} titles for {len(ids)} items.")
   extra = dict(extra_manifest or {})
-  reserved = {"format", "format_version", "count", "dim", "files", "projector", "item_bias"}
+  reserved = {"format", "format_version", "count", "dim", "files", "projector", "item_bias",
+              "pivots"}
   clash = reserved & set(extra)
   if clash:
     raise ValueError(f"extra_manifest may not set reserved keys {sorted(clash)}.")
@@ -197,8 +225,46 @@ def save_embeddings(
     if bias is not None:
       manifest["files"][ITEM_BIAS_FILE] = atomic.save_npy(tmp, "item_bias", bias)["sha256"]
       manifest["item_bias"] = True
+    if pivots is not None:
+      ids_file = os.path.join(tmp, PIVOT_IDS_FILE)
+      with open(ids_file, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(raw + "\n" for raw in pivots[0])
+      manifest["files"][PIVOT_IDS_FILE] = atomic.sha256_file(ids_file)
+      for history, array in pivots[1].items():
+        name = pivot_file(history)
+        manifest["files"][name] = atomic.save_npy(tmp, name[:-len(".npy")], array)["sha256"]
+      manifest["pivots"] = {"count": len(pivots[0]), "histories": sorted(pivots[1])}
     atomic.write_json(os.path.join(tmp, MANIFEST), manifest)
   return manifest
+
+
+def _check_pivots(pivot_ids, pivot_embeddings, dim: int
+                  ) -> tuple[list[str], dict[str, np.ndarray]] | None:
+  """Validated (ids, {history: float32 [M, d]}) or None when there are no pivots."""
+  if not pivot_embeddings:
+    if pivot_ids is not None:
+      raise EmbeddingsFormatError("pivot_ids given without pivot_embeddings.")
+    return None
+  if pivot_ids is None:
+    raise EmbeddingsFormatError("pivot_embeddings need pivot_ids.")
+  ids = [str(x) for x in np.asarray(pivot_ids).tolist()]
+  for i, raw in enumerate(ids):
+    if raw == "" or "\n" in raw or "\r" in raw or "\t" in raw:
+      raise EmbeddingsFormatError(f"pivot id of row {i} ({raw!r}) is empty or contains a "
+                                  "tab/newline.")
+  if len(set(ids)) != len(ids):
+    raise EmbeddingsFormatError("pivot_ids contains duplicates.")
+  out = {}
+  for history, array in pivot_embeddings.items():
+    if history not in PIVOT_HISTORIES:
+      raise EmbeddingsFormatError(f"pivot history {history!r} is not one of {PIVOT_HISTORIES}.")
+    array = np.ascontiguousarray(np.asarray(array), dtype=np.float32)
+    if array.shape != (len(ids), dim):
+      raise EmbeddingsFormatError(f"pivot embeddings {history!r} must have shape "
+                                  f"[{len(ids)}, {dim}], got {array.shape}.")
+    _check_norms(array, f"pivot embeddings {history!r}")
+    out[history] = array
+  return ids, out
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -288,6 +354,7 @@ def load_embeddings(
     _check_norms(vectors, npy)
   bias = _load_bias(directory, manifest, vectors.shape[0], verify) if manifest.get(
       "item_bias") else None
+  pivot_ids, pivot_vectors = _load_pivots(directory, manifest, vectors.shape[1], mmap, verify)
 
   expected_fp = graph_fingerprint
   if graph is not None and not isinstance(graph, graph_lib.Graph):
@@ -311,7 +378,62 @@ def load_embeddings(
         f"{os.path.join(directory, MANIFEST)}: graph_fingerprint "
         f"{manifest['graph_fingerprint']!r} does not match the graph's {expected_fp!r}; "
         "these embeddings were computed on a different graph (re-run inference).")
-  return Embeddings(vectors=vectors, item_ids=item_ids, manifest=manifest, item_bias=bias)
+  if graph is not None and pivot_ids is not None:
+    if pivot_ids.shape[0] != graph.num_pivots or np.any(
+        pivot_ids != np.asarray(graph.pivot_ids)):
+      raise EmbeddingsFormatError(
+          f"{os.path.join(directory, PIVOT_IDS_FILE)}: the pivots are not graph "
+          f"{graph.name!r}'s pivots in order.")
+  return Embeddings(vectors=vectors, item_ids=item_ids, manifest=manifest, item_bias=bias,
+                    pivot_ids=pivot_ids, pivot_vectors=pivot_vectors)
+
+
+def _load_pivots(directory: str, manifest: Mapping[str, Any], dim: int, mmap: bool,
+                 verify: bool) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+  pivots = manifest.get("pivots")
+  if not pivots:
+    return None, {}
+  where = os.path.join(directory, MANIFEST)
+  if (not isinstance(pivots, dict) or not isinstance(pivots.get("count"), int)
+      or not isinstance(pivots.get("histories"), list)):
+    raise EmbeddingsFormatError(f"{where}: field 'pivots' must be {{'count': int, "
+                                "'histories': [...]}}.")
+  files = manifest.get("files", {})
+
+  def checked(name: str) -> str:
+    path = os.path.join(directory, name)
+    if name not in files or not os.path.isfile(path):
+      raise EmbeddingsFormatError(f"{path}: missing (listed under 'pivots' in {MANIFEST}).")
+    if verify and atomic.sha256_file(path) != files[name]:
+      raise EmbeddingsFormatError(f"{path}: checksum mismatch with {MANIFEST} (corrupt or "
+                                  "modified).")
+    return path
+
+  with open(checked(PIVOT_IDS_FILE), encoding="utf-8", newline="") as f:
+    ids = f.read().split("\n")
+  if ids and ids[-1] == "":
+    ids.pop()
+  if len(ids) != pivots["count"]:
+    raise EmbeddingsFormatError(f"{os.path.join(directory, PIVOT_IDS_FILE)}: {len(ids)} ids, "
+                                f"the manifest says {pivots['count']}.")
+  out = {}
+  for history in pivots["histories"]:
+    try:
+      name = pivot_file(history)
+    except ValueError as e:
+      raise EmbeddingsFormatError(f"{where}: {e}") from e
+    path = checked(name)
+    try:
+      array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+      raise EmbeddingsFormatError(f"{path}: unreadable .npy ({e}).") from e
+    if array.dtype != np.float32 or array.shape != (len(ids), dim):
+      raise EmbeddingsFormatError(f"{path}: must be float32 [{len(ids)}, {dim}], got "
+                                  f"{array.dtype} {array.shape}.")
+    if verify:
+      _check_norms(array, path)
+    out[history] = array
+  return np.asarray(ids, dtype=str), out
 
 
 def _load_bias(directory: str, manifest: Mapping[str, Any], count: int,

@@ -143,3 +143,42 @@ def test_item_bias_round_trip_and_errors(tmp_path):
 def _saved(path, vectors):
   eio.save_embeddings(path, vectors, ["a", "b", "c"])
   return path
+
+
+def test_pivot_embeddings_round_trip_and_errors(tmp_path):
+  graph = build_graph(name="g", item_ids=["a", "b", "c"], pivot_ids=["p", "q"],
+                      edge_items=np.array([0, 1, 2]), edge_pivots=np.array([0, 0, 1]))
+  v, pivots = _unit(3), {"graph": _unit(2, seed=1), "graph+validation": _unit(2, seed=2)}
+  out = tmp_path / "emb"
+  manifest = eio.save_embeddings(out, v, ["a", "b", "c"], pivot_ids=["p", "q"],
+                                 pivot_embeddings=pivots)
+  assert manifest["pivots"] == {"count": 2, "histories": ["graph", "graph+validation"]}
+  loaded = eio.load_embeddings(out, graph)
+  assert loaded.pivot_ids.tolist() == ["p", "q"]
+  for history, array in pivots.items():
+    np.testing.assert_array_equal(loaded.pivot_vectors[history], array)
+  # Without pivots the fields stay empty.
+  plain = tmp_path / "plain"
+  eio.save_embeddings(plain, v, ["a", "b", "c"])
+  assert eio.load_embeddings(plain).pivot_ids is None
+  assert eio.load_embeddings(plain).pivot_vectors == {}
+  with pytest.raises(eio.EmbeddingsFormatError, match="need pivot_ids"):
+    eio.save_embeddings(tmp_path / "x", v, ["a", "b", "c"], pivot_embeddings=pivots)
+  with pytest.raises(eio.EmbeddingsFormatError, match="not one of"):
+    eio.save_embeddings(tmp_path / "x", v, ["a", "b", "c"], pivot_ids=["p", "q"],
+                        pivot_embeddings={"later": pivots["graph"]})
+  with pytest.raises(eio.EmbeddingsFormatError, match="L2 norm"):
+    eio.save_embeddings(tmp_path / "x", v, ["a", "b", "c"], pivot_ids=["p", "q"],
+                        pivot_embeddings={"graph": 2 * pivots["graph"]})
+  assert not (tmp_path / "x").exists()
+  # A corrupt pivot file is named; pivots of another graph are refused.
+  path = out / eio.pivot_file("graph")
+  arr = np.load(path)
+  arr[0, 0] += 0.5
+  np.save(path, arr)
+  with pytest.raises(eio.EmbeddingsFormatError, match="pivot_embeddings_graph.npy: checksum"):
+    eio.load_embeddings(out)
+  other = build_graph(name="g", item_ids=["a", "b", "c"], pivot_ids=["p", "r"],
+                      edge_items=np.array([0, 1, 2]), edge_pivots=np.array([0, 0, 1]))
+  with pytest.raises(eio.EmbeddingsFormatError, match="pivots are not"):
+    eio.load_embeddings(out, other, verify=False)

@@ -12,10 +12,12 @@ MRR and the paper's scaled MRR (`pinsage_tf.metrics`, tie policy
 `config.ties`). Pairs whose positive equals the query are skipped and counted.
 
 User protocol (NGCF / LightGCN): every pivot (user) with >= 1 held-out item
-in `graph.heldout` for the split. The user's scores are the mean (default),
-max or temperature log-sum-exp over its history (`graph.pivot_to_item` row,
-plus on the test split its validation items: `user_history`) of the item-item
-scores (`config.user_query`); training items are masked, and, when scoring
+in `graph.heldout` for the split. The user's scores come from
+`scorer.score_users`: for item-item methods the mean (default), max or
+temperature log-sum-exp over its history (`graph.pivot_to_item` row, plus on
+the test split its validation items: `user_history`) of the item-item scores
+(`config.user_query`); for learned pivot embeddings (`PivotScorer`) the
+user's own embedding. Training items are masked, and, when scoring
 the test split, so are the user's validation items (known positives that are
 not targets); Recall/Precision/NDCG@K come from the top-K lists.
 
@@ -198,6 +200,12 @@ def _history_has_validation(graph: Graph, config: EvalConfig) -> bool:
               and graph.heldout.validation.nnz)
 
 
+def history_name(graph: Graph, config: EvalConfig) -> str:
+  """Which item history `user_history` uses: "graph" or "graph+validation"
+  (the name of the matching pivot embeddings, `embeddings_io.PIVOT_HISTORIES`)."""
+  return "graph+validation" if _history_has_validation(graph, config) else "graph"
+
+
 def user_history(graph: Graph, users: np.ndarray, config: EvalConfig) -> CSR:
   """The items a user's scores aggregate: training items, plus validation items on test."""
   history = rx.take_rows(graph.pivot_to_item, users)
@@ -314,8 +322,8 @@ def evaluate_user_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
   rows = rx.rows_per_block(n, config.max_block_elements)
   tick = _Ticker(progress, int(users.shape[0]))
   for start, stop in rx.blocks(users.shape[0], rows):
-    scores = scorer.score_sets(rx.take_rows(train, np.arange(start, stop)), config.user_query,
-                               config.user_query_temperature)
+    scores = scorer.score_users(users[start:stop], rx.take_rows(train, np.arange(start, stop)),
+                                config.user_query, config.user_query_temperature)
     rx.mask_rows(scores, exclude, start)
     top[start:stop], top_scores = rx.top_k_of_scores(scores, k_max)
     if sink is not None:

@@ -16,6 +16,13 @@ with `PinSageConfig.item_bias` (from the same last-layer representations).
 `LayerwiseInference` holds the traced stages for one model and table set,
 for callers that embed again after every epoch.
 
+Pivots. `LayerwiseInference.outputs` keeps h^{K-1} of every item
+(`last_inputs`); `pivot_embeddings(ids, weights)` then embeds any number of
+pivots from a pivot neighborhood table (`neighborhoods.compute_pivot_
+neighborhoods`): the last layer's neighbor transform of all items once, then
+per block of pivots the model's `pivot_hidden` and head -- equal to the
+pivots' embeddings in a training minibatch with the same table.
+
 `pinsage_tf.beam_inference` runs the same per-layer computation as an Apache
 Beam pipeline; both call the model's `encode_inputs`, `convolve` and `head`.
 """
@@ -68,6 +75,12 @@ class LayerwiseInference:
     self._step = [make_step(conv) for conv in model.convs]
     self._head = tf.function(model.head, reduce_retracing=True)
     self._head_and_bias = tf.function(model.head_and_bias, reduce_retracing=True)
+
+    def pivot_step(h_table, transformed, ids, weights):
+      return model.head(model.pivot_hidden(h_table, ids, weights, transformed=transformed))
+
+    self._pivot_step = tf.function(pivot_step, reduce_retracing=True)
+    self.last_inputs: np.ndarray | None = None
 
   def input_representations(self, progress: ProgressFn | None = None) -> np.ndarray:
     """h^0 of every item: float32 `[N, hidden]` (the model's input encoder)."""
@@ -129,13 +142,49 @@ class LayerwiseInference:
 
   def outputs(self, progress: ProgressFn | None = None, with_bias: bool = True
               ) -> tuple[np.ndarray, np.ndarray | None]:
-    """All items' embeddings and (with `with_bias` and a bias model) biases."""
+    """All items' embeddings and (with `with_bias` and a bias model) biases.
+
+    Keeps h^{K-1} of all items in `last_inputs` for `pivot_embeddings`.
+    """
     h = self.input_representations(progress)
     for layer in range(self.model.config.num_layers):
+      if layer == self.model.config.num_layers - 1:
+        self.last_inputs = h
       h = self.convolve(layer, h, progress)
     if with_bias and getattr(self.model.config, "item_bias", False):
       return self.head_and_bias(h, progress)
     return self.head(h, progress), None
+
+  def pivot_embeddings(self, neighbor_ids: np.ndarray, neighbor_weights: np.ndarray,
+                       progress: ProgressFn | None = None) -> np.ndarray:
+    """float32 `[P, embedding_dim]`: pivots embedded from their neighborhoods.
+
+    Args:
+      neighbor_ids: int `[P, Tp]` item rows, -1 on padding
+        (`Neighborhoods.ids` of a pivot table).
+      neighbor_weights: float `[P, Tp]` importance weights.
+      progress: optional callback `(stage, done, total)`.
+
+    Raises:
+      ValueError: `outputs` has not run yet (it computes h^{K-1}).
+    """
+    if self.last_inputs is None:
+      raise ValueError("pivot_embeddings needs the items' h^{K-1}: call outputs() first.")
+    ids = np.asarray(neighbor_ids)
+    weights = np.where(ids >= 0, np.asarray(neighbor_weights), 0.0).astype(np.float32)
+    ids = np.maximum(ids, 0).astype(np.int32)
+    h_table = tf.constant(self.last_inputs)
+    transformed = tf.constant(np.concatenate(
+        [self._transform[-1](self.last_inputs[start:stop]).numpy()
+         for start, stop in _blocks(self.last_inputs.shape[0], self.batch_size)]))
+    count = ids.shape[0]
+    out = np.empty((count, self.model.config.embedding_dim), np.float32)
+    for start, stop in _blocks(count, self.batch_size):
+      out[start:stop] = self._pivot_step(h_table, transformed, ids[start:stop],
+                                         weights[start:stop]).numpy()
+      if progress:
+        progress("pivots", stop, count)
+    return out
 
 
 def input_representations(model, tables: pipeline.SamplingTables, *, batch_size: int = 8192,

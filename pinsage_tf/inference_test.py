@@ -24,7 +24,10 @@ def test_layerwise_equals_minibatch_forward(pooling, num_layers):
       encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True))
   model = model_lib.PinSageModel(config)
   model_lib.build_variables(model)
-  cfg = pipeline.PipelineConfig(batch_size=6, num_negatives=4, num_layers=num_layers)
+  # Without the leakage mask a training batch sees the full neighborhood table,
+  # exactly what inference uses.
+  cfg = pipeline.PipelineConfig(batch_size=6, num_negatives=4, num_layers=num_layers,
+                                mask_pair_leakage=False)
   builder = pipeline.MinibatchBuilder(tables, cfg, 6)
   # Includes the isolated item 5 and item 6 with only two neighbors.
   query = tf.constant([5, 6, 7, 8, 9, 10], tf.int32)
@@ -51,8 +54,8 @@ def test_layerwise_item_biases_equal_the_minibatch_ones():
   model_lib.build_variables(model)
   # Zero-initialised: give the bias unit random weights so the check means something.
   model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
-  builder = pipeline.MinibatchBuilder(tables, pipeline.PipelineConfig(batch_size=6,
-                                                                      num_negatives=4), 6)
+  builder = pipeline.MinibatchBuilder(tables, pipeline.PipelineConfig(
+      batch_size=6, num_negatives=4, mask_pair_leakage=False), 6)
   batch = builder(tf.constant([3, 4], tf.int64), tf.constant([5, 6, 7, 8, 9, 10], tf.int32),
                   tf.constant([11, 12, 13, 14, 15, 5], tf.int32))
   z_batch, b_batch = (t.numpy() for t in model.embed_with_bias(batch))
@@ -99,3 +102,30 @@ def test_a_reused_runner_sees_new_weights_without_tracing_again():
   np.testing.assert_allclose(second, fresh, atol=1e-6)
   np.testing.assert_allclose(bias, fresh_bias, atol=1e-6)
   assert [f.experimental_get_tracing_count() for f in functions] == traces
+
+
+def test_layerwise_pivot_embeddings_equal_the_minibatch_ones():
+  from pinsage_tf.pipeline_test import _pivot_setup
+  tf.keras.utils.set_random_seed(3)
+  g, ids, weights, tables, pivot_ids, pivot_weights = _pivot_setup()
+  config = model_lib.PinSageConfig(
+      hidden_dim=16, embedding_dim=8, item_bias=True,
+      encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True))
+  model = model_lib.PinSageModel(config)
+  model_lib.build_variables(model)
+  cfg = pipeline.PipelineConfig(batch_size=2, pivot_batch_size=4, num_negatives=3,
+                                mask_pair_leakage=False)
+  builder = pipeline.MinibatchBuilder(tables, cfg, 2, replica_pivot_batch_size=4)
+  pivots = np.array([1, 4, 7, 30], np.int32)
+  batch = builder(tf.constant([7, 8], tf.int64), tf.constant([10, 11], tf.int32),
+                  tf.constant([12, 13], tf.int32), tf.constant(pivots),
+                  tf.constant([0, 1, 2, 3], tf.int32))
+  z, _, z_pivot = model.embed_batch(batch)
+  runner = inference.LayerwiseInference(model, tables, batch_size=37)
+  with pytest.raises(ValueError, match="outputs"):
+    runner.pivot_embeddings(pivot_ids, pivot_weights)
+  runner.outputs()
+  all_pivots = runner.pivot_embeddings(pivot_ids, pivot_weights)
+  assert all_pivots.shape == (60, 8)
+  np.testing.assert_allclose(all_pivots[pivots], z_pivot.numpy(), atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(all_pivots, axis=1), 1.0, atol=1e-5)

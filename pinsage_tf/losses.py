@@ -176,19 +176,23 @@ def average_loss(
       global_batch_size=global_batch_size)
 
 
-def shared_negative_mask(query: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
+def shared_negative_mask(query: tf.Tensor | None, positive: tf.Tensor,
+                         negative: tf.Tensor) -> tf.Tensor:
   """float32 `[B, Nn]`: 0 where shared negative n is query b's query or positive.
 
   Positions are those of a `Minibatch` (level K is deduplicated, so equal
   positions mean the same item).
 
   Args:
-    query: int `[B]` positions of the queries.
+    query: int `[B]` positions of the queries, or None when the queries are
+      not items of level K (pivot pairs): then only the positive is dropped.
     positive: int `[B]` positions of the positives.
     negative: int `[Nn]` positions of the shared negatives.
   """
   negative = negative[None, :]
-  hit = tf.logical_or(tf.equal(query[:, None], negative), tf.equal(positive[:, None], negative))
+  hit = tf.equal(positive[:, None], negative)
+  if query is not None:
+    hit = tf.logical_or(hit, tf.equal(query[:, None], negative))
   return 1.0 - tf.cast(hit, tf.float32)
 
 

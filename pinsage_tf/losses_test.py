@@ -182,6 +182,12 @@ class SharedNegativeMaskTest(tf.test.TestCase):
     # query row 0 (items 0, 2): negative 0 is its query; row 1 (1, 3): negative 3.
     self.assertAllEqual(mask, [[1., 1., 0.], [0., 1., 1.]])
 
+  def test_without_queries_only_the_positive_is_masked(self):
+    # Pivot pairs: the query is not an item of the batch.
+    mask = losses.shared_negative_mask(query=None, positive=tf.constant([2, 3]),
+                                       negative=tf.constant([3, 4, 0, 2]))
+    self.assertAllEqual(mask, [[1., 1., 1., 0.], [0., 1., 1., 1.]])
+
 
 if __name__ == "__main__":
   tf.test.main()

@@ -7,9 +7,20 @@ level by level so that every node's features are gathered once and every
 layer is computed once per node per batch:
 
 * level K (the last layer's outputs) holds the unique target items: queries,
-  positives, the shared negatives and the hard negatives;
-* level k-1 holds the unique items of level k plus all their importance
-  neighbors; level 0 is where input features are gathered.
+  positives (of item pairs and of pivot pairs), the shared negatives and the
+  hard negatives;
+* level K-1 holds the unique items of level K plus all their importance
+  neighbors, plus the importance neighbors of the batch's pivots (a pivot is
+  not an item: it has no features and no row of its own at any level; the
+  last layer embeds it from its neighbors' level-(K-1) rows);
+* level k-1 (k < K) holds the unique items of level k plus all their
+  importance neighbors; level 0 is where input features are gathered.
+
+Leakage. A training pair must not be answerable by looking at the query's
+own neighborhood when an unseen test pair never is: in the last hop, an item
+pair's positive is dropped from its query's neighbors and the query from the
+positive's (weight 0), and a pivot pair's positive from the pivot's
+neighbors. (Deeper hops are left as they are.)
 
 Shapes are fixed for a given `(batch config, graph)`, so a `tf.function` or a
 replica never retraces: each level `k` is padded to `U_k`, an upper bound
@@ -19,10 +30,11 @@ them, point at item 0 with zero weights and are never referenced by a real
 node, so a consumer may slice every level to `num_nodes[k]` rows (the model
 does, inside its traced function) and skip the padding.
 
-Shapes below: `B` pairs per (replica) batch, `Nn` shared negatives, `H` the
-maximum number of hard negatives per query, `T` neighbors per node, `U_k` the
-padded size of level k, `D` dense feature width, `L_f` the padded length of
-sparse feature f.
+Shapes below: `B` item pairs and `Bp` pivot pairs per (replica) batch (either
+may be 0), `Nn` shared negatives, `H` the maximum number of hard negatives per
+query, `T` neighbors per item, `Tp` neighbors per pivot, `U_k` the padded
+size of level k, `D` dense feature width, `L_f` the padded length of sparse
+feature f.
 """
 
 from __future__ import annotations
@@ -77,6 +89,12 @@ class Minibatch(NamedTuple):
     hard_negative: int32 `[B, H]` positions of each query's hard negatives.
     hard_mask: float32 `[B, H]` 1 for the hard negatives in use this epoch.
     num_nodes: int32 `[K + 1]` real (unpadded) size of each level.
+    pivot_positive: int32 `[Bp]` positions of the pivot pairs' positive
+      items in level K.
+    pivot_neighbor_index: int32 `[Bp, Tp]` positions of each pivot's
+      importance neighbors in level K-1.
+    pivot_neighbor_weight: float32 `[Bp, Tp]` their importance weights (0 on
+      padding and on the pair's own positive).
   """
 
   inputs: NodeInputs
@@ -87,6 +105,9 @@ class Minibatch(NamedTuple):
   hard_negative: tf.Tensor
   hard_mask: tf.Tensor
   num_nodes: tf.Tensor
+  pivot_positive: tf.Tensor
+  pivot_neighbor_index: tf.Tensor
+  pivot_neighbor_weight: tf.Tensor
 
 
 def target_items(batch: Minibatch, positions: tf.Tensor) -> tf.Tensor:

@@ -7,10 +7,24 @@ Ying et al., KDD'18, Algorithm 2 (minibatch forward propagation):
                                                      for level-k nodes, k = 1..K
     z_u   = G2 ReLU(G1 h^K_u + g), then z_u / ||z_u||_2
 
+Pivots (boards, users) have no features, so PinSage's convolution embeds a
+pivot from its importance neighborhood (`neighborhoods.compute_pivot_
+neighborhoods`: the items that walks from the pivot visit most) with the LAST
+layer, in the item space: its own representation is the importance-weighted
+mean of its neighbors' h^{K-1} (a pivot "is" its items), so
+
+    h^K_p = CONVOLVE^(K)(sum_v alpha_v h^{K-1}_v, {h^{K-1}_v : v in N(p)}, alpha)
+    z_p   = the same dense head and normalisation as an item's
+
+and a pivot p ranks items by `z_p . z_i + b_i`. The same weights serve items
+and pivots; a pivot that was never seen in training is embedded from its items
+at request time (inductive, like an item from its features).
+
 `PinSageModel.call` consumes a `pinsage_tf.minibatch.Minibatch` and returns the
 final embeddings float32 `[U_K, embedding_dim]` of the level-K nodes
-(`embed_with_bias` also returns their item biases `[U_K]` when
-`PinSageConfig.item_bias` is set: a scalar score offset per item). Each
+(`embed_batch` also returns their item biases `[U_K]` when
+`PinSageConfig.item_bias` is set -- a scalar score offset per item -- and the
+embeddings `[Bp, embedding_dim]` of the batch's pivots). Each
 unique node of a level is encoded / convolved exactly once: hop k gathers
 level-(k-1) rows by `Hop.self_index` and `Hop.neighbor_index`. The neighbor
 transform ReLU(Q h + q) is applied once per level-(k-1) node before the
@@ -19,7 +33,8 @@ fewer neighbor-transform matmuls when U_{k-1} ~ U_k.
 
 The pieces are public for layer-wise inference over all items, which has no
 `Minibatch`: `encode_inputs(NodeInputs)`, `convolve(k, self_h, neighbor_h,
-neighbor_weight)` and `head(h)`.
+neighbor_weight)`, `pivot_hidden(h_table, neighbor_index, neighbor_weight)`
+and `head(h)`.
 
 Persistence. The project's format is `save_model` / `load_model`: a directory
 with `config.json` (`PinSageConfig`) and a `tf.train.Checkpoint` (key
@@ -211,10 +226,53 @@ class PinSageModel(tf.keras.Model):
                       ) -> tuple[tf.Tensor, tf.Tensor | None]:
     """`call`'s embeddings and the item biases float32 `[num_nodes[K]]` (None
     unless `config.item_bias`)."""
-    return self.head_and_bias(self._last_hidden(batch, training))
+    return self.head_and_bias(self._levels(batch, training)[2])
+
+  def embed_batch(self, batch: minibatch.Minibatch, training: bool | None = None
+                  ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor]:
+    """Items and pivots of `batch`: (z `[num_nodes[K], E]`, item biases
+    `[num_nodes[K]]` or None, z of the batch's pivots `[Bp, E]`)."""
+    h_prev, transformed, h_last = self._levels(batch, training)
+    z, bias = self.head_and_bias(h_last)
+    h_pivot = self.pivot_hidden(h_prev, batch.pivot_neighbor_index, batch.pivot_neighbor_weight,
+                                training=training, transformed=transformed)
+    return z, bias, self.head(h_pivot)
+
+  def pivot_hidden(self, h_table: tf.Tensor, neighbor_index: tf.Tensor,
+                   neighbor_weight: tf.Tensor, training: bool | None = None,
+                   transformed: tf.Tensor | None = None) -> tf.Tensor:
+    """h^K of pivots from their neighbors' h^{K-1} (module docstring).
+
+    Args:
+      h_table: float `[V, hidden_dim]`, h^{K-1} rows.
+      neighbor_index: int32 `[P, Tp]` rows of `h_table`.
+      neighbor_weight: float `[P, Tp]` importance weights, 0 on padding; a
+        row without weight (a pivot without items) gives h = the layer's
+        output for zero inputs.
+      training: Keras training flag.
+      transformed: optional `convs[-1].transform_neighbors(h_table)`, when
+        the caller has it already (the items of the same level need it too).
+
+    Returns:
+      float32 `[P, hidden_dim]`.
+    """
+    conv = self.convs[-1]
+    weight = tf.cast(neighbor_weight, tf.float32)
+    weight = tf.math.divide_no_nan(weight, tf.reduce_sum(weight, axis=1, keepdims=True))
+    self_h = tf.einsum("pt,ptd->pd", weight, tf.gather(h_table, neighbor_index))
+    if transformed is None:
+      transformed = conv.transform_neighbors(h_table, training=training)
+    pooled = conv.pool(tf.gather(transformed, neighbor_index), neighbor_weight)
+    return conv.combine(self_h, pooled, training=training)
 
   def _last_hidden(self, batch: minibatch.Minibatch, training: bool | None) -> tf.Tensor:
     """h^K of the level-K nodes of `batch`."""
+    return self._levels(batch, training)[2]
+
+  def _levels(self, batch: minibatch.Minibatch, training: bool | None
+              ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(h^{K-1} of level K-1 `[c_{K-1}, d]`, the last layer's neighbor transform
+    of it `[c_{K-1}, neighbor_dim]`, h^K of level K `[c_K, d]`)."""
     if len(batch.hops) != len(self.convs):
       raise ValueError(
           f"the minibatch has {len(batch.hops)} hops but the model has num_layers="
@@ -225,13 +283,17 @@ class PinSageModel(tf.keras.Model):
     count = batch.num_nodes
     inputs = tf.nest.map_structure(lambda x: x[:count[0]], batch.inputs)
     h = self.encode_inputs(inputs, training=training)  # [c_0, hidden]
+    h_prev = transformed = h
     for k, hop in enumerate(batch.hops):
       c = count[k + 1]
+      conv = self.convs[k]
+      h_prev = h
       # The previous level is the neighbor table: the neighbor transform runs
       # once per level-(k-1) node, then rows are gathered per (u, t) slot.
-      h = self.convolve(k, tf.gather(h, hop.self_index[:c]), h, hop.neighbor_weight[:c],
-                        neighbor_index=hop.neighbor_index[:c], training=training)  # [c_k, hidden]
-    return h
+      transformed = conv.transform_neighbors(h, training=training)  # [c_{k-1}, neighbor_dim]
+      pooled = conv.pool(tf.gather(transformed, hop.neighbor_index[:c]), hop.neighbor_weight[:c])
+      h = conv.combine(tf.gather(h, hop.self_index[:c]), pooled, training=training)  # [c_k, hidden]
+    return h_prev, transformed, h
 
   def encode_inputs(self, inputs: minibatch.NodeInputs, training: bool | None = None) -> tf.Tensor:
     """h^0: `NodeInputs` with U rows -> float32 `[U, hidden_dim]`."""

@@ -101,7 +101,10 @@ def build_minibatch(num_layers: int = 2, seed: int = 0, padding: int = 2
       negative=tf.constant([top[i] for i in NEGATIVE], tf.int32),
       hard_negative=tf.constant([[top[i] for i in row] for row in HARD], tf.int32),
       hard_mask=tf.constant(HARD_MASK, tf.float32),
-      num_nodes=tf.constant([len(levels[k]) for k in range(num_layers + 1)], tf.int32)), levels
+      num_nodes=tf.constant([len(levels[k]) for k in range(num_layers + 1)], tf.int32),
+      pivot_positive=tf.zeros([0], tf.int32),
+      pivot_neighbor_index=tf.zeros([0, 1], tf.int32),
+      pivot_neighbor_weight=tf.zeros([0, 1], tf.float32)), levels
 
 
 def make_config(**overrides) -> model_lib.PinSageConfig:
@@ -347,3 +350,29 @@ class ConfigTest(tf.test.TestCase):
 
 if __name__ == "__main__":
   tf.test.main()
+
+
+class PivotEmbeddingTest(tf.test.TestCase):
+
+  def test_pivot_is_the_last_convolution_over_its_items(self):
+    # h^K_p = conv_K(sum_v a_v h_v, {h_v}, a): by hand with the layer's pieces.
+    tf.keras.utils.set_random_seed(4)
+    model = model_lib.PinSageModel(make_config())
+    model_lib.build_variables(model)
+    h_table = tf.random.normal([5, 8])
+    index = tf.constant([[0, 2, 4], [1, 1, 3]], tf.int32)
+    weight = tf.constant([[0.5, 0.3, 0.2], [1.0, 0.0, 0.0]], tf.float32)
+    got = model.pivot_hidden(h_table, index, weight)
+    conv = model.convs[-1]
+    rows = []
+    for p in range(2):
+      w = weight[p] / tf.reduce_sum(weight[p])
+      neighbors = tf.gather(h_table, index[p])  # [3, 8]
+      self_h = tf.reduce_sum(w[:, None] * neighbors, axis=0)
+      pooled = tf.reduce_sum(w[:, None] * conv.transform_neighbors(neighbors), axis=0)
+      rows.append(conv.combine(self_h[None], pooled[None])[0])
+    self.assertAllClose(got, tf.stack(rows), atol=1e-5)
+    # The second pivot has one item of weight: it is that item's self-convolution
+    # with itself as the only neighbor.
+    only = conv(tf.gather(h_table, [1]), tf.gather(h_table, [[1]]), tf.ones([1, 1]))
+    self.assertAllClose(got[1:], only, atol=1e-5)

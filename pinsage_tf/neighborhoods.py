@@ -20,23 +20,43 @@ The walk process (`NeighborhoodConfig` fixes its parameters):
   `sum_{t=1..H} y_t` with `y_1 = e_s P`, `y_{t+1} = (r e_s + (1 - r) y_t) P`.
   (`neighborhoods_test.py` checks the sampler against this formula.)
 
-Output contract (`Neighborhoods`): `ids int32 [N, T]` holds the T most visited
-other items of each item, most visited first, ties broken by the lower item
-index, -1 on padding; `weights float32 [N, T]` the visit counts normalised over
-the kept slots (each row with a neighbor sums to 1, padding is 0);
+Importance. An item y visited c times from s scores `c / deg(y) ** beta`
+(`degree_exponent` beta, default 0: the paper's plain visit counts). Walks
+reach hubs (items with many pivots) from almost anywhere, so with beta = 0 a
+neighborhood is mostly the same popular items with near-uniform weights;
+beta = 0.5 ranks like a cosine of co-occurrence and makes the weights carry
+how specific a neighbor is to s (measured in bench/neighborhood_stats.py).
+
+Output contract (`Neighborhoods`): `ids int32 [N, T]` holds the T other
+items of each item with the highest importance, highest first, ties broken by
+the lower item index, -1 on padding; `weights float32 [N, T]` the importance
+scores normalised over the kept slots (each row with a neighbor sums to 1,
+padding is 0);
 `counts int32 [N]` the number of valid slots. An item with fewer than T
 reachable items is padded; an isolated item (no pivots) has count 0 and an
 all-padding row.
+
+Pivot neighborhoods (`compute_pivot_neighborhoods`): the same walks started at
+a pivot (board, user) instead of an item: the first traversal picks one of
+the pivot's items uniformly, restarts return to the pivot. The T_p most
+important items are what PinSage's convolution pools to embed the pivot in
+the item space (`PinSageModel.pivot_embeddings`). A pivot is given by its
+item list, so the same function embeds graph pivots (their rows of
+`pivot_to_item`) and pivots that are not in the graph (any item lists, e.g. a
+user's training plus validation items, or a request's items): each list
+becomes a new pivot that no item links back to, so the walks of one list do
+not depend on the other lists or on the stored graph pivots.
 
 Computation is vectorised over all walks of a chunk of `chunk_size` start items
 (no per-walk Python loop), and chunks run on a thread pool: the heavy numpy
 operations (random number generation, fancy indexing, sorting) release the
 GIL. The randomness of chunk c comes from `np.random.default_rng([seed, 0, c])`
-(`[seed, 1, c]` for new items), so the table is identical for any number of
+(`[seed, 1, c]` for new items, `[seed, 2, c]` for pivots), so the table is identical for any number of
 threads.
 
 Storage: tables derived from a graph live next to it,
-`<graph_dir>/<kind>/<config key>/` (here kind = "neighborhoods"), written
+`<graph_dir>/<kind>/<config key>/` (here kind = "neighborhoods", and
+"pivot_neighborhoods" for the graph's pivots), written
 atomically with a manifest that records the config, the fingerprint of the
 graph they were computed from and every array's checksum. `load_*` refuses a
 table of another graph (`StaleTableError`) or a corrupt one
@@ -64,6 +84,7 @@ ALGORITHM_VERSION = 1
 TABLE_FORMAT = "pinsage_tf.derived_table"
 TABLE_FORMAT_VERSION = 1
 KIND = "neighborhoods"
+PIVOT_KIND = "pivot_neighborhoods"
 # Composite sort keys (seed row, count, item) must stay below this to fit int64.
 _COMPOSITE_KEY_LIMIT = 2**62
 
@@ -89,6 +110,8 @@ class NeighborhoodConfig:
     restart_prob: probability of jumping back to the start item after each
       traversal, in [0, 1].
     seed: seed of the walks.
+    degree_exponent: beta >= 0 of the importance `visits / degree ** beta`
+      (0 = the paper's visit counts; see the module docstring).
     chunk_size: start items sampled together. It defines the random streams
       (chunk c draws from `default_rng([seed, 0, c])`), so it is part of the
       config and of `key()`; it also bounds memory
@@ -101,6 +124,7 @@ class NeighborhoodConfig:
   restart_prob: float = 0.5
   seed: int = 0
   chunk_size: int = 1024
+  degree_exponent: float = 0.0
 
   def __post_init__(self):
     for name in ("num_neighbors", "num_walks", "max_hops", "chunk_size"):
@@ -112,20 +136,28 @@ class NeighborhoodConfig:
           f"NeighborhoodConfig.restart_prob must be in [0, 1], got {self.restart_prob!r}.")
     if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
       raise ValueError(f"NeighborhoodConfig.seed must be a non-negative int, got {self.seed!r}.")
+    if not 0.0 <= float(self.degree_exponent) <= 4.0:
+      raise ValueError("NeighborhoodConfig.degree_exponent must lie in [0, 4], got "
+                       f"{self.degree_exponent!r}.")
 
   def key(self) -> str:
     """A short, stable, file-name-safe id of every parameter that shapes the table.
 
-    E.g. `v1-T10-w100-h3-r0.5-s0-c1024`. `repr` of the float round-trips, so
-    two different restart probabilities never share a key.
+    E.g. `v1-T10-w100-h3-r0.5-s0-c1024` (a non-zero degree exponent adds
+    `-b0.5`). `repr` of the float round-trips, so two different restart
+    probabilities never share a key.
     """
-    return (f"v{ALGORITHM_VERSION}-T{self.num_neighbors}-w{self.num_walks}-h{self.max_hops}"
-            f"-r{float(self.restart_prob)!r}-s{self.seed}-c{self.chunk_size}")
+    key = (f"v{ALGORITHM_VERSION}-T{self.num_neighbors}-w{self.num_walks}-h{self.max_hops}"
+           f"-r{float(self.restart_prob)!r}-s{self.seed}-c{self.chunk_size}")
+    if float(self.degree_exponent):
+      key += f"-b{float(self.degree_exponent)!r}"
+    return key
 
   def to_json(self) -> dict[str, Any]:
     return {"num_neighbors": int(self.num_neighbors), "num_walks": int(self.num_walks),
             "max_hops": int(self.max_hops), "restart_prob": float(self.restart_prob),
-            "seed": int(self.seed), "chunk_size": int(self.chunk_size)}
+            "seed": int(self.seed), "chunk_size": int(self.chunk_size),
+            "degree_exponent": float(self.degree_exponent)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +272,13 @@ def _walk_chunk(adj: _Adjacency, seeds: np.ndarray, config: NeighborhoodConfig,
   keep = item != seeds[row]
   item, row, count = item[keep], row[keep], count[keep]
 
+  beta = float(config.degree_exponent)
+  if beta:
+    # Importance = visits / degree ** beta; order by (seed, importance desc, item asc).
+    score = count / np.power(np.maximum(adj.item_degree[item], 1).astype(np.float64), beta)
+    order = np.lexsort((item, -score, row))
+    item, row, score = item[order], row[order], score[order]
+    return _top_rows(b, t, row, item, score)
   # Order by (seed, count desc, item asc) with one sort of a composite key.
   max_count = h * w
   if b * (max_count + 1) * num_items < _COMPOSITE_KEY_LIMIT:
@@ -252,13 +291,20 @@ def _walk_chunk(adj: _Adjacency, seeds: np.ndarray, config: NeighborhoodConfig,
   else:
     order = np.lexsort((item, -count, row))
     item, row, count = item[order], row[order], count[order]
+  return _top_rows(b, t, row, item, count)
+
+
+def _top_rows(b: int, t: int, row: np.ndarray, item: np.ndarray, score: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The first `t` entries of each row of (row, item, score), sorted by row and
+  then by rank: `(ids [b, t], weights [b, t], counts [b])` as in `_walk_chunk`."""
   per_row = np.bincount(row, minlength=b)
   rank = np.arange(row.shape[0]) - np.repeat(np.cumsum(per_row) - per_row, per_row)
   top = rank < t
   ids = np.full((b, t), -1, dtype=np.int32)
   raw = np.zeros((b, t), dtype=np.float64)
   ids[row[top], rank[top]] = item[top]
-  raw[row[top], rank[top]] = count[top]
+  raw[row[top], rank[top]] = score[top]
   total = raw.sum(axis=1, keepdims=True)
   weights = np.divide(raw, total, out=np.zeros_like(raw), where=total > 0).astype(np.float32)
   counts = np.count_nonzero(ids >= 0, axis=1).astype(np.int32)
@@ -402,6 +448,76 @@ def neighborhoods_for_new_items(
   return _run_chunks(adj, seeds, config, n, stream=1, num_threads=num_threads, progress=None)
 
 
+def _as_item_lists(item_lists: graph_lib.CSR | Sequence[Sequence[int]], num_items: int
+                   ) -> graph_lib.CSR:
+  """A CSR of item lists, checked against `num_items` (errors name the list)."""
+  if isinstance(item_lists, graph_lib.CSR):
+    csr = item_lists
+  else:
+    rows = [np.asarray(r, dtype=np.int64).reshape(-1) for r in item_lists]
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([r.shape[0] for r in rows], out=indptr[1:])
+    indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    csr = graph_lib.CSR(indptr=indptr, indices=indices)
+  indices = np.asarray(csr.indices)
+  if indices.size and (indices.min() < 0 or indices.max() >= num_items):
+    bad = int(np.flatnonzero((indices < 0) | (indices >= num_items))[0])
+    row = int(np.searchsorted(csr.indptr, bad, side="right") - 1)
+    raise ValueError(f"item_lists[{row}] holds item {int(indices[bad])}; item indices must "
+                     f"lie in [0, {num_items}).")
+  return graph_lib.CSR(indptr=np.asarray(csr.indptr, np.int64),
+                       indices=indices.astype(np.int32))
+
+
+def compute_pivot_neighborhoods(
+    graph: graph_lib.Graph,
+    config: NeighborhoodConfig = NeighborhoodConfig(),
+    item_lists: graph_lib.CSR | Sequence[Sequence[int]] | None = None,
+    *,
+    num_threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Neighborhoods:
+  """Importance neighborhoods of pivots: walks that start at a pivot.
+
+  Each row k of `item_lists` is a pivot with those items (duplicates weight an
+  item). It becomes a new pivot that only its own walks can reach: a walk
+  starts (and restarts) there, picks one of its items uniformly, and from
+  then on follows the graph like an item walk (`compute_neighborhoods`). The
+  table ranks the visited items by importance. Rows are independent of each
+  other and of the graph's own pivots.
+
+  Args:
+    graph: the graph whose items are walked.
+    config: walk parameters (T = `config.num_neighbors` items per pivot).
+    item_lists: K item lists (a `CSR` or sequences of item indices); None =
+      the graph's pivots, i.e. `graph.pivot_to_item`. An empty list gives an
+      all-padding row.
+    num_threads: worker threads (None: one per core); the table does not
+      depend on it.
+    progress: optional `progress(pivots_done, num_pivots)`.
+
+  Returns:
+    `Neighborhoods` with K rows; ids are item indices of `graph`.
+  """
+  n, m = graph.num_items, graph.num_pivots
+  lists = _as_item_lists(graph.pivot_to_item if item_lists is None else item_lists, n)
+  k = lists.num_rows
+  # New pivots m..m+k-1 hold the lists; one virtual start item n+j per list
+  # links to pivot m+j only (and only when the list is not empty).
+  pi_indptr = np.concatenate([graph.pivot_to_item.indptr,
+                              graph.pivot_to_item.nnz + lists.indptr[1:]])
+  pi_indices = np.concatenate([graph.pivot_to_item.indices, lists.indices])
+  walkable = np.diff(lists.indptr) > 0
+  ip_indptr = np.concatenate([graph.item_to_pivot.indptr,
+                              graph.item_to_pivot.nnz + np.cumsum(walkable)])
+  ip_indices = np.concatenate([graph.item_to_pivot.indices,
+                               (m + np.flatnonzero(walkable)).astype(np.int32)])
+  adj = _Adjacency(ip_indptr, ip_indices, pi_indptr, pi_indices)
+  seeds = np.arange(n, n + k, dtype=np.int64)
+  return _run_chunks(adj, seeds, config, n, stream=2, num_threads=num_threads,
+                     progress=progress)
+
+
 # --- Storage of derived tables ------------------------------------------------
 
 
@@ -484,40 +600,51 @@ def load_derived_table(graph_dir: str | os.PathLike, kind: str, key: str,
   return arrays, manifest
 
 
-def save_neighborhoods(graph_dir: str | os.PathLike, neighborhoods: Neighborhoods) -> str:
-  """Writes the table to `<graph_dir>/neighborhoods/<config.key()>/` atomically.
+def _rows_of(graph_dir: str | os.PathLike, kind: str) -> int:
+  """Rows a table of `kind` has: the graph's items, or its pivots."""
+  counts = graph_lib.read_manifest(graph_dir)["counts"]
+  if kind not in (KIND, PIVOT_KIND):
+    raise ValueError(f"kind must be {KIND!r} or {PIVOT_KIND!r}, got {kind!r}.")
+  return int(counts["items" if kind == KIND else "pivots"])
+
+
+def save_neighborhoods(graph_dir: str | os.PathLike, neighborhoods: Neighborhoods,
+                       kind: str = KIND) -> str:
+  """Writes the table to `<graph_dir>/<kind>/<config.key()>/` atomically.
+
+  `kind` is `KIND` (one row per item) or `PIVOT_KIND` (one row per pivot).
 
   Returns:
     The table directory.
   """
-  num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
-  neighborhoods.validate(num_items)
+  neighborhoods.validate(_rows_of(graph_dir, kind))
   config = neighborhoods.config
   return save_derived_table(
-      graph_dir, KIND, config.key(),
+      graph_dir, kind, config.key(),
       {"ids": neighborhoods.ids, "weights": neighborhoods.weights, "counts": neighborhoods.counts},
       config.to_json(), extra={"algorithm_version": ALGORITHM_VERSION})
 
 
 def load_neighborhoods(graph_dir: str | os.PathLike,
                        config: NeighborhoodConfig = NeighborhoodConfig(), *,
-                       mmap: bool = True, verify: bool = True) -> Neighborhoods:
-  """Loads the table of `config` for the graph in `graph_dir`.
+                       kind: str = KIND, mmap: bool = True, verify: bool = True
+                       ) -> Neighborhoods:
+  """Loads the `kind` table of `config` for the graph in `graph_dir`.
 
   Raises:
     FileNotFoundError: not computed yet.
     StaleTableError: stored for another graph (fingerprint) or config.
     DerivedTableError: corrupt or malformed files (named).
   """
-  arrays, _ = load_derived_table(graph_dir, KIND, config.key(), config.to_json(),
+  rows = _rows_of(graph_dir, kind)
+  arrays, _ = load_derived_table(graph_dir, kind, config.key(), config.to_json(),
                                  ("ids", "weights", "counts"), mmap=mmap, verify=verify)
   table = Neighborhoods(ids=arrays["ids"], weights=arrays["weights"], counts=arrays["counts"],
                         config=config)
-  num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
   try:
-    table.validate(num_items)
+    table.validate(rows)
   except DerivedTableError as e:
-    raise DerivedTableError(f"{table_directory(graph_dir, KIND, config.key())}: {e}") from e
+    raise DerivedTableError(f"{table_directory(graph_dir, kind, config.key())}: {e}") from e
   return table
 
 
@@ -540,14 +667,32 @@ def load_or_compute_neighborhoods(
     graph: the loaded graph of `graph_dir` (loaded here when None).
     config, num_threads, progress: as for `compute_neighborhoods`.
   """
+  return _load_or_compute(graph_dir, graph, config, KIND, compute_neighborhoods,
+                           num_threads, progress)
+
+
+def load_or_compute_pivot_neighborhoods(
+    graph_dir: str | os.PathLike,
+    graph: graph_lib.Graph | None = None,
+    config: NeighborhoodConfig = NeighborhoodConfig(),
+    *,
+    num_threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Neighborhoods:
+  """`load_or_compute_neighborhoods` for the graph's pivots (`PIVOT_KIND`)."""
+  return _load_or_compute(graph_dir, graph, config, PIVOT_KIND, compute_pivot_neighborhoods,
+                          num_threads, progress)
+
+
+def _load_or_compute(graph_dir, graph, config, kind, compute, num_threads, progress):
   try:
-    return load_neighborhoods(graph_dir, config)
+    return load_neighborhoods(graph_dir, config, kind=kind)
   except FileNotFoundError:
     pass
   except StaleTableError as e:
-    logging.info("Recomputing neighborhoods: %s", e)
+    logging.info("Recomputing %s: %s", kind, e)
   if graph is None:
     graph = graph_lib.load_graph(graph_dir)
-  table = compute_neighborhoods(graph, config, num_threads=num_threads, progress=progress)
-  save_neighborhoods(graph_dir, table)
-  return load_neighborhoods(graph_dir, config)
+  table = compute(graph, config, num_threads=num_threads, progress=progress)
+  save_neighborhoods(graph_dir, table, kind=kind)
+  return load_neighborhoods(graph_dir, config, kind=kind)

@@ -306,3 +306,123 @@ class TestStorage:
                                              progress=lambda d, t: calls.append(d))
     assert calls
     np.testing.assert_array_equal(fresh.ids, nb.compute_neighborhoods(other_graph, config).ids)
+
+
+def _exact_pivot_visit_distribution(graph, items, max_hops, restart_prob):
+  """Expected visits of one walk from a new pivot holding `items`, L1-normalised.
+
+  A traversal from the pivot lands uniformly on `items` (u); otherwise the
+  walk moves like an item walk, so y_1 = u, y_{t+1} = r u + (1 - r) y_t P.
+  """
+  n, m = graph.num_items, graph.num_pivots
+  a = np.zeros((n, m))
+  for i in range(n):
+    a[i, graph.pivots_of(i)] = 1.0
+  p = (a / np.maximum(a.sum(1), 1)[:, None]) @ (a / np.maximum(a.sum(0), 1)[None, :]).T
+  u = np.bincount(np.asarray(items), minlength=n) / len(items)
+  y, visits = u, np.zeros(n)
+  for _ in range(max_hops):
+    visits += y
+    y = restart_prob * u + (1 - restart_prob) * (y @ p)
+  return visits / visits.sum()
+
+
+class TestPivotNeighborhoods:
+
+  @pytest.mark.parametrize("max_hops,restart_prob", [(1, 0.5), (3, 0.5), (3, 0.0)])
+  def test_graph_pivots_match_exact_expectation(self, max_hops, restart_prob):
+    graph = _small_graph()
+    config = nb.NeighborhoodConfig(num_neighbors=6, num_walks=20000, max_hops=max_hops,
+                                   restart_prob=restart_prob, seed=5)
+    table = nb.compute_pivot_neighborhoods(graph, config, num_threads=1)
+    assert table.ids.shape == (graph.num_pivots, 6)
+    for pivot in range(graph.num_pivots):
+      exact = _exact_pivot_visit_distribution(graph, graph.items_of(pivot), max_hops,
+                                              restart_prob)
+      sampled = _dense_row(table, pivot, graph.num_items)
+      np.testing.assert_array_less(np.abs(sampled - exact), 0.01)
+
+  def test_one_hop_is_the_pivots_own_items(self):
+    # One traversal from pivot 0 = {0, 1, 2} lands uniformly on its items.
+    config = nb.NeighborhoodConfig(num_neighbors=4, num_walks=3000, max_hops=1)
+    table = nb.compute_pivot_neighborhoods(_small_graph(), config)
+    assert set(table.ids[0][:3]) == {0, 1, 2} and table.ids[0][3] == -1
+    np.testing.assert_allclose(table.weights[0][:3], 1 / 3, atol=0.03)
+    np.testing.assert_array_equal(table.counts, [3, 2, 3, 2])
+
+  def test_item_lists_outside_the_graph(self):
+    graph = _small_graph()
+    config = nb.NeighborhoodConfig(num_neighbors=6, num_walks=20000, max_hops=2, seed=1)
+    # A list with a repeated item weights it double; an empty list is padding.
+    table = nb.compute_pivot_neighborhoods(graph, config, [[5, 5, 0], []])
+    exact = _exact_pivot_visit_distribution(graph, [5, 5, 0], 2, 0.5)
+    np.testing.assert_array_less(np.abs(_dense_row(table, 0, 6) - exact), 0.01)
+    np.testing.assert_array_equal(table.ids[1], [-1] * 6)
+    assert table.counts[1] == 0
+
+  def test_rejects_unknown_item(self):
+    with pytest.raises(ValueError, match=r"item_lists\[1\] holds item 6"):
+      nb.compute_pivot_neighborhoods(_small_graph(), nb.NeighborhoodConfig(), [[0], [1, 6]])
+
+  def test_same_for_any_thread_count(self):
+    graph = _random_graph(num_items=300, num_pivots=200, num_edges=1200)
+    config = nb.NeighborhoodConfig(num_walks=20, chunk_size=16)
+    one = nb.compute_pivot_neighborhoods(graph, config, num_threads=1)
+    two = nb.compute_pivot_neighborhoods(graph, config, num_threads=2)
+    np.testing.assert_array_equal(one.ids, two.ids)
+    np.testing.assert_array_equal(one.weights, two.weights)
+
+  def test_storage_round_trip(self, tmp_path):
+    graph = _random_graph()
+    directory = os.path.join(tmp_path, "g")
+    graph_lib.save_graph(graph, directory)
+    config = nb.NeighborhoodConfig(num_neighbors=8, num_walks=10)
+    table = nb.load_or_compute_pivot_neighborhoods(directory, graph, config)
+    assert os.path.isdir(os.path.join(directory, nb.PIVOT_KIND, config.key()))
+    assert table.ids.shape == (graph.num_pivots, 8)
+    np.testing.assert_array_equal(
+        table.ids, nb.compute_pivot_neighborhoods(graph, config).ids)
+    # An item table cannot be stored as a pivot table (wrong row count).
+    with pytest.raises(nb.DerivedTableError, match="ids must be"):
+      nb.save_neighborhoods(directory, nb.compute_neighborhoods(graph, config),
+                            kind=nb.PIVOT_KIND)
+
+
+class TestDegreeExponent:
+
+  def test_key_and_json(self):
+    config = nb.NeighborhoodConfig(degree_exponent=0.5)
+    assert config.key() == "v1-T10-w100-h3-r0.5-s0-c1024-b0.5"
+    assert config.to_json()["degree_exponent"] == 0.5
+    with pytest.raises(ValueError, match="degree_exponent"):
+      nb.NeighborhoodConfig(degree_exponent=-1.0)
+
+  def test_importance_is_visits_over_degree_power(self):
+    graph = _small_graph()
+    beta = 1.0
+    config = nb.NeighborhoodConfig(num_neighbors=5, num_walks=20000, max_hops=2,
+                                   degree_exponent=beta, seed=2)
+    table = nb.compute_neighborhoods(graph, config, num_threads=1)
+    degree = graph.item_degrees().astype(np.float64)
+    for start in range(graph.num_items):
+      exact = _exact_visit_distribution(graph, start, 2, 0.5) / degree ** beta
+      exact /= exact.sum()
+      np.testing.assert_array_less(np.abs(_dense_row(table, start, 6) - exact), 0.01)
+      # Rows are ordered by importance, not by raw visits.
+      valid = table.ids[start] >= 0
+      assert np.all(np.diff(table.weights[start][valid]) <= 0)
+
+  def test_hub_drops_below_a_specific_neighbor(self):
+    # Item 0 shares pivot 0 with item 1 (degree 1) and pivot 1 with hub 2,
+    # which also sits on pivots 2..5 alone. Visits from 0 favour neither 1
+    # nor 2 in the first traversal, but 2's degree (5) pushes it down.
+    edges = [(0, 0), (1, 0), (0, 1), (2, 1)] + [(2, p) for p in range(2, 6)]
+    graph = _graph(3, 6, edges)
+    plain = nb.compute_neighborhoods(graph, nb.NeighborhoodConfig(
+        num_neighbors=2, num_walks=4000, max_hops=1), num_threads=1)
+    boosted = nb.compute_neighborhoods(graph, nb.NeighborhoodConfig(
+        num_neighbors=2, num_walks=4000, max_hops=1, degree_exponent=0.5), num_threads=1)
+    np.testing.assert_allclose(plain.weights[0], [0.5, 0.5], atol=0.05)
+    assert boosted.ids[0][0] == 1
+    # 1 / (1 + 1/sqrt(5)) = 0.691 of the weight goes to the specific neighbor.
+    np.testing.assert_allclose(boosted.weights[0][0], 1 / (1 + 5 ** -0.5), atol=0.03)

@@ -8,6 +8,13 @@ the accelerator trains on the previous one. Here that is
     pairs -> permute (seeded, per epoch) -> shard -> shuffle -> batch(drop_remainder)
           -> enumerate -> map(build_minibatch, num_parallel_calls=AUTOTUNE) -> prefetch
 
+A batch holds `batch_size` item pairs (query item, positive item) and
+`pivot_batch_size` pivot pairs (pivot, positive item) (`pinsage_tf.positives`
+decides which pairs an epoch has); with both, the two streams are zipped
+(each permuted, repeated) and one epoch is as many steps as the longer one
+fills. The pivot stream's items join the same computation graph and share
+the batch's negatives.
+
 Contract:
 * Only TensorFlow ops run in the map (no `py_function`, `numpy_function` or
   generators: they hold the GIL and serialise the producer);
@@ -25,18 +32,23 @@ Contract:
   `strategy.distribute_datasets_from_function`: each input pipeline reads its
   shard of the pairs and batches `global_batch / num_replicas` pairs; the
   `num_negatives` shared negatives are shared *within one replica's batch*.
+* Leakage (`mask_pair_leakage`, on by default): a pair's positive is not in
+  its query's neighbors, nor the query in the positive's, nor a pivot pair's
+  positive in the pivot's neighbors (`minibatch` docstring), as for a
+  held-out pair, whose edge is not in the graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import minibatch
+from pinsage_tf import positives as positives_lib
 
 _PURE_TF_FORBIDDEN_OPS = frozenset({
     "PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset",
@@ -48,8 +60,10 @@ class PipelineConfig:
   """How minibatches are built.
 
   Attributes:
-    batch_size: GLOBAL number of (query, positive) pairs per step; each of
-      R replicas gets `batch_size // R`.
+    batch_size: GLOBAL number of (query item, positive) pairs per step; each
+      of R replicas gets `batch_size // R`. 0 = no item pairs.
+    pivot_batch_size: GLOBAL number of (pivot, positive item) pairs per step
+      (0 = no pivot pairs); split over replicas like `batch_size`.
     num_negatives: negatives shared by all queries of one replica batch.
     max_hard_negatives: H, the fixed width of the hard-negative slot per query;
       the curriculum decides how many of them are active in an epoch.
@@ -59,24 +73,31 @@ class PipelineConfig:
     shuffle_buffer: pairs held by the shuffle buffer (after the full per-epoch
       permutation; it reshuffles repeated passes).
     max_sparse_length: sparse id lists are truncated to this many ids.
+    mask_pair_leakage: drop a pair's positive from its query's (or pivot's)
+      neighbors and the query from the positive's (module docstring).
     seed: base seed of shuffling and sampling.
     deterministic: keep the map output order (slower; tests and debugging).
   """
 
   batch_size: int = 512
+  pivot_batch_size: int = 0
   num_negatives: int = 500
   max_hard_negatives: int = 0
   num_layers: int = 2
   negative_sampling: str = "uniform"
   shuffle_buffer: int = 100_000
   max_sparse_length: int = 32
+  mask_pair_leakage: bool = True
   seed: int = 0
   deterministic: bool = False
 
   def __post_init__(self):
-    for name in ("batch_size", "num_layers"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"PipelineConfig.{name} must be >= 1, got {getattr(self, name)}.")
+    if self.num_layers < 1:
+      raise ValueError(f"PipelineConfig.num_layers must be >= 1, got {self.num_layers}.")
+    if self.batch_size < 0 or self.pivot_batch_size < 0 or not (
+        self.batch_size or self.pivot_batch_size):
+      raise ValueError("PipelineConfig.batch_size and pivot_batch_size must be >= 0 and not "
+                       f"both 0, got {self.batch_size} and {self.pivot_batch_size}.")
     for name in ("num_negatives", "max_hard_negatives", "max_sparse_length"):
       if getattr(self, name) < 0:
         raise ValueError(f"PipelineConfig.{name} must be >= 0, got {getattr(self, name)}.")
@@ -99,6 +120,10 @@ class SamplingTables:
     hard_pool: int32 `[N, P]` hard-negative candidates, -1 padded (P may be 0).
     hard_counts: int32 `[N]` valid candidates per item.
     negative_logits: float32 `[N]` log-probabilities for "degree" sampling.
+    pivot_neighbor_ids: int32 `[M, Tp]` importance neighbors of the pivots
+      (`M = 0` without pivot pairs); padding replaced by the row's first
+      neighbor (item 0 for an empty row), with weight 0.
+    pivot_neighbor_weights: float32 `[M, Tp]`, 0 on padding.
   """
 
   neighbor_ids: np.ndarray
@@ -109,6 +134,10 @@ class SamplingTables:
   hard_pool: np.ndarray
   hard_counts: np.ndarray
   negative_logits: np.ndarray
+  pivot_neighbor_ids: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((0, 1), np.int32))
+  pivot_neighbor_weights: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((0, 1), np.float32))
 
   @property
   def num_items(self) -> int:
@@ -117,6 +146,14 @@ class SamplingTables:
   @property
   def num_neighbors(self) -> int:
     return int(self.neighbor_ids.shape[1])
+
+  @property
+  def num_pivots(self) -> int:
+    return int(self.pivot_neighbor_ids.shape[0])
+
+  @property
+  def num_pivot_neighbors(self) -> int:
+    return int(self.pivot_neighbor_ids.shape[1])
 
   @classmethod
   def build(
@@ -127,6 +164,8 @@ class SamplingTables:
       *,
       hard_pool: np.ndarray | None = None,
       max_sparse_length: int = 32,
+      pivot_neighbor_ids: np.ndarray | None = None,
+      pivot_neighbor_weights: np.ndarray | None = None,
   ) -> "SamplingTables":
     """Builds the tables from a graph and its neighborhood table.
 
@@ -136,6 +175,9 @@ class SamplingTables:
       neighbor_weights: float32 `[N, T]` (`Neighborhoods.weights`).
       hard_pool: optional int32 `[N, P]`, -1 padded (`HardNegatives.pool`).
       max_sparse_length: truncation length of sparse id lists.
+      pivot_neighbor_ids, pivot_neighbor_weights: optional `[M, Tp]` pivot
+        neighborhood table (`neighborhoods.compute_pivot_neighborhoods`),
+        needed for pivot pairs.
     """
     n = graph.num_items
     neighbor_ids = np.asarray(neighbor_ids)
@@ -159,6 +201,11 @@ class SamplingTables:
     hard_counts = np.count_nonzero(hard_pool >= 0, axis=1).astype(np.int32)
     degree = graph.item_degrees().astype(np.float64)
     probs = (degree + 1.0) ** 0.75
+    if pivot_neighbor_ids is None:
+      pivot_ids = np.zeros((0, 1), np.int32)
+      pivot_weights = np.zeros((0, 1), np.float32)
+    else:
+      pivot_ids, pivot_weights = _pivot_tables(graph, pivot_neighbor_ids, pivot_neighbor_weights)
     return cls(
         neighbor_ids=ids,
         neighbor_weights=weights,
@@ -168,15 +215,37 @@ class SamplingTables:
         hard_pool=np.where(hard_pool >= 0, hard_pool, 0).astype(np.int32),
         hard_counts=hard_counts,
         negative_logits=np.log(probs / probs.sum()).astype(np.float32),
+        pivot_neighbor_ids=pivot_ids,
+        pivot_neighbor_weights=pivot_weights,
     )
 
 
+def _pivot_tables(graph: graph_lib.Graph, ids: np.ndarray, weights: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """The pivot table with padding pointed at a real neighbor (weight 0)."""
+  ids = np.asarray(ids)
+  if ids.ndim != 2 or ids.shape[0] != graph.num_pivots:
+    raise ValueError(f"pivot_neighbor_ids must have shape [{graph.num_pivots}, Tp], got "
+                     f"{ids.shape}; was the pivot table computed for another graph?")
+  if weights is None or np.shape(weights) != ids.shape:
+    raise ValueError("pivot_neighbor_weights must have the shape of pivot_neighbor_ids.")
+  valid = ids >= 0
+  # Padding repeats the row's first neighbor, so it adds no node to level K-1.
+  first = np.where(valid[:, 0], ids[:, 0], 0)[:, None]
+  return (np.where(valid, ids, first).astype(np.int32),
+          np.where(valid, weights, 0.0).astype(np.float32))
+
+
 def level_sizes(num_targets: int, num_neighbors: int, num_layers: int,
-                num_items: int) -> list[int]:
-  """Padded sizes `[U_0, ..., U_K]` of the levels (see `minibatch`)."""
+                num_items: int, pivot_slots: int = 0) -> list[int]:
+  """Padded sizes `[U_0, ..., U_K]` of the levels (see `minibatch`).
+
+  `pivot_slots` = `Bp * Tp`, the pivots' neighbor slots, which join level K-1.
+  """
   sizes = [min(num_targets, num_items)]
-  for _ in range(num_layers):
-    sizes.append(min(sizes[-1] * (num_neighbors + 1), num_items))
+  for k in range(num_layers):
+    extra = pivot_slots if k == 0 else 0
+    sizes.append(min(sizes[-1] * (num_neighbors + 1) + extra, num_items))
   return sizes[::-1]
 
 
@@ -206,6 +275,8 @@ def table_constants(tables: SamplingTables) -> dict[str, tf.Tensor]:
       "hard_pool": tf.constant(tables.hard_pool),
       "hard_counts": tf.constant(tables.hard_counts),
       "negative_logits": tf.constant(tables.negative_logits[None, :]),
+      "pivot_neighbor_ids": tf.constant(tables.pivot_neighbor_ids),
+      "pivot_neighbor_weights": tf.constant(tables.pivot_neighbor_weights),
   }
 
 
@@ -222,37 +293,52 @@ class MinibatchBuilder:
   Args:
     tables: the per-item tables.
     config: the pipeline config.
-    replica_batch_size: pairs per batch built here (per replica).
+    replica_batch_size: item pairs per batch built here (per replica).
     num_hard_negatives: hard negatives active this epoch (<= H, curriculum).
+    replica_pivot_batch_size: pivot pairs per batch built here (per replica).
   """
 
   def __init__(self, tables: SamplingTables, config: PipelineConfig,
-               replica_batch_size: int, num_hard_negatives: int = 0):
+               replica_batch_size: int, num_hard_negatives: int = 0,
+               replica_pivot_batch_size: int = 0):
     if not 0 <= num_hard_negatives <= config.max_hard_negatives:
       raise ValueError(f"num_hard_negatives must be in [0, max_hard_negatives="
                        f"{config.max_hard_negatives}], got {num_hard_negatives}.")
     if num_hard_negatives and tables.hard_pool.shape[1] == 0:
       raise ValueError("hard negatives requested but the tables have no hard_pool; "
                        "pass hard_pool= to SamplingTables.build.")
+    if replica_pivot_batch_size and tables.num_pivots == 0:
+      raise ValueError("pivot pairs requested but the tables have no pivot neighborhoods; "
+                       "pass pivot_neighbor_ids= to SamplingTables.build.")
     self._tables = tables
     self._config = config
     self._b = replica_batch_size
+    self._bp = replica_pivot_batch_size
     self._h = num_hard_negatives
     self._c = table_constants(tables)
-    num_targets = 2 * self._b + config.num_negatives + self._b * config.max_hard_negatives
+    num_targets = (2 * self._b + self._bp + config.num_negatives
+                   + self._b * config.max_hard_negatives)
     self.level_sizes = level_sizes(num_targets, tables.num_neighbors, config.num_layers,
-                                   tables.num_items)
+                                   tables.num_items,
+                                   pivot_slots=self._bp * tables.num_pivot_neighbors)
 
-  def __call__(self, seed: tf.Tensor, query: tf.Tensor, positive: tf.Tensor) -> minibatch.Minibatch:
+  def __call__(self, seed: tf.Tensor, query: tf.Tensor, positive: tf.Tensor,
+               pivot: tf.Tensor | None = None,
+               pivot_positive: tf.Tensor | None = None) -> minibatch.Minibatch:
     """Builds one minibatch.
 
     Args:
       seed: int64 `[2]` stateless seed of this batch.
       query: int32 `[B]` query items.
       positive: int32 `[B]` positive items.
+      pivot: int32 `[Bp]` pivots of the pivot pairs (None when Bp = 0).
+      pivot_positive: int32 `[Bp]` their positive items.
     """
-    cfg, c, b = self._config, self._c, self._b
+    cfg, c, b, bp = self._config, self._c, self._b, self._bp
     hmax, t = cfg.max_hard_negatives, self._tables.num_neighbors
+    if pivot is None:
+      pivot = tf.zeros([0], tf.int32)
+      pivot_positive = tf.zeros([0], tf.int32)
     neg_seed, hard_seed = tf.unstack(
         tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
     n = self._tables.num_items
@@ -280,19 +366,38 @@ class MinibatchBuilder:
       hard = tf.zeros([b, 0], tf.int32)
       hard_mask = tf.zeros([b, 0], tf.float32)
 
-    targets = tf.concat([query, positive, negative, tf.reshape(hard, [-1])], axis=0)
+    # Pivots' neighbors, without the pair's own positive.
+    if bp:
+      pivot_nbr = tf.gather(c["pivot_neighbor_ids"], pivot)  # (Bp, Tp)
+      pivot_w = tf.gather(c["pivot_neighbor_weights"], pivot)  # (Bp, Tp)
+      if cfg.mask_pair_leakage:
+        pivot_w = tf.where(tf.equal(pivot_nbr, pivot_positive[:, None]), 0.0, pivot_w)
+    else:
+      pivot_nbr = tf.zeros([0, max(1, self._tables.num_pivot_neighbors)], tf.int32)
+      pivot_w = tf.zeros([0, max(1, self._tables.num_pivot_neighbors)], tf.float32)
+
+    targets = tf.concat([query, positive, pivot_positive, negative, tf.reshape(hard, [-1])],
+                        axis=0)
     nodes, target_pos = tf.unique(targets)  # level K
     sizes = self.level_sizes
     num_nodes = [tf.shape(nodes)[0]]
     hops = []
+    pivot_index = None
     for k in range(cfg.num_layers, 0, -1):
       count = tf.shape(nodes)[0]
       nbr = tf.gather(c["neighbor_ids"], nodes)  # (c_k, T)
       w = tf.gather(c["neighbor_weights"], nodes)  # (c_k, T)
+      parts = [nodes, tf.reshape(nbr, [-1])]
+      if k == cfg.num_layers:
+        if cfg.mask_pair_leakage and b:
+          w = _mask_pairs(nodes, nbr, w, query, positive, n)
+        parts.append(tf.reshape(pivot_nbr, [-1]))
       # The level's own nodes come first, so unique() keeps them at positions
       # 0..c_k-1 of level k-1 and self_index is the identity.
-      prev, idx = tf.unique(tf.concat([nodes, tf.reshape(nbr, [-1])], axis=0))
-      nbr_index = tf.reshape(idx[count:], [count, t])
+      prev, idx = tf.unique(tf.concat(parts, axis=0))
+      nbr_index = tf.reshape(idx[count:count + count * t], [count, t])
+      if k == cfg.num_layers:
+        pivot_index = tf.reshape(idx[count + count * t:], tf.shape(pivot_nbr))
       hops.append(minibatch.Hop(
           self_index=tf.range(sizes[k], dtype=tf.int32),
           neighbor_index=_pad_to(nbr_index, sizes[k]),
@@ -304,21 +409,69 @@ class MinibatchBuilder:
     level0 = _pad_to(nodes, sizes[0])
     inputs = gather_node_inputs(self._tables, level0, c)
     k_pos = target_pos
+    nn = cfg.num_negatives
     return minibatch.Minibatch(
         inputs=inputs,
         hops=tuple(hops),
         query=k_pos[:b],
         positive=k_pos[b:2 * b],
-        negative=k_pos[2 * b:2 * b + cfg.num_negatives],
-        hard_negative=tf.reshape(k_pos[2 * b + cfg.num_negatives:], [b, hmax]),
+        negative=k_pos[2 * b + bp:2 * b + bp + nn],
+        hard_negative=tf.reshape(k_pos[2 * b + bp + nn:], [b, hmax]),
         hard_mask=hard_mask,
         num_nodes=tf.stack(num_nodes),
+        pivot_positive=k_pos[2 * b:2 * b + bp],
+        pivot_neighbor_index=pivot_index,
+        pivot_neighbor_weight=pivot_w,
     )
+
+
+def _mask_pairs(nodes: tf.Tensor, nbr: tf.Tensor, w: tf.Tensor, query: tf.Tensor,
+                positive: tf.Tensor, num_items: int) -> tf.Tensor:
+  """`w` with slot (u, t) zeroed where (nodes[u], nbr[u, t]) is a pair of the batch
+  in either direction (int64 keys `a * N + b`, membership by binary search)."""
+  q = tf.cast(query, tf.int64)
+  p = tf.cast(positive, tf.int64)
+  keys = tf.sort(tf.concat([q * num_items + p, p * num_items + q], axis=0))
+  slots = tf.reshape(tf.cast(nodes, tf.int64)[:, None] * num_items
+                     + tf.cast(nbr, tf.int64), [-1])
+  pos = tf.searchsorted(keys, slots)
+  found = tf.gather(keys, tf.minimum(pos, tf.size(keys, out_type=pos.dtype) - 1)) == slots
+  return tf.where(tf.reshape(found, tf.shape(w)), 0.0, w)
+
+
+PairsLike = Union[positives_lib.EpochPairs, tuple]
+
+
+def as_epoch_pairs(pairs: PairsLike) -> positives_lib.EpochPairs:
+  """`EpochPairs` from itself or from a (query, positive) item-pair tuple."""
+  if isinstance(pairs, positives_lib.EpochPairs):
+    out = pairs
+  else:
+    query, positive = pairs
+    empty = np.zeros(0, np.int32)
+    out = positives_lib.EpochPairs(np.asarray(query, np.int32), np.asarray(positive, np.int32),
+                                   empty, empty)
+  for a, b, what in ((out.query, out.positive, "item"),
+                     (out.pivot, out.pivot_positive, "pivot")):
+    if np.shape(a) != np.shape(b) or np.ndim(a) != 1:
+      raise ValueError(f"{what} pairs must be two equal-length 1-D arrays.")
+  return out
+
+
+def steps_per_epoch(pairs: PairsLike, config: PipelineConfig) -> int:
+  """Global steps of one epoch: as many as the longer pair stream fills."""
+  pairs = as_epoch_pairs(pairs)
+  steps = 0
+  if config.batch_size:
+    steps = max(steps, pairs.query.shape[0] // config.batch_size)
+  if config.pivot_batch_size:
+    steps = max(steps, pairs.pivot.shape[0] // config.pivot_batch_size)
+  return steps
 
 
 def make_dataset(
     tables: SamplingTables,
-    pairs: tuple[np.ndarray, np.ndarray],
+    pairs: PairsLike,
     config: PipelineConfig,
     *,
     epoch: int = 1,
@@ -331,8 +484,10 @@ def make_dataset(
 
   Args:
     tables: per-item tables (`SamplingTables.build`).
-    pairs: (query int `[P]`, positive int `[P]`) training pairs.
-    config: pipeline config; `config.batch_size` is the global batch.
+    pairs: the epoch's `EpochPairs` (`positives.epoch_pairs`), or a
+      (query int `[P]`, positive int `[P]`) tuple of item pairs.
+    config: pipeline config; `config.batch_size` and
+      `config.pivot_batch_size` are global batch sizes.
     epoch: 1-based epoch; it keys the permutation, the shuffle order and the
       sampling seeds.
     num_hard_negatives: active hard negatives per query this epoch.
@@ -344,38 +499,59 @@ def make_dataset(
       keep their order and seeds.
 
   Returns:
-    A dataset of `Minibatch` with fixed shapes.
+    A dataset of `Minibatch` with fixed shapes; without `repeat`, one epoch
+    of `steps_per_epoch(pairs, config)` (per pipeline) batches.
   """
-  query, positive = (np.asarray(a, np.int32) for a in pairs)
-  if query.shape != positive.shape or query.ndim != 1:
-    raise ValueError("pairs must be two equal-length 1-D arrays (query, positive).")
-  num_pipelines, pipeline_id, replica_batch = 1, 0, config.batch_size
+  pairs = as_epoch_pairs(pairs)
+  num_pipelines, pipeline_id = 1, 0
+  replica_batch, replica_pivot_batch = config.batch_size, config.pivot_batch_size
   if input_context is not None:
     num_pipelines = input_context.num_input_pipelines
     pipeline_id = input_context.input_pipeline_id
     replica_batch = input_context.get_per_replica_batch_size(config.batch_size)
-  if query.shape[0] // num_pipelines < replica_batch:
-    raise ValueError(f"{query.shape[0]} pairs cannot fill one batch of {replica_batch} "
-                     f"per replica; lower batch_size.")
-  builder = MinibatchBuilder(tables, config, replica_batch, num_hard_negatives)
-  # The same permutation in every input pipeline, so their shards stay disjoint.
-  order = np.random.default_rng([config.seed, epoch, 0x5EED]).permutation(query.shape[0])
-  ds = tf.data.Dataset.from_tensor_slices((query[order], positive[order]))
-  if num_pipelines > 1:
-    ds = ds.shard(num_pipelines, pipeline_id)
-  ds = ds.shuffle(min(config.shuffle_buffer, query.shape[0]),
-                  seed=config.seed * 1_000_003 + epoch * 7919 + pipeline_id,
-                  reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  ds = ds.batch(replica_batch, drop_remainder=True).enumerate()
+    replica_pivot_batch = input_context.get_per_replica_batch_size(config.pivot_batch_size)
+  streams = []
+  num_batches = 0
+  for size, (first, second), tag, what in (
+      (replica_batch, (pairs.query, pairs.positive), 0x5EED, "item"),
+      (replica_pivot_batch, (pairs.pivot, pairs.pivot_positive), 0x9170, "pivot")):
+    if not size:
+      continue
+    count = first.shape[0]
+    if count // num_pipelines < size:
+      raise ValueError(f"{count} {what} pairs cannot fill one batch of {size} per replica; "
+                       f"lower the {what} batch size.")
+    num_batches = max(num_batches, count // num_pipelines // size)
+    # The same permutation in every input pipeline, so their shards stay disjoint.
+    order = np.random.default_rng([config.seed, epoch, tag]).permutation(count)
+    ds = tf.data.Dataset.from_tensor_slices((first[order], second[order]))
+    if num_pipelines > 1:
+      ds = ds.shard(num_pipelines, pipeline_id)
+    ds = ds.shuffle(min(config.shuffle_buffer, count),
+                    seed=config.seed * 1_000_003 + epoch * 7919 + pipeline_id + tag,
+                    reshuffle_each_iteration=True)
+    streams.append(ds.repeat().batch(size, drop_remainder=True))
+  builder = MinibatchBuilder(tables, config, replica_batch, num_hard_negatives,
+                             replica_pivot_batch)
+  ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams))
+  if not repeat:
+    ds = ds.take(num_batches)
+  ds = ds.enumerate()
   if skip_batches:
     ds = ds.skip(skip_batches)
   base = tf.constant([config.seed, epoch * 65_536 + pipeline_id], tf.int64)
+  empty = tf.zeros([0], tf.int32)
 
   def build(index, batch):
     seed = tf.stack([base[0] * 1_000_003 + index, base[1]])
-    return builder(seed, batch[0], batch[1])
+    if len(streams) == 2:
+      (query, positive), (pivot, pivot_positive) = batch
+    elif replica_batch:
+      (query, positive), pivot, pivot_positive = batch, empty, empty
+    else:
+      query = positive = empty
+      pivot, pivot_positive = batch
+    return builder(seed, query, positive, pivot, pivot_positive)
 
   ds = ds.map(build, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=config.deterministic)
@@ -383,7 +559,7 @@ def make_dataset(
 
 
 def make_distributed_dataset_fn(
-    tables: SamplingTables, pairs: tuple[np.ndarray, np.ndarray], config: PipelineConfig,
+    tables: SamplingTables, pairs: PairsLike, config: PipelineConfig,
     *, epoch: int = 1, num_hard_negatives: int = 0, repeat: bool = False,
     skip_batches: int = 0,
 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:

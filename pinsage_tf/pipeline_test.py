@@ -11,6 +11,7 @@ import tensorflow as tf
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import minibatch
 from pinsage_tf import pipeline
+from pinsage_tf import positives
 
 def _random_setup(num_items=200, num_pivots=60, t=4, pool=6, seed=0):
   rng = np.random.default_rng(seed)
@@ -230,3 +231,111 @@ def test_batches_mix_the_whole_epoch_not_a_window_of_the_stored_order():
     top = _levels(b)[-1]
     seen.extend(zip(top[b.query.numpy()], top[b.positive.numpy()]))
   assert sorted(seen) == sorted(zip(query.tolist(), positive.tolist()))
+
+
+def _pivot_setup(tp=3):
+  """`_random_setup` plus a pivot table: pivot p's neighbors are items 3p..3p+tp-1."""
+  g, ids, weights, hard = _random_setup()
+  pivot_ids = (3 * np.arange(g.num_pivots)[:, None] + np.arange(tp)[None, :]).astype(np.int32)
+  pivot_weights = np.full(pivot_ids.shape, 1.0 / tp, np.float32)
+  pivot_ids[4, 1:] = -1  # pivot 4 has one neighbor (12)
+  pivot_weights[4] = [1.0, 0.0, 0.0]
+  tables = pipeline.SamplingTables.build(g, ids, weights, hard_pool=hard,
+                                         pivot_neighbor_ids=pivot_ids,
+                                         pivot_neighbor_weights=pivot_weights)
+  return g, ids, weights, tables, pivot_ids, pivot_weights
+
+
+class TestLeakageMask:
+
+  def _tables(self):
+    g, ids, weights, hard = _random_setup()
+    ids[20] = [21, 22, 23, 24]   # 20's neighbors hold its positive 21
+    ids[21] = [25, 20, 26, 27]   # and 21's hold its query 20
+    weights[20] = weights[21] = 0.25
+    return pipeline.SamplingTables.build(g, ids, weights, hard_pool=hard), ids
+
+  @pytest.mark.parametrize("mask", [True, False])
+  def test_pair_items_leave_each_others_last_hop(self, mask):
+    tables, ids = self._tables()
+    cfg = pipeline.PipelineConfig(batch_size=2, num_negatives=3, mask_pair_leakage=mask)
+    builder = pipeline.MinibatchBuilder(tables, cfg, 2)
+    batch = builder(tf.constant([1, 2], tf.int64), tf.constant([20, 30], tf.int32),
+                    tf.constant([21, 31], tf.int32))
+    levels = _levels(batch)
+    top, below = levels[-1], levels[-2]
+    last = batch.hops[-1]
+    for item, partner in ((20, 21), (21, 20)):
+      row = list(top).index(item)
+      items = below[last.neighbor_index.numpy()[row]]
+      w = last.neighbor_weight.numpy()[row]
+      np.testing.assert_array_equal(items, ids[item])
+      expected = [0.0 if (mask and n == partner) else 0.25 for n in ids[item]]
+      np.testing.assert_allclose(w, expected)
+    # The first hop (level 0 -> 1) keeps its full rows: only the last hop is masked.
+    first = batch.hops[0]
+    row = list(levels[1]).index(20)
+    np.testing.assert_allclose(first.neighbor_weight.numpy()[row], 0.25)
+
+
+class TestPivotPairs:
+
+  def test_pivots_neighbors_and_positives(self):
+    g, ids, weights, tables, pivot_ids, pivot_weights = _pivot_setup()
+    cfg = pipeline.PipelineConfig(batch_size=2, pivot_batch_size=3, num_negatives=4)
+    builder = pipeline.MinibatchBuilder(tables, cfg, 2, replica_pivot_batch_size=3)
+    pivot, pivot_positive = [1, 4, 7], [4, 50, 22]   # pivot 1 = {3, 4, 5}: 4 is masked
+    batch = builder(tf.constant([5, 6], tf.int64), tf.constant([100, 101], tf.int32),
+                    tf.constant([102, 103], tf.int32), tf.constant(pivot, tf.int32),
+                    tf.constant(pivot_positive, tf.int32))
+    levels = _levels(batch)
+    np.testing.assert_array_equal(levels[-1][batch.pivot_positive.numpy()], pivot_positive)
+    np.testing.assert_array_equal(minibatch.target_items(batch, batch.pivot_positive),
+                                  pivot_positive)
+    nbr_items = levels[-2][batch.pivot_neighbor_index.numpy()]
+    w = batch.pivot_neighbor_weight.numpy()
+    np.testing.assert_array_equal(nbr_items[0], [3, 4, 5])
+    np.testing.assert_allclose(w[0], [1 / 3, 0.0, 1 / 3], rtol=1e-6)  # the positive is out
+    # Pivot 4 has one neighbor; padding repeats it with weight 0.
+    np.testing.assert_array_equal(nbr_items[1], [12, 12, 12])
+    np.testing.assert_allclose(w[1], [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(nbr_items[2], [21, 22, 23])
+    np.testing.assert_allclose(w[2], [1 / 3, 0.0, 1 / 3], rtol=1e-6)
+    # Shapes: targets 2*2 + 3 + 4 = 11; level 1 = 11*5 + 3*3 = 64; level 0 = 200.
+    assert [h.neighbor_index.shape[0] for h in batch.hops] == [64, 11]
+    assert batch.pivot_neighbor_index.shape == (3, 3)
+
+  def test_rejects_pivot_pairs_without_a_pivot_table(self):
+    g, ids, weights, hard = _random_setup()
+    tables = pipeline.SamplingTables.build(g, ids, weights)
+    cfg = pipeline.PipelineConfig(batch_size=0, pivot_batch_size=2)
+    with pytest.raises(ValueError, match="pivot neighborhoods"):
+      pipeline.MinibatchBuilder(tables, cfg, 0, replica_pivot_batch_size=2)
+    with pytest.raises(ValueError, match="not both 0"):
+      pipeline.PipelineConfig(batch_size=0, pivot_batch_size=0)
+    with pytest.raises(ValueError, match="pivot_neighbor_ids must have shape"):
+      pipeline.SamplingTables.build(g, ids, weights, pivot_neighbor_ids=np.zeros((3, 2)),
+                                    pivot_neighbor_weights=np.zeros((3, 2)))
+
+  @pytest.mark.parametrize("item_batch", [0, 16])
+  def test_dataset_zips_the_streams_and_the_longer_sets_the_epoch(self, item_batch):
+    g, ids, weights, tables, *_ = _pivot_setup()
+    rng = np.random.default_rng(0)
+    pairs = positives.EpochPairs(
+        query=rng.integers(0, 200, 64).astype(np.int32),
+        positive=rng.integers(0, 200, 64).astype(np.int32),
+        pivot=rng.integers(0, 60, 160).astype(np.int32),
+        pivot_positive=rng.integers(0, 200, 160).astype(np.int32))
+    cfg = pipeline.PipelineConfig(batch_size=item_batch, pivot_batch_size=32, num_negatives=4,
+                                  deterministic=True)
+    # Pivot stream: 160 / 32 = 5 batches; item stream 64 / 16 = 4 (it repeats).
+    assert pipeline.steps_per_epoch(pairs, cfg) == 5
+    batches = list(pipeline.make_dataset(tables, pairs, cfg))
+    assert len(batches) == 5
+    seen = []
+    for batch in batches:
+      top = _levels(batch)[-1]
+      assert batch.query.shape == (item_batch,)
+      seen.extend(top[batch.pivot_positive.numpy()].tolist())
+    # Every pivot pair once per epoch.
+    assert sorted(seen) == sorted(pairs.pivot_positive.tolist())

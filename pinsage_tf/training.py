@@ -12,9 +12,13 @@ Contract, in the style of TF Model Garden's trainer (config / task / loop):
   `strategy.scope()`, and runs the epochs:
   - epoch n (1-based) uses n-1 hard negatives per query, capped by
     `pipeline.max_hard_negatives` (the paper's curriculum);
+  - each epoch trains on `positives.epoch_pairs` (item pairs and, with
+    `pipeline.pivot_batch_size`, pivot pairs: the pivot -> item objective);
   - the loss is the max-margin ranking loss (or sampled softmax), summed over
     a replica's queries and divided by the GLOBAL batch size, so gradients
-    all-reduced over replicas equal those of the global mean;
+    all-reduced over replicas equal those of the global mean; the pivot
+    pairs' loss (same form, the pivot as the query; no hard negatives) is
+    added with weight `train.pivot_loss_weight`;
   - checkpoints (model, optimizer, epoch) every `checkpoint_every_steps` and
     at each epoch end; re-running resumes from the latest one at the same
     step, optimizer state and curriculum epoch (the batches of a resumed
@@ -24,7 +28,9 @@ Contract, in the style of TF Model Garden's trainer (config / task / loop):
     right after that step, before anything is saved: on disk the last good
     checkpoint is kept (the in-memory model is discarded);
   - TensorBoard summaries in `model_dir/train`: loss, learning rate,
-    examples/s, gradient norm, validation hit-rate@10 per epoch;
+    examples/s, gradient norm, and per epoch the validation metric of the
+    graph's primary protocol (`validation_metric`: item hit-rate@10, or user
+    Recall@20 from the pivot embeddings when the model learns pivots);
   - at the end the trained weights are saved with `model.save_model` into
     `model_dir/model` (atomically).
 """
@@ -53,6 +59,7 @@ from pinsage_tf import minibatch
 from pinsage_tf import model as model_lib
 from pinsage_tf import neighborhoods as nb_lib
 from pinsage_tf import pipeline
+from pinsage_tf import positives as positives_lib
 from pinsage_tf import schedules
 
 EXPERIMENT_FILE = "experiment.json"
@@ -87,6 +94,8 @@ class TrainConfig:
     logq_correction: sampled softmax only: subtract from each shared and
       in-batch negative's logit the log of its expected count in the batch
       (`candidate_log_counts`), so the loss approximates the full softmax.
+    pivot_loss_weight: weight of the pivot pairs' loss next to the item
+      pairs' (only with `pipeline.pivot_batch_size` > 0).
     checkpoint_every_steps: also checkpoint every this many steps.
     keep_checkpoints: checkpoints kept on disk.
     validation_queries: validation pairs (seeded subsample) scored for
@@ -106,6 +115,7 @@ class TrainConfig:
   clip_norm: float | None = 10.0
   in_batch_negatives: bool = False
   logq_correction: bool = False
+  pivot_loss_weight: float = 1.0
   checkpoint_every_steps: int = 500
   keep_checkpoints: int = 3
   validation_queries: int = 2000
@@ -124,6 +134,9 @@ class TrainConfig:
     for name in ("in_batch_negatives", "logq_correction"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"TrainConfig.{name} must be a bool, got {getattr(self, name)!r}.")
+    if not self.pivot_loss_weight >= 0:
+      raise ValueError(f"TrainConfig.pivot_loss_weight must be >= 0, got "
+                       f"{self.pivot_loss_weight!r}.")
     if self.logq_correction and self.loss != "sampled_softmax":
       raise ValueError("TrainConfig.logq_correction applies to loss='sampled_softmax' only, "
                        f"not {self.loss!r}.")
@@ -135,8 +148,12 @@ class ExperimentConfig:
 
   neighborhoods: nb_lib.NeighborhoodConfig = dataclasses.field(
       default_factory=nb_lib.NeighborhoodConfig)
+  pivot_neighborhoods: nb_lib.NeighborhoodConfig = dataclasses.field(
+      default_factory=lambda: nb_lib.NeighborhoodConfig(num_neighbors=32, max_hops=1))
   hard_negatives: hard_lib.HardNegativeConfig = dataclasses.field(
       default_factory=hard_lib.HardNegativeConfig)
+  positives: positives_lib.PositivesConfig = dataclasses.field(
+      default_factory=positives_lib.PositivesConfig)
   pipeline: pipeline.PipelineConfig = dataclasses.field(default_factory=pipeline.PipelineConfig)
   model: model_lib.PinSageConfig = dataclasses.field(default_factory=model_lib.PinSageConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -148,11 +165,23 @@ class ExperimentConfig:
       raise ValueError(
           f"model.num_layers={self.model.num_layers} differs from pipeline.num_layers="
           f"{self.pipeline.num_layers}; set both from one flag.")
+    if bool(self.pipeline.pivot_batch_size) != self.positives.pivot_pairs:
+      raise ValueError(
+          f"pipeline.pivot_batch_size={self.pipeline.pivot_batch_size} but positives."
+          f"pivot_pairs={self.positives.pivot_pairs}: the pivot objective needs both (a batch "
+          "size > 0 and pivot pairs), or neither.")
+
+  @property
+  def learns_pivots(self) -> bool:
+    """Whether training has the pivot -> item objective."""
+    return self.pipeline.pivot_batch_size > 0
 
   def to_dict(self) -> dict[str, Any]:
     return {
         "neighborhoods": self.neighborhoods.to_json(),
+        "pivot_neighborhoods": self.pivot_neighborhoods.to_json(),
         "hard_negatives": self.hard_negatives.to_json(),
+        "positives": dataclasses.asdict(self.positives),
         "pipeline": dataclasses.asdict(self.pipeline),
         "model": self.model.to_dict(),
         "train": dataclasses.asdict(self.train),
@@ -167,9 +196,14 @@ class ExperimentConfig:
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f"ExperimentConfig: unknown keys {unknown}.")
+    pivot_nb = values.get("pivot_neighborhoods")
     return cls(
         neighborhoods=nb_lib.NeighborhoodConfig(**values.get("neighborhoods", {})),
+        # Partial pivot settings override this class's pivot defaults.
+        pivot_neighborhoods=nb_lib.NeighborhoodConfig(
+            **{**cls().pivot_neighborhoods.to_json(), **(pivot_nb or {})}),
         hard_negatives=hard_lib.HardNegativeConfig(**values.get("hard_negatives", {})),
+        positives=positives_lib.PositivesConfig(**values.get("positives", {})),
         pipeline=pipeline.PipelineConfig(**values.get("pipeline", {})),
         model=model_lib.PinSageConfig.from_dict(values.get("model", {})),
         train=TrainConfig(**values.get("train", {})),
@@ -198,6 +232,7 @@ class TrainingInputs:
   neighborhoods: nb_lib.Neighborhoods
   hard_negatives: hard_lib.HardNegatives | None
   tables: pipeline.SamplingTables
+  pivot_neighborhoods: nb_lib.Neighborhoods | None = None
 
 
 def prepare_inputs(graph_dir: str, config: ExperimentConfig,
@@ -206,7 +241,8 @@ def prepare_inputs(graph_dir: str, config: ExperimentConfig,
   """Loads the graph and loads (or computes and caches) its sampling tables.
 
   `hard_negatives=False` skips the hard-negative pools (inference needs only
-  the neighborhood table).
+  the neighborhood tables). The pivot table is loaded when the experiment
+  learns pivots.
   """
   graph = graph_lib.load_graph(graph_dir)
   if config.model.encoder.num_items not in (0, graph.num_items):
@@ -216,6 +252,10 @@ def prepare_inputs(graph_dir: str, config: ExperimentConfig,
       lambda name: None)
   nb = nb_lib.load_or_compute_neighborhoods(graph_dir, graph, config.neighborhoods,
                                             progress=report("neighborhoods"))
+  pivot_nb = None
+  if config.learns_pivots:
+    pivot_nb = nb_lib.load_or_compute_pivot_neighborhoods(
+        graph_dir, graph, config.pivot_neighborhoods, progress=report("pivot neighborhoods"))
   hard = None
   if hard_negatives and config.pipeline.max_hard_negatives > 0:
     hard = hard_lib.load_or_compute_hard_negatives(graph_dir, graph, config.hard_negatives,
@@ -223,8 +263,10 @@ def prepare_inputs(graph_dir: str, config: ExperimentConfig,
   tables = pipeline.SamplingTables.build(
       graph, np.asarray(nb.ids), np.asarray(nb.weights),
       hard_pool=None if hard is None else np.asarray(hard.pool),
-      max_sparse_length=config.pipeline.max_sparse_length)
-  return TrainingInputs(graph, nb, hard, tables)
+      max_sparse_length=config.pipeline.max_sparse_length,
+      pivot_neighbor_ids=None if pivot_nb is None else np.asarray(pivot_nb.ids),
+      pivot_neighbor_weights=None if pivot_nb is None else np.asarray(pivot_nb.weights))
+  return TrainingInputs(graph, nb, hard, tables, pivot_nb)
 
 
 def resolve_model_config(config: ExperimentConfig, graph: graph_lib.Graph) -> ExperimentConfig:
@@ -236,24 +278,42 @@ def resolve_model_config(config: ExperimentConfig, graph: graph_lib.Graph) -> Ex
   return dataclasses.replace(config, model=dataclasses.replace(config.model, encoder=encoder))
 
 
-def validation_hit_rate(model: model_lib.PinSageModel, inputs: TrainingInputs,
-                        max_queries: int, k: int = 10,
-                        runner: inference.LayerwiseInference | None = None) -> float | None:
-  """Hit-rate@k on (a seeded subsample of) the validation pairs, or None.
+def validation_metric(model: model_lib.PinSageModel, inputs: TrainingInputs,
+                      max_queries: int,
+                      runner: inference.LayerwiseInference | None = None
+                      ) -> tuple[str, float] | None:
+  """(name, value) of the per-epoch validation metric, or None without validation data.
 
-  `runner` (for `model` and `inputs.tables`) is re-used across calls, so
-  per-epoch validation traces its functions once.
+  The graph's primary protocol decides (`evaluation.resolve_protocol`):
+  item hit-rate@10 on (a seeded subsample of) the validation pairs, or user
+  Recall@20 on (a subsample of) the validation users -- scored by the pivot
+  embeddings when the model learns pivots (`inputs.pivot_neighborhoods`),
+  else by the mean over the user's graph items. `runner` (for `model` and
+  `inputs.tables`) is re-used across calls, so its functions trace once.
   """
   graph = inputs.graph
-  split = "validation"
-  if max_queries <= 0 or graph.pairs.count(graph_lib.Split.VALIDATION) == 0:
+  if max_queries <= 0:
+    return None
+  try:
+    protocol = evaluation.resolve_protocol(graph, "auto", "validation")
+  except ValueError:
     return None
   runner = runner or inference.LayerwiseInference(model, inputs.tables)
   embeddings, bias = runner.outputs()
-  result = evaluation.evaluate(
-      graph, baselines.EmbeddingScorer(embeddings, name="pinsage", bias=bias),
-      evaluation.EvalConfig(protocol="item", split=split, ks=(k,), max_queries=max_queries))
-  return float(result["metrics"][f"hit_rate@{k}"])
+  config = evaluation.EvalConfig(protocol=protocol, split="validation", ks=(10,),
+                                 user_ks=(20,), max_queries=max_queries)
+  if protocol == "item":
+    scorer = baselines.EmbeddingScorer(embeddings, name="pinsage", bias=bias)
+    result = evaluation.evaluate(graph, scorer, config)
+    return "hit_rate@10", float(result["metrics"]["hit_rate@10"])
+  if inputs.pivot_neighborhoods is not None:
+    pivots = runner.pivot_embeddings(np.asarray(inputs.pivot_neighborhoods.ids),
+                                     np.asarray(inputs.pivot_neighborhoods.weights))
+    scorer = baselines.PivotScorer(embeddings, pivots, name="pinsage_pivots", bias=bias)
+  else:
+    scorer = baselines.EmbeddingScorer(embeddings, name="pinsage", bias=bias)
+  result = evaluation.evaluate(graph, scorer, config)
+  return "recall@20", float(result["metrics"]["recall@20"])
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -273,14 +333,17 @@ def _worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
 
 
 def candidate_log_counts(tables: pipeline.SamplingTables, train_positive: np.ndarray,
-                         config: ExperimentConfig, num_replicas: int) -> np.ndarray:
+                         config: ExperimentConfig, num_replicas: int,
+                         batch_size: int | None = None) -> np.ndarray:
   """float32 `[N]`: log of each item's expected count among a replica batch's negatives.
 
   The shared negatives contribute `Nn * p(i)` (`p` uniform or the "degree"
   distribution of `tables.negative_logits`); with `in_batch_negatives` the
-  batch's `B` positives add `B * f(i)`, `f` the item's share of the training
-  pairs' positives. An item that can be neither (f = 0 and p = 0) gets a
-  large finite value; it is never a candidate anyway.
+  batch's `B` positives add `B * f(i)`, `f` the item's share of
+  `train_positive` (the positives of the objective: item pairs' or pivot
+  pairs'; `batch_size` its global batch, default `pipeline.batch_size`). An
+  item that can be neither (f = 0 and p = 0) gets a large finite value; it
+  is never a candidate anyway.
   """
   pc = config.pipeline
   n = tables.num_items
@@ -292,55 +355,85 @@ def candidate_log_counts(tables: pipeline.SamplingTables, train_positive: np.nda
   if config.train.in_batch_negatives:
     train_positive = np.asarray(train_positive)
     freq = np.bincount(train_positive, minlength=n) / max(1, train_positive.shape[0])
-    count = count + (pc.batch_size // num_replicas) * freq
+    batch = pc.batch_size if batch_size is None else batch_size
+    count = count + (batch // num_replicas) * freq
   return np.log(np.maximum(count, 1e-30)).astype(np.float32)
 
 
+def _objective_loss(tc: TrainConfig, z_query, z_positive, z_negative, neg_mask, bias,
+                    correction, z_hard=None, hard_mask=None):
+  """Per-example loss `[B]` of one objective under `tc.loss`."""
+  if tc.loss == "max_margin":
+    return losses.max_margin_loss(z_query, z_positive, z_negative, z_hard, hard_mask, neg_mask,
+                                  margin=tc.margin, bias=bias)
+  return losses.sampled_softmax_loss(z_query, z_positive, z_negative, z_hard, hard_mask,
+                                     neg_mask, temperature=tc.temperature, bias=bias,
+                                     negative_log_count=correction)
+
+
 def build_train_step(model, optimizer, strategy, config: ExperimentConfig,
-                     log_counts: np.ndarray | None = None):
+                     log_counts: np.ndarray | None = None,
+                     pivot_log_counts: np.ndarray | None = None):
   """A `tf.function` running one synchronous step over all replicas.
 
   Args:
-    log_counts: `candidate_log_counts(...)`; required when
-      `config.train.logq_correction` is on, ignored otherwise.
+    log_counts: `candidate_log_counts(...)` of the item pairs; required
+      when `config.train.logq_correction` is on (and there are item pairs),
+      ignored otherwise.
+    pivot_log_counts: the same for the pivot pairs' positives.
 
   Returns:
     step(distributed_batch) -> (loss, grad_norm) scalars, summed over replicas
     (the loss of the global batch).
   """
-  tc = config.train
-  global_batch = config.pipeline.batch_size
+  tc, pc = config.train, config.pipeline
+  corrections = {}
   if tc.logq_correction:
-    if log_counts is None:
-      raise ValueError("logq_correction needs log_counts (candidate_log_counts).")
-    log_counts = tf.constant(log_counts, tf.float32)
+    for name, counts, size in (("item", log_counts, pc.batch_size),
+                               ("pivot", pivot_log_counts, pc.pivot_batch_size)):
+      if size:
+        if counts is None:
+          raise ValueError(f"logq_correction needs the {name} pairs' log counts "
+                           "(candidate_log_counts).")
+        corrections[name] = tf.constant(counts, tf.float32)
+
+  def candidates(batch, z, b, positive, query=None):
+    """Shared (+ in-batch) negatives of one objective: positions, mask, z, bias."""
+    negative = batch.negative
+    neg_mask = losses.shared_negative_mask(query, positive, negative)
+    if tc.in_batch_negatives:
+      negative = tf.concat([negative, positive], axis=0)
+      neg_mask = tf.concat([neg_mask, losses.shared_negative_mask(query, positive, positive)],
+                           axis=1)
+    return negative, neg_mask, tf.gather(z, negative), None if b is None else tf.gather(
+        b, negative)
 
   def replica_step(batch):
     with tf.GradientTape() as tape:
-      z, b = model.embed_with_bias(batch, training=True)
-      negative = batch.negative
-      neg_mask = losses.shared_negative_mask(batch.query, batch.positive, negative)
-      if tc.in_batch_negatives:
-        negative = tf.concat([negative, batch.positive], axis=0)
-        neg_mask = tf.concat(
-            [neg_mask, losses.shared_negative_mask(batch.query, batch.positive, batch.positive)],
-            axis=1)
-      z_q, z_p = tf.gather(z, batch.query), tf.gather(z, batch.positive)
-      z_n, z_h = tf.gather(z, negative), tf.gather(z, batch.hard_negative)
-      bias = None if b is None else losses.CandidateBias(
-          tf.gather(b, batch.positive), tf.gather(b, negative),
-          tf.gather(b, batch.hard_negative))
-      if tc.loss == "max_margin":
-        per_example = losses.max_margin_loss(z_q, z_p, z_n, z_h, batch.hard_mask, neg_mask,
-                                             margin=tc.margin, bias=bias)
-      else:
+      z, b, z_pivot = model.embed_batch(batch, training=True)
+      loss = tf.constant(0.0)
+      if pc.batch_size:
+        negative, neg_mask, z_n, b_n = candidates(batch, z, b, batch.positive, batch.query)
+        bias = None if b is None else losses.CandidateBias(
+            tf.gather(b, batch.positive), b_n, tf.gather(b, batch.hard_negative))
         correction = None
-        if tc.logq_correction:
-          correction = tf.gather(log_counts, minibatch.target_items(batch, negative))
-        per_example = losses.sampled_softmax_loss(z_q, z_p, z_n, z_h, batch.hard_mask, neg_mask,
-                                                  temperature=tc.temperature, bias=bias,
-                                                  negative_log_count=correction)
-      loss = losses.average_loss(per_example, global_batch_size=global_batch)
+        if "item" in corrections:
+          correction = tf.gather(corrections["item"], minibatch.target_items(batch, negative))
+        per_example = _objective_loss(
+            tc, tf.gather(z, batch.query), tf.gather(z, batch.positive), z_n, neg_mask, bias,
+            correction, tf.gather(z, batch.hard_negative), batch.hard_mask)
+        loss += losses.average_loss(per_example, global_batch_size=pc.batch_size)
+      if pc.pivot_batch_size:
+        positive = batch.pivot_positive
+        negative, neg_mask, z_n, b_n = candidates(batch, z, b, positive)
+        bias = None if b is None else losses.CandidateBias(tf.gather(b, positive), b_n)
+        correction = None
+        if "pivot" in corrections:
+          correction = tf.gather(corrections["pivot"], minibatch.target_items(batch, negative))
+        per_example = _objective_loss(tc, z_pivot, tf.gather(z, positive), z_n, neg_mask, bias,
+                                      correction)
+        loss += tc.pivot_loss_weight * losses.average_loss(
+            per_example, global_batch_size=pc.pivot_batch_size)
     variables = model.trainable_variables
     grads = tape.gradient(loss, variables)
     grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
@@ -373,7 +466,8 @@ class TrainResult:
   steps: int
   epochs: int
   final_loss: float
-  validation_hit_rate: dict[int, float]
+  validation_metric: str | None
+  validation: dict[int, float]
   examples_per_second: float
   wall_time_s: float
 
@@ -404,12 +498,13 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
   if _is_chief(strategy):
     config.save(model_dir)
   pc, tc = config.pipeline, config.train
-  train_pairs = inputs.graph.pairs.of(graph_lib.Split.TRAIN)
-  steps_per_epoch = tc.steps_per_epoch or train_pairs[0].shape[0] // pc.batch_size
+  first_pairs = positives_lib.epoch_pairs(inputs.graph, config.positives, 1)
+  steps_per_epoch = tc.steps_per_epoch or pipeline.steps_per_epoch(first_pairs, pc)
   if steps_per_epoch < 1:
-    raise ValueError(f"{train_pairs[0].shape[0]} training pairs do not fill one batch of "
-                     f"{pc.batch_size}; lower --batch_size.")
-  total_steps = steps_per_epoch * tc.epochs
+    raise ValueError(f"{first_pairs.query.shape[0]} item pairs / {first_pairs.pivot.shape[0]} "
+                     f"pivot pairs do not fill one batch of {pc.batch_size} / "
+                     f"{pc.pivot_batch_size}; lower the batch size.")
+  examples_per_step = pc.batch_size + pc.pivot_batch_size
 
   with strategy.scope():
     model = model_lib.PinSageModel(config.model)
@@ -428,15 +523,18 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
     checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     logging.info("Resumed from %s at step %d, epoch %d", manager.latest_checkpoint,
                  int(optimizer.iterations.numpy()), int(epoch_var.numpy()))
-  log_counts = None
+  log_counts = pivot_log_counts = None
   if tc.logq_correction:
-    log_counts = candidate_log_counts(inputs.tables, train_pairs[1], config,
-                                      strategy.num_replicas_in_sync)
-  step_fn = build_train_step(model, optimizer, strategy, config, log_counts)
+    replicas = strategy.num_replicas_in_sync
+    log_counts = candidate_log_counts(inputs.tables, first_pairs.positive, config, replicas)
+    pivot_log_counts = candidate_log_counts(inputs.tables, first_pairs.pivot_positive, config,
+                                            replicas, batch_size=pc.pivot_batch_size)
+  step_fn = build_train_step(model, optimizer, strategy, config, log_counts, pivot_log_counts)
   writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
             if _is_chief(strategy) else tf.summary.create_noop_writer())
 
   val_history: dict[int, float] = {}
+  val_name = None
   loss_value = float("nan")
   examples, train_time = 0, 0.0
   # Per-epoch validation embeds every item: its functions are traced once.
@@ -447,9 +545,11 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
     step = int(optimizer.iterations.numpy())
     done_in_epoch = step - (epoch - 1) * steps_per_epoch
     num_hard = hard_lib.num_hard_negatives_for_epoch(epoch, pc.max_hard_negatives)
+    pairs = (first_pairs if epoch == 1 else
+             positives_lib.epoch_pairs(inputs.graph, config.positives, epoch))
     dataset = strategy.distribute_datasets_from_function(
         pipeline.make_distributed_dataset_fn(
-            inputs.tables, train_pairs, pc, epoch=epoch, num_hard_negatives=num_hard,
+            inputs.tables, pairs, pc, epoch=epoch, num_hard_negatives=num_hard,
             repeat=True, skip_batches=done_in_epoch))
     bar = tf.keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0,
                                  stateful_metrics=["loss", "grad_norm", "lr", "ex/s"],
@@ -466,7 +566,7 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
             f"loss={loss_value} grad_norm={norm_value} at step {step} (epoch {epoch}); "
             f"training stopped without saving, the last good checkpoint "
             f"({manager.latest_checkpoint}) is kept. Lower --learning_rate or set --clip_norm.")
-      window_examples += pc.batch_size
+      window_examples += examples_per_step
       if step % tc.log_every_steps == 0 or i + 1 == steps_per_epoch:
         elapsed = time.perf_counter() - window_start
         rate = window_examples / max(elapsed, 1e-9)
@@ -485,20 +585,21 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
         manager.save(checkpoint_number=step)
     epoch_var.assign(epoch + 1)
     manager.save(checkpoint_number=step)
-    hit = validation_hit_rate(model, inputs, tc.validation_queries, runner=runner)
-    if hit is not None:
-      val_history[epoch] = hit
+    validation = validation_metric(model, inputs, tc.validation_queries, runner=runner)
+    if validation is not None:
+      val_name, val_history[epoch] = validation
       with writer.as_default(step=step):
-        tf.summary.scalar("validation/hit_rate@10", hit)
+        tf.summary.scalar(f"validation/{val_name}", validation[1])
     if verbose:
-      logging.info("epoch %d/%d: step %d loss %.4f validation hit_rate@10 %s (hard negatives %d)",
+      logging.info("epoch %d/%d: step %d loss %.4f validation %s (hard negatives %d)",
                    epoch, tc.epochs, step, loss_value,
-                   "n/a" if hit is None else f"{hit:.4f}", num_hard)
+                   "n/a" if validation is None else f"{validation[0]} {validation[1]:.4f}",
+                   num_hard)
   writer.flush()
   if _is_chief(strategy):
     model_lib.save_model(model, os.path.join(model_dir, MODEL_DIR), overwrite=True)
   return TrainResult(
       steps=int(optimizer.iterations.numpy()), epochs=tc.epochs, final_loss=loss_value,
-      validation_hit_rate=val_history,
+      validation_metric=val_name, validation=val_history,
       examples_per_second=examples / train_time if train_time else 0.0,
       wall_time_s=time.perf_counter() - started)

@@ -59,7 +59,7 @@ def test_train_checkpoints_and_resumes(small_graph_dir, tmp_path):
   model_dir = str(tmp_path / "m")
   result = training.train(small_graph_dir, model_dir, _small_config(), strategy, verbose=False)
   assert result.steps == 5
-  assert 0.0 <= result.validation_hit_rate[1] <= 1.0
+  assert 0.0 <= result.validation[1] <= 1.0
   assert os.path.isfile(os.path.join(model_dir, training.EXPERIMENT_FILE))
   saved = training.ExperimentConfig.load(model_dir)
   assert saved.model.encoder.num_items == 400  # schema filled from the graph
@@ -71,7 +71,7 @@ def test_train_checkpoints_and_resumes(small_graph_dir, tmp_path):
   more = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=2))
   result2 = training.train(small_graph_dir, model_dir, more, strategy, verbose=False)
   assert result2.steps == 10
-  assert sorted(result2.validation_hit_rate) == [2]
+  assert sorted(result2.validation) == [2]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_graph_dir, tmp_path,
@@ -286,3 +286,64 @@ def test_training_beats_popularity_on_synthetic(tmp_path):
   ours_hr = ours["metrics"]["hit_rate@10"]
   pop_hr = popular["metrics"]["hit_rate@10"]
   assert ours_hr > 2 * pop_hr, (ours_hr, pop_hr)
+
+
+def test_pivot_pairs_enter_the_train_step_loss(small_graph_dir):
+  """With item and pivot pairs, the step's loss is the item pairs' sampled
+  softmax plus w * the pivot pairs' one (pivot = query, no hard negatives),
+  written out by hand from the model's outputs."""
+  from pinsage_tf import neighborhoods as nb_lib
+  from pinsage_tf import positives as positives_lib
+  graph = graph_lib.load_graph(small_graph_dir)
+  nb = nb_lib.compute_neighborhoods(graph, nb_lib.NeighborhoodConfig(num_walks=20))
+  pnb = nb_lib.compute_pivot_neighborhoods(graph, nb_lib.NeighborhoodConfig(
+      num_neighbors=6, num_walks=20, max_hops=1))
+  tables = pipeline.SamplingTables.build(graph, nb.ids, nb.weights, pivot_neighbor_ids=pnb.ids,
+                                         pivot_neighbor_weights=pnb.weights)
+  cfg = pipeline.PipelineConfig(batch_size=6, pivot_batch_size=5, num_negatives=7)
+  config = training.ExperimentConfig(
+      pipeline=cfg, positives=positives_lib.PositivesConfig(pivot_pairs=True),
+      model=model_lib.PinSageConfig(hidden_dim=16, embedding_dim=8, item_bias=True,
+                                    encoder=model_lib.EncoderConfig.from_graph(graph)),
+      train=training.TrainConfig(loss="sampled_softmax", temperature=0.5,
+                                 pivot_loss_weight=0.7))
+  pairs = positives_lib.epoch_pairs(graph, config.positives, 1)
+  batch = next(iter(pipeline.make_dataset(tables, pairs, cfg)))
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  with strategy.scope():
+    tf.keras.utils.set_random_seed(6)
+    model = model_lib.PinSageModel(config.model)
+    model_lib.build_variables(model)
+    model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
+    optimizer = tf.keras.optimizers.SGD(0.0)
+    optimizer.build(model.trainable_variables)
+  z, b, zp = (t.numpy() for t in model.embed_batch(batch, training=True))
+  neg = batch.negative.numpy()
+
+  def softmax_loss(query_vec, pos, excluded):
+    logits = [(query_vec @ z[pos] + b[pos]) / 0.5]
+    logits += [(query_vec @ z[c] + b[c]) / 0.5 for c in neg if c not in excluded]
+    logits = np.array(logits, np.float64)
+    return np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[0]
+
+  q, p = batch.query.numpy(), batch.positive.numpy()
+  item_loss = np.mean([softmax_loss(z[q[i]], p[i], {q[i], p[i]}) for i in range(6)])
+  pp = batch.pivot_positive.numpy()
+  pivot_loss = np.mean([softmax_loss(zp[i], pp[i], {pp[i]}) for i in range(5)])
+  loss, _ = training.build_train_step(model, optimizer, strategy, config)(batch)
+  assert float(loss) == pytest.approx(item_loss + 0.7 * pivot_loss, rel=1e-4)
+
+
+def test_pivot_objective_config_must_agree():
+  from pinsage_tf import positives as positives_lib
+  with pytest.raises(ValueError, match="pivot objective"):
+    training.ExperimentConfig(pipeline=pipeline.PipelineConfig(pivot_batch_size=8))
+  config = training.ExperimentConfig(
+      pipeline=pipeline.PipelineConfig(pivot_batch_size=8),
+      positives=positives_lib.PositivesConfig(pivot_pairs=True, item_pairs="walks"))
+  assert config.learns_pivots
+  assert training.ExperimentConfig.from_dict(config.to_dict()) == config
+  # Partial pivot settings keep the pivot defaults for the rest.
+  partial = training.ExperimentConfig.from_dict({"pivot_neighborhoods": {"num_neighbors": 8}})
+  assert partial.pivot_neighborhoods.num_neighbors == 8
+  assert partial.pivot_neighborhoods.max_hops == training.ExperimentConfig().pivot_neighborhoods.max_hops

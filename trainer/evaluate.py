@@ -10,8 +10,14 @@ r"""Offline evaluation CLI: learned embeddings and baselines, exact by default.
 Methods are embedding directories (`--embeddings_dir` is the method
 "pinsage"; `--embeddings=name=DIR,...` adds named ones, e.g. the paper's
 Table 1 variants) and the baselines popularity, itemknn, pixie, features
-(`pinsage_tf.baselines`). Without `--methods`, every given embedding set plus
-popularity, itemknn, pixie and (when the graph has item features) features.
+(`pinsage_tf.baselines`). Under the user protocol, an embeddings directory
+that holds pivot embeddings (a model trained with pivot pairs) also gives the
+method "<name>_pivots": each user scored by its own pivot embedding (the one
+embedded from the history the protocol uses: graph items, plus validation
+items on the test split), next to "<name>", the aggregate of the user's
+item-item scores. Without `--methods`, every given embedding set (and its
+pivots) plus popularity, itemknn, pixie and (when the graph has item
+features) features.
 
 Prints a table and writes JSON: {"dataset", "protocol", "split", "config",
 "methods": {name: {"metrics", "counts", "wall_time_s", "source", ["scann"]}},
@@ -127,6 +133,9 @@ def parse_embedding_specs(embeddings_dir: str | None, specs: Sequence[str]) -> d
   return out
 
 
+PIVOT_SUFFIX = "_pivots"
+
+
 def _default_methods(graph: graph_lib.Graph, embedding_names: Sequence[str]) -> list[str]:
   methods = list(embedding_names) + ["popularity", "itemknn", "pixie"]
   f = graph.features
@@ -163,7 +172,16 @@ def run(
   graph = graph_lib.load_graph(graph_dir)
   fingerprint = graph_lib.graph_fingerprint(graph_dir)
   protocol = evaluation.resolve_protocol(graph, config.protocol, config.split)
-  methods = list(methods) if methods else _default_methods(graph, list(embeddings))
+  loaded = {name: embeddings_io.load_embeddings(path, graph, graph_fingerprint=fingerprint)
+            for name, path in embeddings.items()}
+  pivot_methods = {name + PIVOT_SUFFIX: name for name, emb in loaded.items()
+                   if emb.pivot_vectors and protocol == "user"}
+  if methods:
+    methods = list(methods)
+  else:
+    methods = _default_methods(graph, [m for name in embeddings for m in
+                                       [name] + [p for p in pivot_methods
+                                                 if pivot_methods[p] == name]])
   if len(set(methods)) != len(methods):
     raise ValueError(f"--methods lists a method twice: {methods}.")
   if compare_to is not None and (compare_to not in methods or len(methods) < 2):
@@ -174,11 +192,21 @@ def run(
   sources: dict[str, str] = {}
   for name in methods:
     if name in embeddings:
-      emb = embeddings_io.load_embeddings(embeddings[name], graph, graph_fingerprint=fingerprint)
+      emb = loaded[name]
       scorers[name] = baselines.EmbeddingScorer(emb.vectors, name=name,
                                                 max_block_elements=config.max_block_elements,
                                                 bias=emb.item_bias)
       sources[name] = os.path.abspath(embeddings[name])
+    elif name in pivot_methods:
+      emb = loaded[pivot_methods[name]]
+      history = evaluation.history_name(graph, config)
+      if history not in emb.pivot_vectors:
+        raise ValueError(f"{embeddings[pivot_methods[name]]} has pivot embeddings for "
+                         f"{sorted(emb.pivot_vectors)}, but this evaluation needs {history!r}.")
+      scorers[name] = baselines.PivotScorer(emb.vectors, emb.pivot_vectors[history], name=name,
+                                            max_block_elements=config.max_block_elements,
+                                            bias=emb.item_bias)
+      sources[name] = f"{os.path.abspath(embeddings[pivot_methods[name]])} (pivots: {history})"
     elif name in baselines.BASELINES:
       scorers[name] = baselines.make_baseline(
           name, graph, seed=config.seed, pixie_steps=pixie_steps,
@@ -186,6 +214,9 @@ def run(
       sources[name] = "baseline"
     elif name == "pinsage":
       raise ValueError("method 'pinsage' needs --embeddings_dir (or --embeddings=pinsage=DIR).")
+    elif name.endswith(PIVOT_SUFFIX) and name[:-len(PIVOT_SUFFIX)] in embeddings:
+      raise ValueError(f"method {name!r} needs pivot embeddings (a model trained with pivot "
+                       "pairs) and the user protocol.")
     else:
       raise ValueError(f"unknown method {name!r}: not a baseline {baselines.BASELINES} nor an "
                        f"--embeddings name {sorted(embeddings)}.")

@@ -14,15 +14,25 @@ go after `--`), and writes atomically:
 
     EMB_DIR/embeddings.npy    float32 [num_items, dim], L2-normalised
     EMB_DIR/item_ids.txt      raw item id of each row
+    EMB_DIR/item_bias.npy     item biases, for a model with item biases
+    EMB_DIR/pivot_ids.txt, EMB_DIR/pivot_embeddings_graph.npy
+                              for a model trained with pivot pairs: every
+                              pivot embedded from its graph items, and
+                              (`..._graph_validation.npy`) from its graph
+                              plus validation items when the graph holds a
+                              validation hold-out (what the test split knows)
     EMB_DIR/manifest.json     model checkpoint, graph fingerprint, dim, count
     EMB_DIR/projector/        TensorBoard embedding-projector files
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
+
+import numpy as np
 
 from absl import app
 from absl import flags
@@ -33,6 +43,8 @@ from pinsage_tf import embeddings_io
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import inference
 from pinsage_tf import model as model_lib
+from pinsage_tf import neighborhoods as nb_lib
+from pinsage_tf import retrieval_exact
 from pinsage_tf import training
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "Graph directory (data.prepare output).")
@@ -62,16 +74,41 @@ def checkpoint_prefix(model_dir: str, step: int) -> str:
   return prefix
 
 
+@dataclasses.dataclass(frozen=True)
+class Inferred:
+  """What `embed` computed: item embeddings `[N, E]`, item biases `[N]` or
+  None, pivot embeddings {history: `[M, E]`} (empty unless the model learns
+  pivots), and the weights used."""
+
+  graph: graph_lib.Graph
+  vectors: np.ndarray
+  bias: np.ndarray | None
+  pivot_vectors: dict[str, np.ndarray]
+  weights_dir: str
+
+
+def pivot_item_lists(graph: graph_lib.Graph) -> dict[str, graph_lib.CSR]:
+  """The item histories pivots are embedded from: {"graph": graph edges} and,
+  with a validation hold-out, {"graph+validation": edges plus validation items}."""
+  lists = {"graph": graph.pivot_to_item}
+  if graph.heldout.validation.nnz:
+    lists["graph+validation"] = retrieval_exact.concat_rows(graph.pivot_to_item,
+                                                            graph.heldout.validation)
+  return lists
+
+
 def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int = 8192,
-          beam_args: list[str] | None = None, checkpoint_step: int | None = None):
-  """Returns (graph, embeddings [N, E], item biases [N] or None, checkpoint
-  path) for a trained model.
+          beam_args: list[str] | None = None, checkpoint_step: int | None = None) -> Inferred:
+  """Embeds every item (and, for a model trained with pivot pairs, every pivot).
 
   `checkpoint_step` selects a training checkpoint instead of the final model.
   """
   config = training.ExperimentConfig.load(model_dir)
   if checkpoint_step is not None and runner != "local":
     raise ValueError("--checkpoint_step needs --runner=local.")
+  if runner == "beam" and config.learns_pivots:
+    raise ValueError("this model embeds pivots too, which the Beam runner does not compute "
+                     "yet; use --runner=local.")
   weights_dir = os.path.join(model_dir, training.MODEL_DIR)
   if checkpoint_step is not None:
     weights_dir = checkpoint_prefix(model_dir, checkpoint_step)
@@ -79,8 +116,9 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
 
   def progress(stage, done, total):
     if done == total or done % (batch_size * 4) == 0:
-      logging.info("%s: %d/%d items", stage, done, total)
+      logging.info("%s: %d/%d", stage, done, total)
 
+  pivot_vectors: dict[str, np.ndarray] = {}
   if runner == "beam":
     from pinsage_tf import beam_inference  # pylint: disable=g-import-not-at-top
     # Workers rebuild the model from weights_dir and read the graph and its
@@ -91,16 +129,24 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
         max_sparse_length=config.pipeline.max_sparse_length)
     vectors, bias = beam_inference.run_layerwise_outputs(beam_config,
                                                          pipeline_args=beam_args or [])
-  elif checkpoint_step is not None:
-    model = model_lib.PinSageModel(config.model)
-    model_lib.restore_weights(model, weights_dir, strict=False)
-    vectors, bias = inference.layerwise_outputs(model, inputs.tables, batch_size=batch_size,
-                                                progress=progress)
   else:
-    model = model_lib.load_model(weights_dir)
-    vectors, bias = inference.layerwise_outputs(model, inputs.tables, batch_size=batch_size,
-                                                progress=progress)
-  return inputs.graph, vectors, bias, weights_dir
+    if checkpoint_step is not None:
+      model = model_lib.PinSageModel(config.model)
+      model_lib.restore_weights(model, weights_dir, strict=False)
+    else:
+      model = model_lib.load_model(weights_dir)
+    layerwise = inference.LayerwiseInference(model, inputs.tables, batch_size=batch_size)
+    vectors, bias = layerwise.outputs(progress)
+    if config.learns_pivots:
+      for history, lists in pivot_item_lists(inputs.graph).items():
+        if history == "graph":
+          table = inputs.pivot_neighborhoods  # the cached table training used
+        else:
+          table = nb_lib.compute_pivot_neighborhoods(inputs.graph, config.pivot_neighborhoods,
+                                                     lists)
+        pivot_vectors[history] = layerwise.pivot_embeddings(
+            np.asarray(table.ids), np.asarray(table.weights), progress)
+  return Inferred(inputs.graph, vectors, bias, pivot_vectors, weights_dir)
 
 
 def main(argv):
@@ -110,16 +156,17 @@ def main(argv):
           file=sys.stderr)
     sys.exit(2)
   try:
-    graph, vectors, bias, weights_dir = embed(_GRAPH_DIR.value, _MODEL_DIR.value, _RUNNER.value,
-                                        _BATCH_SIZE.value, beam_args=list(argv[1:]),
-                                        checkpoint_step=_CHECKPOINT_STEP.value)
+    out = embed(_GRAPH_DIR.value, _MODEL_DIR.value, _RUNNER.value, _BATCH_SIZE.value,
+                beam_args=list(argv[1:]), checkpoint_step=_CHECKPOINT_STEP.value)
     manifest = embeddings_io.save_embeddings(
-        _OUTPUT_DIR.value, vectors, graph.item_ids,
+        _OUTPUT_DIR.value, out.vectors, out.graph.item_ids,
         {"graph_fingerprint": graph_lib.graph_fingerprint(_GRAPH_DIR.value),
          "graph_dir": os.path.abspath(_GRAPH_DIR.value),
-         "model_checkpoint": os.path.abspath(weights_dir),
+         "model_checkpoint": os.path.abspath(out.weights_dir),
          "runner": _RUNNER.value},
-        item_titles=graph.item_titles, overwrite=_OVERWRITE.value, item_bias=bias)
+        item_titles=out.graph.item_titles, overwrite=_OVERWRITE.value, item_bias=out.bias,
+        pivot_ids=out.graph.pivot_ids if out.pivot_vectors else None,
+        pivot_embeddings=out.pivot_vectors or None)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -127,8 +174,12 @@ def main(argv):
     # Beam integrity checks (lost messages, incomplete shards): nothing written.
     print(f"error: inference failed: {e}", file=sys.stderr)
     sys.exit(3)
-  print(f"wrote {manifest['count']} embeddings of dim {manifest['dim']} to "
-        f"{_OUTPUT_DIR.value} in {time.perf_counter() - started:.1f} s ({_RUNNER.value} runner)")
+  pivots = manifest.get("pivots")
+  print(f"wrote {manifest['count']} embeddings of dim {manifest['dim']}"
+        + (f" and {pivots['count']} pivot embeddings ({', '.join(pivots['histories'])})"
+           if pivots else "")
+        + f" to {_OUTPUT_DIR.value} in {time.perf_counter() - started:.1f} s "
+        f"({_RUNNER.value} runner)")
 
 
 def run():

@@ -44,6 +44,22 @@ _NUM_NEIGHBORS = flags.DEFINE_integer("num_neighbors", 10, "T: importance neighb
 _NUM_WALKS = flags.DEFINE_integer("num_walks", 100, "Random walks per item.")
 _MAX_HOPS = flags.DEFINE_integer("max_hops", 3, "item->pivot->item traversals per walk.")
 _RESTART_PROB = flags.DEFINE_float("restart_prob", 0.5, "Walk restart probability.")
+_DEGREE_EXPONENT = flags.DEFINE_float(
+    "degree_exponent", 0.0, "Neighbor importance = visits / degree^x (0 = visit counts).")
+_PIVOT_NEIGHBORS = flags.DEFINE_integer("pivot_neighbors", 32,
+                                        "T_p: importance neighbors (items) per pivot.")
+_PIVOT_HOPS = flags.DEFINE_integer("pivot_hops", 1,
+                                   "Traversals per walk of the pivot neighborhoods.")
+# Training pairs.
+_ITEM_PAIRS = flags.DEFINE_enum("item_pairs", "graph", ["graph", "walks"],
+                                "Item pairs: the prepared pairs, or one item->pivot->item "
+                                "walk per edge.")
+_PIVOT_BATCH_SIZE = flags.DEFINE_integer(
+    "pivot_batch_size", 0, "Global (pivot, item) pairs per step: the pivot objective (0 = off).")
+_MAX_PAIRS_PER_PIVOT = flags.DEFINE_integer(
+    "max_pairs_per_pivot", 0, "Per epoch, at most this many edges of one pivot (0 = all).")
+_MASK_PAIR_LEAKAGE = flags.DEFINE_bool(
+    "mask_pair_leakage", True, "Drop a pair's positive from its query's neighbors.")
 # Pipeline.
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 512, "Global batch size (pairs).")
 _NUM_NEGATIVES = flags.DEFINE_integer("num_negatives", 500,
@@ -79,6 +95,8 @@ _IN_BATCH = flags.DEFINE_bool("in_batch_negatives", False,
                               "The batch's other positives are negatives too.")
 _LOGQ = flags.DEFINE_bool("logq_correction", False,
                           "Sampled softmax: subtract log expected counts from negative logits.")
+_PIVOT_LOSS_WEIGHT = flags.DEFINE_float("pivot_loss_weight", 1.0,
+                                        "Weight of the pivot pairs' loss.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpoint interval.")
 _VALIDATION_QUERIES = flags.DEFINE_integer("validation_queries", 2000,
                                            "Validation pairs scored per epoch (0 = off).")
@@ -108,18 +126,29 @@ def config_from_flags() -> training.ExperimentConfig:
     return current
 
   nb, hn, pc, mc, tc = base.neighborhoods, base.hard_negatives, base.pipeline, base.model, base.train
+  pnb, pos = base.pivot_neighborhoods, base.positives
   num_layers = pick(_NUM_LAYERS, pc.num_layers)
   seed = pick(_SEED, pc.seed)
   clip = pick(_CLIP_NORM, tc.clip_norm)
+  pivot_batch_size = pick(_PIVOT_BATCH_SIZE, pc.pivot_batch_size)
   return training.ExperimentConfig(
       neighborhoods=dataclasses.replace(
           nb, num_neighbors=pick(_NUM_NEIGHBORS, nb.num_neighbors),
           num_walks=pick(_NUM_WALKS, nb.num_walks), max_hops=pick(_MAX_HOPS, nb.max_hops),
-          restart_prob=pick(_RESTART_PROB, nb.restart_prob), seed=seed),
+          restart_prob=pick(_RESTART_PROB, nb.restart_prob),
+          degree_exponent=pick(_DEGREE_EXPONENT, nb.degree_exponent), seed=seed),
+      pivot_neighborhoods=dataclasses.replace(
+          pnb, num_neighbors=pick(_PIVOT_NEIGHBORS, pnb.num_neighbors),
+          max_hops=pick(_PIVOT_HOPS, pnb.max_hops), seed=seed),
       hard_negatives=dataclasses.replace(
           hn, seed=seed if _HARD_NEGATIVE_SEED.value is None else _HARD_NEGATIVE_SEED.value),
+      positives=dataclasses.replace(
+          pos, item_pairs=pick(_ITEM_PAIRS, pos.item_pairs),
+          pivot_pairs=pivot_batch_size > 0,
+          max_pairs_per_pivot=pick(_MAX_PAIRS_PER_PIVOT, pos.max_pairs_per_pivot), seed=seed),
       pipeline=dataclasses.replace(
-          pc, batch_size=pick(_BATCH_SIZE, pc.batch_size),
+          pc, batch_size=pick(_BATCH_SIZE, pc.batch_size), pivot_batch_size=pivot_batch_size,
+          mask_pair_leakage=pick(_MASK_PAIR_LEAKAGE, pc.mask_pair_leakage),
           num_negatives=pick(_NUM_NEGATIVES, pc.num_negatives),
           max_hard_negatives=pick(_MAX_HARD, pc.max_hard_negatives),
           negative_sampling=pick(_NEGATIVE_SAMPLING, pc.negative_sampling),
@@ -142,6 +171,7 @@ def config_from_flags() -> training.ExperimentConfig:
           clip_norm=(clip or None),
           in_batch_negatives=pick(_IN_BATCH, tc.in_batch_negatives),
           logq_correction=pick(_LOGQ, tc.logq_correction),
+          pivot_loss_weight=pick(_PIVOT_LOSS_WEIGHT, tc.pivot_loss_weight),
           checkpoint_every_steps=pick(_CHECKPOINT_EVERY, tc.checkpoint_every_steps),
           validation_queries=pick(_VALIDATION_QUERIES, tc.validation_queries)),
       strategy=_STRATEGY.value,
@@ -169,8 +199,8 @@ def main(argv):
       "steps": result.steps,
       "epochs": result.epochs,
       "final_loss": round(result.final_loss, 5),
-      "validation_hit_rate@10": {str(k): round(v, 4) for k, v in
-                                 result.validation_hit_rate.items()},
+      "validation_metric": result.validation_metric,
+      "validation": {str(k): round(v, 4) for k, v in result.validation.items()},
       "examples_per_second": round(result.examples_per_second, 1),
       "wall_time_s": round(result.wall_time_s, 1),
   }
