@@ -503,7 +503,7 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
   if steps_per_epoch < 1:
     raise ValueError(f"{first_pairs.query.shape[0]} item pairs / {first_pairs.pivot.shape[0]} "
                      f"pivot pairs do not fill one batch of {pc.batch_size} / "
-                     f"{pc.pivot_batch_size}; lower the batch size.")
+                     f"{pc.pivot_batch_size}; lower batch_size (or pivot_batch_size).")
   examples_per_step = pc.batch_size + pc.pivot_batch_size
 
   with strategy.scope():
