@@ -55,24 +55,27 @@ bench: setup
 	$(PY) bench/bench_scann.py --output_json=bench/results/scann.json
 	$(PY) bench/bench_serving.py --output=bench/results/serving.json
 
-# Quality on real data, final configurations, test split, 3 seeds each (README "Results";
-# about 3 h on 2 cores). Tune with --split=validation instead (see bench/quality.py).
+# Quality on real data, final configurations, test split, 3 seeds each (results/ and
+# docs/experiments.md; about 4 h on 2 cores). Tune with --split=validation (bench/quality.py).
 bench-quality: setup
 	mkdir -p bench/results
+	$(PY) bench/quality.py --dataset=gowalla --method=pinsage_pivots --seeds=0,1,2 --jobs=2 \
+	    --threads_per_job=1 --split=test --datasets_dir=$(DATASETS) \
+	    --output_json=bench/results/quality_gowalla_pivots_test.json
+	$(PY) -m trainer.evaluate --graph_dir=$(OUT)/quality/gowalla/graph --split=test \
+	    --embeddings_dir=$(OUT)/quality/gowalla/seed0/embeddings --methods=pinsage_pivots \
+	    --dump_topk=bench/results/gowalla_test_topk.jsonl \
+	    --output_json=bench/results/gowalla_test_seed0_dump.json
+	$(PY) bench/quality.py --dataset=movielens --config_json=trainer/configs/movielens_dgl.json \
+	    --prepare_flag=--split=leave_last --seeds=0,1,2 --jobs=2 --threads_per_job=1 --split=test \
+	    --work_dir=$(OUT)/quality_dgl --datasets_dir=$(DATASETS) \
+	    --output_json=bench/results/quality_movielens_dgl_test.json
 	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --split=test --compare_to=itemknn \
 	    --prepare_flag=--train_pair_window=3 --datasets_dir=$(DATASETS) \
 	    --output_json=bench/results/quality_movielens_test.json
-	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --jobs=2 --threads_per_job=1 \
-	    --split=test --compare_to=itemknn --prepare_flag=--train_pair_window=3 \
-	    --prepare_flag=--val_quantile=0.89 --work_dir=$(OUT)/refit --datasets_dir=$(DATASETS) \
-	    --output_json=bench/results/quality_movielens_refit_test.json
-	$(PY) bench/cold_start.py --split=test --seeds=0,1,2 --prepare_flag=--train_pair_window=3 \
-	    --datasets_dir=$(DATASETS) --output_json=bench/results/cold_start_movielens_test.json
-	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=3 --threads_per_job=1 \
-	    --split=test --eval_flag=--user_query=logsumexp --eval_flag=--user_query_temperature=0.3 \
-	    --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_bias_test_logsumexp.json
-	$(PY) bench/quality.py --dataset=gowalla --seeds=0,1,2 --jobs=2 --split=test --evaluate_only \
-	    --baselines= --datasets_dir=$(DATASETS) --output_json=bench/results/quality_gowalla_bias_test.json
+	$(PY) bench/quality.py --dataset=synthetic --seeds=0,1,2 --jobs=2 --threads_per_job=1 \
+	    --split=validation --work_dir=$(OUT)/quality_synthetic \
+	    --output_json=bench/results/quality_synthetic_validation.json
 
 clean:
 	rm -rf $(OUT) bench/results

@@ -105,8 +105,9 @@ def main() -> None:
       stats["seconds"] = round(time.perf_counter() - started, 2)
       print(json.dumps(stats), flush=True)
       results.append(stats)
-  atomic.write_json(args.output_json, {"graph_dir": os.path.abspath(args.graph_dir),
-                                       "graph": graph.name, "tables": results})
+  atomic.write_json(args.output_json, {
+      "command": ["python", "bench/neighborhood_stats.py", *sys.argv[1:]],
+      "graph_dir": args.graph_dir, "graph": graph.name, "tables": results})
 
 
 if __name__ == "__main__":

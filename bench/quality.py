@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       help="TensorFlow intra-/inter-op threads of every stage (e.g. 1 with "
                            "--jobs=2 on 2 cores: two single-threaded trainings made 1.5x "
                            "the steps/s of one two-threaded training here).")
+  parser.add_argument("--method", default="pinsage", choices=["pinsage", "pinsage_pivots"],
+                      help="What PinSage's rows report: item embeddings (item-item scores) or, "
+                           "for models trained with the pivot objective, pivot embeddings "
+                           "(user protocol).")
   parser.add_argument("--compare_to", default=None,
                       help="Baseline each seed is compared with (paired cluster-bootstrap "
                            "intervals of the ratio and difference, per metric).")
@@ -264,8 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"--config_json={config_path}", f"--seed={seed}", "--quiet"] + args.train_flag
     infer = [py, "-m", "trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
              f"--output_dir={emb_dir}", "--overwrite"]
-    compare = ([f"--methods=pinsage,{args.compare_to}", f"--compare_to={args.compare_to}"]
-               if args.compare_to else ["--methods=pinsage"])
+    compare = ([f"--methods={args.method},{args.compare_to}", f"--compare_to={args.compare_to}"]
+               if args.compare_to else [f"--methods={args.method}"])
     evaluate = [py, "-m", "trainer.evaluate", f"--graph_dir={graph_dir}",
                 f"--embeddings_dir={emb_dir}", f"--output_json={out}"] + compare + _eval_flags(args)
     commands[f"seed{seed}"] = {"train": None if args.evaluate_only else train,
@@ -276,13 +280,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "evaluate_s": _run(evaluate, os.path.join(run_dir, "evaluate.log"))}
     with open(out) as f:
       result = json.load(f)
-    metrics = result["methods"]["pinsage"]["metrics"]
+    metrics = result["methods"][args.method]["metrics"]
     per_seed[str(seed)] = {"metrics": metrics, "wall": times, "counts": result.get("counts")}
     if args.compare_to:
       comparison = result["comparison"]
       per_seed[str(seed)]["comparison"] = {"reference": comparison["reference"],
                                            "cluster_by": comparison["cluster_by"],
-                                           **comparison["methods"]["pinsage"]}
+                                           **comparison["methods"][args.method]}
     wall[f"seed{seed}"] = times
     _log(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
                                        if "hit_rate" in k or "recall" in k or "ndcg" in k))
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   names = sorted(next(iter(per_seed.values()))["metrics"])
   summary = {k: _mean_std([float(per_seed[str(s)]["metrics"][k]) for s in seeds]) for k in names}
-  methods["pinsage"] = {"metrics": {k: v["mean"] for k, v in summary.items()},
+  methods[args.method] = {"metrics": {k: v["mean"] for k, v in summary.items()},
                         "mean_std": summary, "per_seed": per_seed}
 
   output = {

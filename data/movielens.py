@@ -29,6 +29,17 @@ Protocol (all parameters and the cut-offs are recorded in `metadata`):
    movies. Users without training edges are not pivots; their held-out
    interactions are counted in `metadata["heldout_dropped_no_train_user"]`.
 
+Leave-last split (`split="leave_last"`, the protocol of DGL's PinSAGE example):
+every rating is an engagement (`min_rating` does not apply). Per user, ratings
+sorted by (timestamp, movieId): the last is the test interaction (users with
+>= 2 ratings), the one before it the validation interaction (users with >= 3),
+the rest are the graph (ratings >= `edge_min_rating`). Training pairs are
+consecutive graph ratings; the validation and test pair of a user are (the
+user's latest graph movie, the held-out movie). Pair groups are pivot rows and
+`metadata["item_protocol_exclude"] = "group_items"`: the evaluator ranks all
+movies except the user's graph movies. tags.csv is not read (a tag's time says
+nothing about which ratings were held out).
+
 Features:
 * "genres" (categorical): vocabulary = genre names sorted; the marker
   "(no genres listed)" is *not* a genre: such movies get an empty row.
@@ -59,10 +70,11 @@ from data import features as features_lib
 from data import sequences
 from data import tables
 from pinsage_tf import atomic
-from pinsage_tf.graph import Graph, build_graph
+from pinsage_tf.graph import Graph, ItemPairs, Split, build_graph
 
 NO_GENRES = "(no genres listed)"
 # "Title (1995)", "Title (2006–2007)" (a series), possibly with trailing spaces.
+SPLITS = ("time", "leave_last")
 _YEAR = re.compile(r"\s*\((\d{4})(?:[\u2013-]\d{4})?\)\s*$")
 
 
@@ -79,6 +91,8 @@ class MovieLensConfig:
     use_tags: read tags.csv when present.
     train_pair_window: training pairs link each engagement to the
       `train_pair_window` engagements before it (`sequences.split_log`).
+    split: "time" (global time cut-offs) or "leave_last" (per user: last
+      rating test, the one before validation; DGL's PinSAGE protocol).
   """
 
   min_rating: float = 4.0
@@ -88,8 +102,11 @@ class MovieLensConfig:
   hash_buckets: int = 2**14
   use_tags: bool = True
   train_pair_window: int = 1
+  split: str = "time"
 
   def __post_init__(self):
+    if self.split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}.")
     if not 0.0 < self.val_quantile < self.test_quantile < 1.0:
       raise ValueError("need 0 < val_quantile < test_quantile < 1; got "
                        f"{self.val_quantile} and {self.test_quantile}.")
@@ -159,19 +176,29 @@ def load_movielens(input_dir: str | os.PathLike, config: MovieLensConfig) -> Gra
   logging.info("read %d ratings from %s (%.2fs)", ratings.num_rows, ratings_path,
                time.perf_counter() - start)
 
-  well_rated = rating >= config.min_rating
+  leave_last = config.split == "leave_last"
+  well_rated = np.ones_like(rating, bool) if leave_last else rating >= config.min_rating
   if not np.any(well_rated):
     raise InputError(ratings_path, None, f"no rating is >= min_rating={config.min_rating}.")
-  cutoffs = sequences.time_cutoffs(timestamp[well_rated], config.val_quantile,
-                                   config.test_quantile)
   # Sorted by user, then time, then movieId: ties resolve the same way on every run.
   order = np.lexsort((movie_ids[item], timestamp, user))
   raw_users, user_index = np.unique(user[order], return_inverse=True)
+  user_index = user_index.astype(np.int64)
+  if leave_last:
+    cutoffs = None
+    period = _leave_last_periods(user_index)
+  else:
+    cutoffs = sequences.time_cutoffs(timestamp[well_rated], config.val_quantile,
+                                     config.test_quantile)
+    period = cutoffs.period(timestamp[order])
   log = sequences.split_log(
-      source=ratings_path, pivot=user_index.astype(np.int64), item=item[order],
-      period=cutoffs.period(timestamp[order]),
+      source=ratings_path, pivot=user_index, item=item[order], period=period,
       is_edge=rating[order] >= config.edge_min_rating, is_engagement=well_rated[order],
       num_items=movie_ids.shape[0], train_pair_window=config.train_pair_window)
+  if leave_last:
+    log = _latest_graph_item_pairs(
+        log, user_index, item[order], period,
+        in_graph=(period == int(Split.TRAIN)) & (rating[order] >= config.edge_min_rating))
 
   titles = movies.columns["title"]
   title_tokens, years = [], []
@@ -196,7 +223,7 @@ def load_movielens(input_dir: str | os.PathLike, config: MovieLensConfig) -> Gra
   ]
 
   tag_stats = {"tags_file": False}
-  if config.use_tags and os.path.isfile(tags_path):
+  if config.use_tags and not leave_last and os.path.isfile(tags_path):
     tags = tables.read_csv(tags_path, ["userId", "movieId", "tag", "timestamp"])
     tables.int_column(tags, "userId")  # Only checked: tags are item features.
     tag_item = _item_rows(tags, tables.int_column(tags, "movieId"), known, movies_path)
@@ -216,24 +243,42 @@ def load_movielens(input_dir: str | os.PathLike, config: MovieLensConfig) -> Gra
   input_files = {name: atomic.sha256_file(os.path.join(input_dir, name))
                  for name in ("movies.csv", "ratings.csv", "tags.csv")
                  if os.path.isfile(os.path.join(input_dir, name))
-                 and (name != "tags.csv" or config.use_tags)}
+                 and (name != "tags.csv" or (config.use_tags and not leave_last))}
+  if leave_last:
+    protocol = {
+        "split": "leave_last",
+        "engagement": "every rating",
+        "edges": f"rating >= {config.edge_min_rating}, all but each user's last two ratings",
+        "periods": "per user by (timestamp, movieId): last rating test, the one before "
+                   "validation, the rest graph",
+        "pairs": "train: consecutive graph ratings; validation/test: (the user's latest graph "
+                 "movie, the held-out movie); group = pivot row",
+        "item_protocol": "rank all movies except the user's graph movies",
+        "no_genres": f"{NO_GENRES!r} -> empty genres row",
+        "tags": "not used",
+    }
+    split_facts = {"item_protocol_exclude": "group_items", "primary_protocol": "item"}
+  else:
+    protocol = {
+        "split": "time",
+        "engagement": f"rating >= {config.min_rating}",
+        "edges": f"rating >= {config.edge_min_rating} and timestamp < validation_cutoff",
+        "periods": "train: t < validation_cutoff; validation: validation_cutoff <= t < "
+                   "test_cutoff; test: t >= test_cutoff",
+        "pairs": "consecutive engagements of a user by (timestamp, movieId); "
+                 "split = period of the positive",
+        "heldout": "user's engagements in the period not among the user's training edges",
+        "no_genres": f"{NO_GENRES!r} -> empty genres row",
+        "tags": "only tags with timestamp < validation_cutoff",
+    }
+    split_facts = {"validation_cutoff": int(cutoffs.validation),
+                   "test_cutoff": int(cutoffs.test)}
   metadata = {
       "source": "movielens",
       "config": dataclasses.asdict(config),
       "input_sha256": input_files,
-      "protocol": {
-          "engagement": f"rating >= {config.min_rating}",
-          "edges": f"rating >= {config.edge_min_rating} and timestamp < validation_cutoff",
-          "periods": "train: t < validation_cutoff; validation: validation_cutoff <= t < "
-                     "test_cutoff; test: t >= test_cutoff",
-          "pairs": "consecutive engagements of a user by (timestamp, movieId); "
-                   "split = period of the positive",
-          "heldout": "user's engagements in the period not among the user's training edges",
-          "no_genres": f"{NO_GENRES!r} -> empty genres row",
-          "tags": "only tags with timestamp < validation_cutoff",
-      },
-      "validation_cutoff": int(cutoffs.validation),
-      "test_cutoff": int(cutoffs.test),
+      "protocol": protocol,
+      **split_facts,
       "ratings": int(ratings.num_rows),
       "well_rated": int(well_rated.sum()),
       "users_total": int(raw_users.shape[0]),
@@ -251,3 +296,45 @@ def load_movielens(input_dir: str | os.PathLike, config: MovieLensConfig) -> Gra
       pairs=log.pairs, heldout=log.heldout, item_titles=titles, metadata=metadata)
   logging.info("built movielens graph in %.2fs", time.perf_counter() - start)
   return graph
+
+
+def _leave_last_periods(user_index: np.ndarray) -> np.ndarray:
+  """int8 `[K]` period of each rating of a log sorted by user then time:
+  last = TEST (>= 2 ratings), the one before = VALIDATION (>= 3), else TRAIN."""
+  count = np.bincount(user_index)
+  start = np.concatenate([[0], np.cumsum(count)[:-1]])
+  from_end = count[user_index] - 1 - (np.arange(user_index.shape[0]) - start[user_index])
+  period = np.full(user_index.shape, int(Split.TRAIN), np.int8)
+  size = count[user_index]
+  period[(from_end == 0) & (size >= 2)] = int(Split.TEST)
+  period[(from_end == 1) & (size >= 3)] = int(Split.VALIDATION)
+  return period
+
+
+def _latest_graph_item_pairs(log: sequences.LogSplit, user_index: np.ndarray,
+                             item: np.ndarray, period: np.ndarray,
+                             in_graph: np.ndarray) -> sequences.LogSplit:
+  """`log` with validation/test pairs (latest graph item of the user, held-out item)
+  and every pair's group a pivot row (users without graph ratings have no pairs)."""
+  row_of = np.full(int(user_index.max()) + 1, -1, np.int64)
+  row_of[log.pivot_rows] = np.arange(log.pivot_rows.shape[0])
+  train = log.pairs.split == int(Split.TRAIN)
+  query = [log.pairs.query[train]]
+  positive = [log.pairs.positive[train]]
+  split = [log.pairs.split[train]]
+  group = [row_of[log.pairs.group[train]].astype(np.int32)]
+  last_position = np.full(row_of.shape[0], -1, np.int64)
+  graph_positions = np.flatnonzero(in_graph)
+  np.maximum.at(last_position, user_index[graph_positions], graph_positions)
+  latest = np.where(last_position >= 0, item[np.maximum(last_position, 0)], -1)
+  for s in (Split.VALIDATION, Split.TEST):
+    held = np.flatnonzero((period == int(s)) & (latest[user_index] >= 0))
+    keep = latest[user_index[held]] != item[held]
+    held = held[keep]
+    query.append(latest[user_index[held]].astype(np.int32))
+    positive.append(item[held].astype(np.int32))
+    split.append(np.full(held.shape, int(s), np.int8))
+    group.append(row_of[user_index[held]].astype(np.int32))
+  pairs = ItemPairs(query=np.concatenate(query), positive=np.concatenate(positive),
+                    split=np.concatenate(split), group=np.concatenate(group))
+  return dataclasses.replace(log, pairs=pairs)

@@ -197,3 +197,25 @@ def test_ml_latest_small(datasets_dir):
   assert (g.heldout.validation.nnz, g.heldout.test.nnz) == (246, 535)
   assert g.metadata["tags_used"] + g.metadata["tags_ignored_after_cutoff"] == 3_683
   assert g.features.sparse_feature("genres").vocab_size == 19
+
+
+def test_leave_last_split_by_hand(tmp_path):
+  config = movielens.MovieLensConfig(split="leave_last", hash_buckets=16384)
+  graph = movielens.load_movielens(_write(tmp_path), config)
+  # Sorted by (timestamp, movieId); items 10, 20, 30, 40 -> rows 0..3, users -> pivots 0..2.
+  # u1: 10 20 30 40 -> graph {10, 20}, validation 30, test 40, latest graph movie 20.
+  # u2: 10@300 20@300 (tie by movieId) 40 30 -> graph {10, 20}, validation 40, test 30.
+  # u3: 30 10 40 (10 rated 2.0 still counts) -> graph {30}, validation 10, test 40.
+  got = sorted(zip(graph.pairs.query.tolist(), graph.pairs.positive.tolist(),
+                   graph.pairs.split.tolist(), graph.pairs.group.tolist()))
+  assert got == sorted([(0, 1, T, 0), (0, 1, T, 1),
+                        (1, 2, V, 0), (1, 3, V, 1), (2, 0, V, 2),
+                        (1, 3, X, 0), (1, 2, X, 1), (2, 3, X, 2)])
+  assert [sorted(graph.pivot_to_item.row(u).tolist()) for u in range(3)] == [[0, 1], [0, 1], [2]]
+  assert [graph.heldout.test.row(u).tolist() for u in range(3)] == [[3], [2], [3]]
+  assert [graph.heldout.validation.row(u).tolist() for u in range(3)] == [[2], [3], [0]]
+  assert graph.metadata["item_protocol_exclude"] == "group_items"
+  assert graph.metadata["protocol"]["split"] == "leave_last"
+  assert "tags" not in [f.name for f in graph.features.sparse]
+  with pytest.raises(ValueError, match="split must be one of"):
+    movielens.MovieLensConfig(split="random")

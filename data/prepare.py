@@ -69,6 +69,10 @@ _MIN_RATING = flags.DEFINE_float("min_rating", _ML.min_rating,
                                  "movielens: ratings >= this are engagements.")
 _EDGE_MIN_RATING = flags.DEFINE_float("edge_min_rating", _ML.edge_min_rating,
                                       "movielens: train-period ratings >= this are edges.")
+_SPLIT = flags.DEFINE_enum("split", _ML.split, list(movielens.SPLITS),
+                           "movielens: 'time' (global time cut-offs) or 'leave_last' (per "
+                           "user: last rating test, the one before validation; DGL's PinSAGE "
+                           "protocol).")
 _USE_TAGS = flags.DEFINE_bool("use_tags", _ML.use_tags, "movielens: read tags.csv if present.")
 _VAL_QUANTILE = flags.DEFINE_float("val_quantile", _ML.val_quantile,
                                    "movielens, csv: time quantile where validation starts.")
@@ -100,6 +104,7 @@ _APPLIES = {
     "dense_dim": ("synthetic",), "feature_noise": ("synthetic",),
     "hash_buckets": ("synthetic", "movielens"),
     "min_rating": ("movielens",), "edge_min_rating": ("movielens",), "use_tags": ("movielens",),
+    "split": ("movielens",),
     "val_quantile": ("movielens", "csv"), "test_quantile": ("movielens", "csv"),
     "val_fraction": ("lightgcn",), "max_pairs_per_user": ("lightgcn",),
     "edges_csv": ("csv",), "item_features_csv": ("csv",), "name": ("csv",),
@@ -138,7 +143,8 @@ def load_from_flags(dataset: str) -> graph_lib.Graph:
     return movielens.load_movielens(_INPUT_DIR.value, movielens.MovieLensConfig(
         min_rating=_MIN_RATING.value, edge_min_rating=_EDGE_MIN_RATING.value,
         val_quantile=_VAL_QUANTILE.value, test_quantile=_TEST_QUANTILE.value,
-        use_tags=_USE_TAGS.value, train_pair_window=_TRAIN_PAIR_WINDOW.value, **_buckets()))
+        use_tags=_USE_TAGS.value, train_pair_window=_TRAIN_PAIR_WINDOW.value, split=_SPLIT.value,
+        **_buckets()))
   if dataset == "lightgcn":
     return lightgcn.load_lightgcn(_INPUT_DIR.value, lightgcn.LightGCNConfig(
         val_fraction=_VAL_FRACTION.value, max_pairs_per_user=_MAX_PAIRS_PER_USER.value,

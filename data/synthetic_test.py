@@ -59,7 +59,7 @@ def test_sizes_as_configured():
   assert not np.any(g.pairs.query == g.pairs.positive)
 
 
-def test_default_size_is_about_the_brief():
+def test_default_size_is_the_documented_one():
   g = synthetic.generate(synthetic.SyntheticConfig())
   assert (g.num_items, g.num_pivots, g.pairs.query.size) == (5000, 1500, 50_000)
   assert g.num_edges > 10_000

@@ -10,6 +10,10 @@ Item protocol (PinSage paper): the split's (query, positive) pairs of
 query item itself is masked, and the positive's rank counts give hit-rate@K,
 MRR and the paper's scaled MRR (`pinsage_tf.metrics`, tie policy
 `config.ties`). Pairs whose positive equals the query are skipped and counted.
+With `config.item_exclude="group_items"` (or "auto" on a graph whose
+`metadata["item_protocol_exclude"]` says so, e.g. MovieLens' leave-last split,
+DGL's PinSAGE protocol) each pair's group is a pivot row and that pivot's graph
+items are masked too; queries are then scored once per (query, group).
 
 User protocol (NGCF / LightGCN): every pivot (user) with >= 1 held-out item
 in `graph.heldout` for the split. The user's scores come from
@@ -50,6 +54,7 @@ from pinsage_tf.baselines import (DEFAULT_SET_TEMPERATURE, EmbeddingScorer, Item
 from pinsage_tf.graph import CSR, Graph, Split
 
 PROTOCOLS = ("item", "user", "auto")
+ITEM_EXCLUDES = ("auto", "query", "group_items")
 SPLITS = {"validation": Split.VALIDATION, "test": Split.TEST}
 
 Progress = Callable[[int, int], None]
@@ -80,6 +85,9 @@ class EvalConfig:
     seed: seed of the subsample.
     max_block_elements: bound on `query rows * num_items` per score block.
     dump_k: length of the top lists sent to `sink` (default: max cutoff).
+    item_exclude: what the item protocol masks: "query" (the query item), "group_items" (the query item and the
+      graph items of the pair's group, a pivot row) or "auto" (the graph's
+      `metadata["item_protocol_exclude"]`, default "query").
   """
 
   protocol: str = "auto"
@@ -95,8 +103,12 @@ class EvalConfig:
   seed: int = 0
   max_block_elements: int = rx.DEFAULT_MAX_BLOCK_ELEMENTS
   dump_k: int | None = None
+  item_exclude: str = "auto"
 
   def __post_init__(self):
+    if self.item_exclude not in ITEM_EXCLUDES:
+      raise ValueError(f"item_exclude must be one of {ITEM_EXCLUDES}, got "
+                       f"{self.item_exclude!r}.")
     if self.protocol not in PROTOCOLS:
       raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}.")
     if self.split not in SPLITS:
@@ -147,6 +159,16 @@ def resolve_protocol(graph: Graph, protocol: str, split: str) -> str:
   if protocol == "item" and not has["item"]:
     raise ValueError(f"graph {graph.name!r} has no {split} item pairs; use --protocol=user.")
   return protocol
+
+
+def resolve_item_exclude(graph: Graph, item_exclude: str) -> str:
+  """"query" or "group_items" (see `EvalConfig.item_exclude`)."""
+  if item_exclude == "auto":
+    item_exclude = str(graph.metadata.get("item_protocol_exclude", "query"))
+    if item_exclude not in ITEM_EXCLUDES[1:]:
+      raise ValueError(f"graph {graph.name!r} metadata item_protocol_exclude must be one of "
+                       f"{ITEM_EXCLUDES[1:]}, got {item_exclude!r}.")
+  return item_exclude
 
 
 def _subsample(count: int, max_queries: int | None, seed: int) -> np.ndarray:
@@ -257,7 +279,20 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
   """Hit-rate@K / MRR / scaled MRR over the split's item pairs (see module doc)."""
   _check_scorer(graph, scorer)
   queries, positives, groups, skipped = item_pairs(graph, config)
-  uniq, inverse = np.unique(queries, return_inverse=True)
+  by_group = resolve_item_exclude(graph, config.item_exclude) == "group_items"
+  if by_group:
+    if groups is None:
+      raise ValueError(f"item_exclude='group_items' needs pair groups, but graph "
+                       f"{graph.name!r} records none.")
+    if groups.size and int(groups.max()) >= graph.num_pivots:
+      raise ValueError(f"item_exclude='group_items' needs pair groups that are pivot rows; "
+                       f"graph {graph.name!r} has group {int(groups.max())} >= "
+                       f"{graph.num_pivots} pivots.")
+    keys = queries * np.int64(graph.num_pivots) + groups
+  else:
+    keys = queries
+  uniq_keys, inverse = np.unique(keys, return_inverse=True)
+  uniq = uniq_keys // graph.num_pivots if by_group else uniq_keys
   order = np.argsort(inverse, kind="stable")
   queries, positives, inverse = queries[order], positives[order], inverse[order]
   pair_start = np.searchsorted(inverse, np.arange(uniq.shape[0] + 1))
@@ -271,6 +306,9 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
     block = uniq[start:stop]
     scores = scorer.score(block)
     scores[np.arange(block.shape[0]), block] = -np.inf  # the query itself
+    if by_group:
+      rx.mask_rows(scores, rx.take_rows(graph.pivot_to_item,
+                                        uniq_keys[start:stop] % graph.num_pivots))
     lo, hi = pair_start[start], pair_start[stop]
     for a, b in rx.blocks(hi - lo, rows):
       sel = slice(lo + a, lo + b)
@@ -280,9 +318,12 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
       top, top_scores = rx.top_k_of_scores(scores, dump_k)
       for r, q in enumerate(block):
         pos = positives[pair_start[start + r]:pair_start[start + r + 1]]
-        sink({"method": scorer.name, "query": str(graph.item_ids[q]),
-              "positives": _raw(pos, graph.item_ids), "topk": _raw(top[r], graph.item_ids),
-              "scores": _rounded(top_scores[r])})
+        record = {"method": scorer.name, "query": str(graph.item_ids[q]),
+                  "positives": _raw(pos, graph.item_ids), "topk": _raw(top[r], graph.item_ids),
+                  "scores": _rounded(top_scores[r])}
+        if by_group:
+          record["user"] = str(graph.pivot_ids[uniq_keys[start + r] % graph.num_pivots])
+        sink(record)
     tick(stop)
   result = {
       "protocol": "item",
@@ -294,6 +335,7 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
                  "ties_at_positive": int(np.count_nonzero(equal))},
       "ties": config.ties,
       "mrr_scale": config.mrr_scale,
+      "item_exclude": "group_items" if by_group else "query",
   }
   if keep_values:
     values = metrics.item_metric_values(greater, equal, config.ks, config.mrr_scale,
@@ -462,6 +504,9 @@ def evaluate_scann(graph: Graph, scorer: EmbeddingScorer, config: EvalConfig,
                      f"{type(scorer).__name__}.")
   protocol = resolve_protocol(graph, config.protocol, config.split)
   if protocol == "item":
+    if resolve_item_exclude(graph, config.item_exclude) != "query":
+      raise ValueError("ScaNN evaluation of the item protocol masks only the query; this "
+                       "graph's pairs also mask their group's items (item_exclude).")
     queries, positives, _, _ = item_pairs(graph, config)
     uniq, inverse = np.unique(queries, return_inverse=True)
     qvecs = scorer.vectors[uniq]

@@ -320,3 +320,59 @@ def test_per_user_values_of_the_user_protocol():
   np.testing.assert_array_equal(per.clusters, ev.heldout_users(graph, config))
   for name, value in result["metrics"].items():
     assert per.values[name].mean() == pytest.approx(value)
+
+
+def _grouped_hand_graph(metadata=None):
+  """`hand_graph` with pair groups (pivot rows): (0, 2) u1, (0, 4) u2, (3, 5) u0,
+  (3, 4) u0, (1, 1) u0, validation (2, 1) u0."""
+  g = hand_graph()
+  pairs = dataclasses.replace(g.pairs, group=np.array([1, 2, 0, 0, 0, 0], np.int32))
+  return build_graph(
+      name="grouped", item_ids=g.item_ids, pivot_ids=g.pivot_ids,
+      edge_items=np.array([0, 3, 4, 1, 2, 5]), edge_pivots=np.array([0, 1, 1, 2, 2, 2]),
+      pairs=pairs, heldout=g.heldout, metadata=metadata)
+
+
+def test_item_protocol_masks_the_groups_graph_items():
+  scorer = baselines.EmbeddingScorer(circle_vectors(), name="circle")
+  config = ev.EvalConfig(protocol="item", ks=(1, 2, 4), item_exclude="group_items")
+  result = ev.evaluate(_grouped_hand_graph(), scorer, config)
+  # (0, 2) with u1's {3, 4} masked: 1 (cos 10) then 2 -> rank 2.
+  # (0, 4) with u2's {1, 2, 5} masked: 3 (cos 0) then 4 -> rank 2 (5 without the mask).
+  # (3, 5) with u0's {0} masked: rank 1. (3, 4) with 0 masked: 5, 2, 1, 4 -> rank 4,
+  #   no tie left (without the mask 0 and 4 tie at 0).
+  m = result["metrics"]
+  assert m["hit_rate@1"] == pytest.approx(1 / 4)
+  assert m["hit_rate@2"] == pytest.approx(3 / 4)
+  assert m["hit_rate@4"] == pytest.approx(1.0)
+  assert m["mrr"] == pytest.approx((1 / 2 + 1 / 2 + 1 + 1 / 4) / 4)
+  assert result["counts"]["queries"] == 3  # (0, u1), (0, u2), (3, u0)
+  assert result["counts"]["ties_at_positive"] == 0
+  assert result["item_exclude"] == "group_items"
+  # "auto" follows the graph's metadata; without it only the query is masked.
+  auto = ev.evaluate(_grouped_hand_graph({"item_protocol_exclude": "group_items"}), scorer,
+                     ev.EvalConfig(protocol="item", ks=(1, 2, 4)))
+  assert auto["metrics"] == m
+  plain = ev.evaluate(_grouped_hand_graph(), scorer, ev.EvalConfig(protocol="item", ks=(2,)))
+  assert plain["item_exclude"] == "query"
+  assert plain["metrics"]["hit_rate@2"] == pytest.approx(2 / 4)
+  records = []
+  ev.evaluate(_grouped_hand_graph(), scorer, config, sink=records.append)
+  by_user = {(r["query"], r["user"]): r["topk"] for r in records}
+  assert by_user[("i0", "u2")] == ["i3", "i4"]
+
+
+def test_group_exclusion_needs_groups_that_are_pivot_rows():
+  scorer = baselines.EmbeddingScorer(circle_vectors())
+  with pytest.raises(ValueError, match="needs pair groups"):
+    ev.evaluate(hand_graph(), scorer, ev.EvalConfig(protocol="item", item_exclude="group_items"))
+  g = hand_graph()
+  bad = build_graph(
+      name="bad", item_ids=g.item_ids, pivot_ids=g.pivot_ids,
+      edge_items=np.array([0, 3, 4, 1, 2, 5]), edge_pivots=np.array([0, 1, 1, 2, 2, 2]),
+      pairs=dataclasses.replace(g.pairs, group=np.array([0, 0, 7, 0, 0, 0], np.int32)),
+      heldout=g.heldout)
+  with pytest.raises(ValueError, match="pivot rows"):
+    ev.evaluate(bad, scorer, ev.EvalConfig(protocol="item", item_exclude="group_items"))
+  with pytest.raises(ValueError, match="item_exclude"):
+    ev.EvalConfig(item_exclude="users")

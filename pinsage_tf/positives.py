@@ -4,7 +4,7 @@ PinSage learns from engagement pairs. Two objectives read them:
 
 * **pivot pairs** `(pivot p, item i)`: the graph's edges, so a pivot (user,
   board) is trained to score its own items above others
-  (`PinSageModel.pivot_embeddings`). Every edge is a pair.
+  (`PinSageModel.pivot_hidden`). Every edge is a pair.
 * **item pairs** `(query item q, positive item i)`, from one of two sources
   (`ItemPairSource`):
   - "graph": the TRAIN pairs the data preparation stored in `graph.pairs`

@@ -19,7 +19,7 @@ non-excluded items are padded with index -1 and score -inf.
 Ranks. `rank_counts` returns, per (query, target), `greater` = number of
 non-excluded items with a strictly greater score and `equal` = number of other
 non-excluded items with exactly the target's score; `rank_of` turns them into
-a 1-based rank, by default the brief's definition `greater + 1` (optimistic:
+a 1-based rank, by default the plain definition `greater + 1` (optimistic:
 the target wins all its ties; see `pinsage_tf.metrics` for the other tie
 policies). Target scores are read from the same score block as all other
 items' scores, so comparisons are exact (no recomputation rounding).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 from absl import app
@@ -23,6 +24,7 @@ from absl import flags
 from absl import logging
 
 import pinsage_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
+from pinsage_tf import atomic
 from pinsage_tf import distribute
 from pinsage_tf import hard_negatives as hard_lib
 from pinsage_tf import model as model_lib
@@ -204,6 +206,8 @@ def main(argv):
       "examples_per_second": round(result.examples_per_second, 1),
       "wall_time_s": round(result.wall_time_s, 1),
   }
+  with atomic.atomic_file(os.path.join(_MODEL_DIR.value, "train_summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
   print(json.dumps(summary, indent=2))
 
 

@@ -81,6 +81,8 @@ def test_sigkill_mid_run_then_rerun_resumes_from_checkpoint(graph_dir, tmp_path)
   summary = _last_json(out.stdout)
   assert summary["steps"] == 400
   assert set(summary["validation"]) <= {"1", "2"}
+  with open(os.path.join(model_dir, "train_summary.json")) as f:
+    assert json.load(f) == summary
   assert os.path.isfile(os.path.join(model_dir, "model", "config.json"))
   with open(os.path.join(model_dir, "experiment.json")) as f:
     assert json.load(f)["train"]["steps_per_epoch"] == 200
