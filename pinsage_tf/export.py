@@ -37,10 +37,41 @@ dim = embedding width, D = dense feature width):
   `q . z_i + b_i`: the index holds `[z_i, b_i]` (width dim + 1) and each query
   `[q, 1]`, so ScaNN and the exact search still do one inner product; the
   signatures' inputs and outputs are unchanged.
-* `pinsage_retrieval_exact` -- the same two signatures computed by brute
+  For a model trained with the pivot objective (`ExperimentConfig.
+  learns_pivots`; `export_models(pivot_embeddings=...)`), two more, scored
+  like `related_items` (`z_p . z_i` + the item bias, descending) with the
+  same outputs:
+  - `items_for_pivot`: `pivot_ids` string [B] (pivots of the exported graph)
+    -> the top-k items of each pivot's STORED embedding (the inference job's
+    `pivot_embeddings_graph.npy`, computed from the pivot's walk-based
+    importance neighborhood); the pivot's graph items are excluded.
+  - `items_for_item_set`: `item_ids` string [B, L] ("" padding) -> the
+    top-k items of a pivot given at request time by its items (a user's
+    history, a board's pins, any item set), embedded in the graph exactly as
+    `PinSageModel.pivot_hidden` + head embed a pivot offline: h^K =
+    conv_{K-1}.combine(weighted mean of the items' h^{K-1}, importance
+    pooling of their transformed h^{K-1}), then the head and L2
+    normalisation. Weights: UNIFORM over the row's non-padding slots (an
+    item given twice weighs twice). This is the exact expected visit
+    distribution of the default pivot walks (`ExperimentConfig.
+    pivot_neighborhoods`: one traversal, degree exponent 0: the walk picks
+    one of the pivot's items uniformly, "duplicates weight an item") without
+    their sampling noise and top-T_p truncation, computed deterministically
+    with no walk machinery in the graph; for pivot walks of several hops or
+    a degree exponent > 0 it is an approximation. So a known pivot's graph
+    items give a vector close to, not equal to, its `items_for_pivot`
+    vector (the export report records their cosine). The items' h^{K-1}
+    `[N, hidden]` is a variable of the model; the last layer's neighbor
+    transform runs on the gathered rows only. The given items are excluded.
+    A row without any item fails the request.
+  Excluding E items: the exact model masks them; ScaNN searches (and
+  re-scores, with reordering) min(k + E_max, N) neighbors (E_max = the
+  batch's largest exclusion) and drops them. A row with fewer than k
+  eligible items is padded with "" and score -inf.
+* `pinsage_retrieval_exact` -- the same signatures computed by brute
   force with stock TensorFlow ops only (blocked matmul + `tf.math.top_k`,
-  ties broken by the lower item index; the query is masked out). Loadable by
-  stock TensorFlow Serving.
+  ties broken by the lower item index; excluded items are masked out).
+  Loadable by stock TensorFlow Serving.
 * `pinsage_embedder` -- stock TensorFlow ops only:
   - `embed_items` (also `serving_default`): `item_ids` string [B] ->
     `embeddings` float32 [B, dim], the rows of the inference job's output.
@@ -82,20 +113,32 @@ dim = embedding width, D = dense feature width):
 
 Size: the embedder holds K float32 tables [N, neighbor_dim] plus the final
 embeddings, all as variables (no 2 GB graph-constant limit); id vocabularies
-are assets. Stock TF Serving needs a release recent enough for the ops TF
-2.20 writes (e.g. DisableCopyOnRead).
+are assets. With pivots, each retrieval model also holds h^{K-1} [N, hidden],
+the pivot embeddings [M, dim], the pivot -> item lists and the weights of the
+last layer and the head. Stock TF Serving needs a release recent enough for
+the ops TF 2.20 writes (e.g. DisableCopyOnRead).
 
-Unknown ids (`item_ids` of `related_items` / `embed_items`, `pivot_ids` of
-`embed_new_items`) and out-of-range sparse ids fail the request with
+Unknown ids (`item_ids` of `related_items` / `embed_items` /
+`items_for_item_set`, `pivot_ids` of `embed_new_items` / `items_for_pivot`),
+out-of-range sparse ids and item sets without any item fail the request with
 `tf.errors.InvalidArgumentError` (a `tf.debugging.Assert` in the graph) whose
-message names the offending values, never a silent zero vector.
+message names the signature, the input and the offending values, never a
+silent zero vector.
 
 Every export is checked before it is published: each SavedModel is loaded
 back, `pinsage_retrieval_exact` must return the numpy exact top-k
 (`pinsage_tf.retrieval_exact`), the ScaNN model's recall@k against it is
 measured on `recall_queries` sampled items, and the final layer recomputed
 from the stored tables must reproduce the given embeddings (so embeddings of
-another model are refused).
+another model are refused). With pivots: the stored pivot embeddings of
+sampled pivots are recomputed from the training pivot neighborhoods (when
+`tables` hold them) and must match; on `recall_queries` sampled pivots with
+items (64 for the exact model when it is 0), `items_for_pivot` must return
+numpy's exact top-k of the stored pivot embeddings and `items_for_item_set`
+with each pivot's graph items must return the scores of
+`LayerwiseInference.pivot_embeddings` with the same uniform weights (within
+1e-4; exact model: the same lists up to score ties; ScaNN: recall@k
+reported), and neither may return an excluded item.
 """
 
 from __future__ import annotations
@@ -127,6 +170,7 @@ from pinsage_tf import minibatch
 from pinsage_tf import pipeline
 from pinsage_tf import retrieval_exact
 from pinsage_tf import scann_index
+from scann.scann_ops.py import scann_ops  # after scann_index, which imports scann
 
 RETRIEVAL = "pinsage_retrieval"
 RETRIEVAL_EXACT = "pinsage_retrieval_exact"
@@ -169,6 +213,26 @@ SIGNATURES: Mapping[str, Mapping[str, Any]] = {
                    "sparse_<feature>": "int32 [B, L] ids of each sparse feature, -1 padding.",
                    "pivot_ids": "string [B, P] raw pivot ids, \"\" padding."},
         "outputs": {"embeddings": "float32 [B, dim], L2-normalised."},
+    },
+    "items_for_pivot": {
+        "doc": "The k items scored highest for each known pivot (user, board) by its stored "
+               "pivot embedding (z_p . z_i + b_i); the pivot's graph items are excluded. "
+               "Only for models trained with the pivot objective.",
+        "inputs": {"pivot_ids": "string [B]: raw pivot ids of the exported graph."},
+        "outputs": {"neighbor_ids": "string [B, k]: raw item ids, best first (\"\" when "
+                                    "fewer than k items are eligible).",
+                    "scores": "float32 [B, k]: descending (-inf on padding)."},
+    },
+    "items_for_item_set": {
+        "doc": "The k items scored highest for a pivot given at request time by its items: "
+               "embedded by the model's last convolution and head from the items' h^{K-1}, "
+               "uniform weights over the given (non-padding) ids; the given items are "
+               "excluded. Only for models trained with the pivot objective.",
+        "inputs": {"item_ids": "string [B, L]: raw item ids, \"\" padding; every row needs "
+                               "at least one id."},
+        "outputs": {"neighbor_ids": "string [B, k]: raw item ids, best first (\"\" when "
+                                    "fewer than k items are eligible).",
+                    "scores": "float32 [B, k]: descending (-inf on padding)."},
     },
 }
 
@@ -356,28 +420,33 @@ def exact_top_k(corpus: tf.Tensor, num_items: int, queries: tf.Tensor, k: int,
     queries: float32 `[B, d]`.
     k: results per query; needs `k < block_size` and `k < num_items`.
     block_size: rows scored per loop step (one `[B, block_size]` block alive).
-    exclude: optional int32 `[B]` row to mask per query (the query item).
+    exclude: optional int32 `[B]` (the query item) or `[B, L]` rows to mask
+      per query; -1 = none.
 
   Returns:
     (scores float32 `[B, k]` descending, indices int32 `[B, k]`); ties go to
-    the lower index, as in `pinsage_tf.retrieval_exact`.
+    the lower index, as in `pinsage_tf.retrieval_exact`. A query with fewer
+    than k unmasked rows gets score -inf and index -1 in the remaining slots.
   """
   num_blocks = int(corpus.shape[0]) // block_size
   b = tf.shape(queries)[0]
   neg_inf = tf.constant(-np.inf, tf.float32)
+  if exclude is not None and exclude.shape.rank == 1:
+    exclude = exclude[:, None]
 
   def body(i, best_scores, best_index):
     start = i * block_size
     block = corpus[start:start + block_size]  # [block, d]
     scores = tf.matmul(queries, block, transpose_b=True)  # [B, block]
     rows = start + tf.range(block_size)  # [block]
-    invalid = tf.broadcast_to(rows[None, :] >= num_items, tf.shape(scores))
+    scores = tf.where(tf.broadcast_to(rows[None, :] >= num_items, tf.shape(scores)), neg_inf,
+                      scores)
     if exclude is not None:
-      invalid = invalid | tf.equal(rows[None, :], exclude[:, None])
-    scores = tf.where(invalid, neg_inf, scores)
+      scores = _mask_columns(scores, exclude - start)  # -1 stays negative
     top = tf.math.top_k(scores, k=k)
     # Earlier blocks (lower indices) come first, so top_k's "lower position
-    # first" tie rule keeps ties ordered by index.
+    # first" tie rule keeps ties ordered by index, and the initial -1 slots
+    # win over masked rows of score -inf.
     scores = tf.concat([best_scores, top.values], axis=1)  # [B, 2k]
     index = tf.concat([best_index, top.indices + start], axis=1)
     merged = tf.math.top_k(scores, k=k)
@@ -390,22 +459,49 @@ def exact_top_k(corpus: tf.Tensor, num_items: int, queries: tf.Tensor, k: int,
   return scores, index
 
 
-def drop_query(scores: tf.Tensor, index: tf.Tensor, query: tf.Tensor
-               ) -> tuple[tf.Tensor, tf.Tensor]:
-  """Removes the query from `[B, k + 1]` results, or the last entry if absent.
+def _mask_columns(scores: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+  """`scores [B, W]` with `scores[b, columns[b, l]] = -inf` (columns outside [0, W) ignored).
+
+  A scatter of B * L entries, so a long exclusion list never materialises a
+  `[B, W, L]` comparison.
+  """
+  hit = (columns >= 0) & (columns < tf.shape(scores)[1])  # [B, L]
+  where = tf.where(hit)  # int64 [H, 2] (row, slot)
+  position = tf.stack([where[:, 0], tf.cast(tf.gather_nd(columns, where), tf.int64)], axis=1)
+  return tf.tensor_scatter_nd_update(
+      scores, position, tf.fill(tf.shape(where)[:1], tf.constant(-np.inf, scores.dtype)))
+
+
+def drop_excluded(scores: tf.Tensor, index: tf.Tensor, exclude: tf.Tensor, k: int
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+  """The first k search results of each query that are not excluded.
+
+  Args:
+    scores: float32 `[B, C]` descending and index int32 `[B, C]`, search
+      results with C >= k + (excluded rows among them) for a full answer.
+    exclude: int32 `[B]` (the query item) or `[B, L]` rows to drop per
+      query; -1 = none.
+    k: results kept.
 
   Returns:
-    (scores `[B, k]`, index `[B, k]`), order kept.
+    (scores `[B, k]`, index `[B, k]`), order kept; score -inf and index -1
+    where fewer than k results remain.
   """
-  k1 = tf.shape(index)[1]
-  is_query = tf.equal(index, query[:, None])
-  absent = tf.logical_not(tf.reduce_any(is_query, axis=1))  # [B]
-  last = tf.equal(tf.range(k1), k1 - 1)  # [k + 1]
-  drop = is_query | (absent[:, None] & last[None, :])
-  keep = tf.logical_not(drop)
-  shape = [-1, k1 - 1]
-  return (tf.reshape(tf.boolean_mask(scores, keep), shape),
-          tf.reshape(tf.boolean_mask(index, keep), shape))
+  if exclude.shape.rank == 1:
+    exclude = exclude[:, None]
+  b = tf.shape(index)[0]
+  # Membership by binary search in the sorted exclusion rows ([B, C log L],
+  # never [B, C, L]); the extra -1 column keeps every row non-empty.
+  ordered = tf.sort(tf.concat([exclude, tf.fill([b, 1], -1)], axis=1), axis=1)
+  slot = tf.minimum(tf.searchsorted(ordered, index, side="left"), tf.shape(ordered)[1] - 1)
+  excluded = tf.equal(tf.gather(ordered, slot, batch_dims=1), index)
+  neg_inf = tf.constant(-np.inf, tf.float32)
+  # Padding columns guarantee k candidates, whatever the search returned.
+  scores = tf.concat([tf.where(excluded, neg_inf, scores), tf.fill([b, k], neg_inf)], axis=1)
+  index = tf.concat([index, tf.fill([b, k], -1)], axis=1)
+  top = tf.math.top_k(scores, k=k)  # equal scores keep their order
+  kept = tf.gather(index, top.indices, batch_dims=1)
+  return top.values, tf.where(tf.equal(top.values, neg_inf), -1, kept)
 
 
 def first_traversal_neighborhoods(pivot_index: tf.Tensor, pivot_indptr: tf.Tensor,
@@ -467,11 +563,55 @@ def first_traversal_neighborhoods(pivot_index: tf.Tensor, pivot_indptr: tf.Tenso
   return ids, tf.cast(weights, tf.float32)
 
 
+def _scann_search(state: Any, queries: tf.Tensor, count: tf.Tensor, pre_reorder: tf.Tensor
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+  """`scann_index.search` of `count` neighbors re-scoring `pre_reorder` candidates.
+
+  A reordering searcher (ah, tree_ah) returns at most `pre_reorder` results,
+  by default its build-time `reorder_num_neighbors`, which a long exclusion
+  list can exceed.
+  """
+
+  def run():
+    searcher = scann_ops.searcher_from_module(state)
+    result = searcher.search_batched_parallel(queries, final_num_neighbors=count,
+                                              pre_reorder_num_neighbors=pre_reorder)
+    return (tf.ensure_shape(result.distances, [None, None]),
+            tf.ensure_shape(result.indices, [None, None]))
+
+  def empty():
+    return tf.zeros([0, count], tf.float32), tf.zeros([0, count], tf.int32)
+
+  return tf.cond(tf.shape(queries)[0] > 0, run, empty)
+
+
 # --- The exported modules ----------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class PivotTables:
+  """What the retrieval models' pivot signatures serve from.
+
+  Attributes:
+    model: the trained `PinSageModel`; its last convolution and head embed
+      request-time item sets (only their variables are saved).
+    vocab_file: the graph's raw pivot ids, one per line (row p = pivot p).
+    vectors: float32 `[M, dim]` the stored pivot embeddings.
+    pivot_to_item: the graph's pivot -> item `CSR` (what `items_for_pivot`
+      excludes).
+    last_inputs: float32 `[N, hidden]` h^{K-1} of every item.
+  """
+
+  model: Any
+  vocab_file: str
+  vectors: np.ndarray
+  pivot_to_item: graph_lib.CSR
+  last_inputs: np.ndarray
+
+
 class RetrievalModule(tf.Module):
-  """`related_items` and `related_items_by_embedding` over an item corpus.
+  """`related_items`, `related_items_by_embedding` and, with pivots,
+  `items_for_pivot` and `items_for_item_set` over an item corpus.
 
   Args:
     item_ids: unicode `[N]` raw ids (row i = item i).
@@ -483,11 +623,15 @@ class RetrievalModule(tf.Module):
       stock ops.
     block_size: exact search's corpus rows per step.
     bias: optional float32 `[N]` item biases added to every score.
+    pivots: the pivot signatures' tables (None: no pivot signatures).
+    scann_reorder: the ScaNN index's `reorder_num_neighbors` (None without
+      reordering): a search excluding many items re-scores more candidates.
   """
 
   def __init__(self, item_ids: np.ndarray, vectors: np.ndarray, vocab_file: str, k: int,
                scann_state: Any = None, block_size: int = 32768,
-               bias: np.ndarray | None = None):
+               bias: np.ndarray | None = None, pivots: PivotTables | None = None,
+               scann_reorder: int | None = None):
     super().__init__(name="pinsage_retrieval")
     n, dim = vectors.shape
     self._dim = int(dim)
@@ -502,6 +646,7 @@ class RetrievalModule(tf.Module):
     self.item_ids = tf.Variable(np.char.encode(np.asarray(item_ids, dtype=str), "utf-8"),
                                 trainable=False, name="item_ids")
     self.scann = scann_state
+    self._scann_reorder = scann_reorder
     if scann_state is None:
       self.block_size = max(min(int(block_size), n), k + 1)
       padded = math.ceil(n / self.block_size) * self.block_size
@@ -517,20 +662,61 @@ class RetrievalModule(tf.Module):
     self.related_items_by_embedding = tf.function(
         self._related_items_by_embedding, autograph=False,
         input_signature=[tf.TensorSpec([None, dim], tf.float32, name="embeddings")])
+    self.items_for_pivot = self.items_for_item_set = None
+    if pivots is None:
+      return
+    model = pivots.model
+    m = int(pivots.vectors.shape[0])
+    if pivots.vectors.shape != (m, dim) or pivots.pivot_to_item.num_rows != m:
+      raise ValueError(f"pivot vectors {pivots.vectors.shape} and {pivots.pivot_to_item.num_rows} "
+                       f"pivot item lists must be [M, {dim}] and M.")
+    if pivots.last_inputs.shape != (n, model.config.hidden_dim):
+      raise ValueError(f"last_inputs must be h^(K-1) [{n}, {model.config.hidden_dim}], got "
+                       f"{pivots.last_inputs.shape}.")
+    self.pivots = StringIndex(pivots.vocab_file, m, "pivot_ids", name="pivots")
+    self.pivot_embeddings = tf.Variable(np.asarray(pivots.vectors, np.float32), trainable=False,
+                                        name="pivot_embeddings")
+    self.pivot_indptr = tf.Variable(np.asarray(pivots.pivot_to_item.indptr, np.int64),
+                                    trainable=False, name="pivot_indptr")
+    self.pivot_items = tf.Variable(np.asarray(pivots.pivot_to_item.indices, np.int32),
+                                   trainable=False, name="pivot_items")
+    self.last_inputs = tf.Variable(np.asarray(pivots.last_inputs, np.float32), trainable=False,
+                                   name="last_inputs")
+    # Only the layers a pivot embedding runs through are saved, as plain
+    # variables (the functions close over the Keras layers; see EmbedderModule).
+    self.model_variables = [*model.convs[-1].variables, *model.head_hidden.variables,
+                            *model.head_output.variables]
+    self._model = _Untracked(model)
+    self.items_for_pivot = tf.function(
+        self._items_for_pivot, autograph=False,
+        input_signature=[tf.TensorSpec([None], tf.string, name="pivot_ids")])
+    self.items_for_item_set = tf.function(
+        self._items_for_item_set, autograph=False,
+        input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
 
-  def _search(self, queries: tf.Tensor, query_index: tf.Tensor | None):
+  def _search(self, queries: tf.Tensor, exclude: tf.Tensor | None):
+    """Top-k of `queries [B, dim]`; `exclude` int32 `[B]` / `[B, L]` rows (-1 none) or None."""
     if self._with_bias:  # [q, 1] . [z_i, b_i] = q . z_i + b_i
       queries = tf.concat([queries[:, :self._dim], tf.ones_like(queries[:, :1])], axis=1)
     if self.scann is None:
       return exact_top_k(self.embeddings, self._n, queries, self._k, self.block_size,
-                         exclude=query_index)
-    if query_index is None:
+                         exclude=exclude)
+    if exclude is None:
       return scann_index.search(self.scann, queries, self._k)
-    scores, index = scann_index.search(self.scann, queries, self._k + 1)
-    return drop_query(scores, index, query_index)
+    if exclude.shape.rank == 1:
+      scores, index = scann_index.search(self.scann, queries, self._k + 1)
+    else:
+      excluded = tf.reduce_sum(tf.cast(exclude >= 0, tf.int32), axis=1)  # [B]
+      count = tf.minimum(self._k + tf.reduce_max(tf.concat([excluded, [0]], axis=0)), self._n)
+      # A reordering index returns at most its reorder size: re-score enough.
+      pre_reorder = tf.maximum(count, self._scann_reorder) if self._scann_reorder else -1
+      scores, index = _scann_search(self.scann, queries, count, pre_reorder)
+    return drop_excluded(scores, index, exclude, self._k)
 
   def _outputs(self, scores, index):
-    return {"neighbor_ids": tf.gather(self.item_ids, index),
+    ids = tf.gather(self.item_ids, tf.maximum(index, 0))
+    ids = tf.where(index >= 0, ids, tf.zeros_like(ids))  # "" where nothing was found
+    return {"neighbor_ids": tf.ensure_shape(ids, [None, self._k]),
             "scores": tf.ensure_shape(scores, [None, self._k])}
 
   def _related_items(self, item_ids):
@@ -541,11 +727,42 @@ class RetrievalModule(tf.Module):
   def _related_items_by_embedding(self, embeddings):
     return self._outputs(*self._search(embeddings, None))
 
+  def _items_for_pivot(self, pivot_ids):
+    index = self.pivots.lookup(pivot_ids, "items_for_pivot")
+    starts = tf.gather(self.pivot_indptr, index)
+    ends = tf.gather(self.pivot_indptr, index + 1)
+    graph_items = tf.gather(self.pivot_items, tf.ragged.range(starts, ends))  # [B, (deg)]
+    exclude = graph_items.to_tensor(default_value=-1)  # [B, max deg]
+    return self._outputs(*self._search(tf.gather(self.pivot_embeddings, index), exclude))
+
+  def _items_for_item_set(self, item_ids):
+    model = self._model.value
+    index = self.items.lookup(item_ids, "items_for_item_set", padding="")  # [B, L], -1 padding
+    given = tf.cast(index >= 0, tf.float32)
+    count = tf.reduce_sum(given, axis=1)  # [B]
+    empty = tf.where(tf.equal(count, 0))[:, 0]
+    check = tf.debugging.Assert(
+        tf.equal(tf.size(empty), 0),
+        ["items_for_item_set: every row of item_ids needs at least one item id (\"\" is "
+         "padding); rows without one:", empty], summarize=20, name="empty_item_set")
+    with tf.control_dependencies([check]):
+      weights = tf.identity(given / tf.maximum(count, 1.0)[:, None])  # uniform, 0 on padding
+    b, width = tf.shape(index)[0], tf.shape(index)[1]
+    # The pivot's neighbors are the given items: their h^{K-1} rows and (inside
+    # pivot_hidden) their neighbor transforms, computed for these rows only.
+    rows = tf.gather(self.last_inputs, tf.reshape(tf.maximum(index, 0), [-1]))  # [B * L, hidden]
+    slots = tf.reshape(tf.range(b * width), [b, width])
+    z = model.head(model.pivot_hidden(rows, slots, weights, training=False))  # [B, dim]
+    return self._outputs(*self._search(z, index))
+
   def signatures(self) -> dict[str, Any]:
     related = self.related_items.get_concrete_function()
-    return {DEFAULT_SIGNATURE: related, "related_items": related,
-            "related_items_by_embedding":
-                self.related_items_by_embedding.get_concrete_function()}
+    out = {DEFAULT_SIGNATURE: related, "related_items": related,
+           "related_items_by_embedding": self.related_items_by_embedding.get_concrete_function()}
+    if self.items_for_pivot is not None:
+      out["items_for_pivot"] = self.items_for_pivot.get_concrete_function()
+      out["items_for_item_set"] = self.items_for_item_set.get_concrete_function()
+    return out
 
 
 class EmbedderModule(tf.Module):
@@ -730,6 +947,38 @@ def check_consistency(model, tables: pipeline.SamplingTables, transformed: Seque
   return diff
 
 
+def check_pivot_consistency(model, tables: pipeline.SamplingTables, transformed_last: np.ndarray,
+                            h_last: np.ndarray, pivot_vectors: np.ndarray, sample: np.ndarray,
+                            tolerance: float) -> float | None:
+  """Recomputes the stored embeddings of `sample` pivots and compares them.
+
+  The pivots are embedded from the training pivot neighborhoods of `tables`
+  (`pivot_neighbor_ids` / `_weights`), as the inference job did.
+
+  Returns:
+    The largest absolute difference, or None when `tables` hold no pivot
+    neighborhoods (nothing to compare with).
+
+  Raises:
+    ValueError: above `tolerance`, or `tables` describe another pivot count.
+  """
+  if tables.num_pivots == 0 or sample.size == 0:
+    return None
+  if tables.num_pivots != pivot_vectors.shape[0]:
+    raise ValueError(f"the tables hold {tables.num_pivots} pivot neighborhoods but "
+                     f"{pivot_vectors.shape[0]} pivot embeddings were given.")
+  h = model.pivot_hidden(tf.constant(h_last), tables.pivot_neighbor_ids[sample],
+                         tables.pivot_neighbor_weights[sample], training=False,
+                         transformed=tf.constant(transformed_last))
+  diff = float(np.max(np.abs(model.head(h).numpy() - pivot_vectors[sample])))
+  if not diff <= tolerance:
+    raise ValueError(
+        f"the pivot embeddings differ from the model's by up to {diff:.3g} (tolerance "
+        f"{tolerance}); were they computed by this model on this graph? Re-run trainer.infer "
+        "with the same model_dir and graph_dir.")
+  return diff
+
+
 # --- Orchestration -----------------------------------------------------------
 
 
@@ -804,31 +1053,124 @@ def _batched(fn: Callable[..., Mapping[str, tf.Tensor]], values: np.ndarray, key
   return {name: np.concatenate(p) for name, p in parts.items()}
 
 
+def _rows_of(ids: np.ndarray, index: Mapping[str, int]) -> np.ndarray:
+  """Item rows of returned raw ids (bytes); "" (no item) -> -1."""
+  return np.vectorize(lambda b: index[b.decode("utf-8")] if b else -1,
+                      otypes=[np.int64])(ids)
+
+
 def _check_retrieval(path: str, item_ids: np.ndarray, vectors: np.ndarray, k: int,
-                     sample: np.ndarray, exact: bool,
-                     bias: np.ndarray | None = None) -> dict[str, Any]:
+                     sample: np.ndarray, exact: bool, bias: np.ndarray | None = None,
+                     pivots: "_PivotChecks | None" = None) -> dict[str, Any]:
   """Loads an exported retrieval model and compares it with numpy exact search."""
   loaded = tf.saved_model.load(path)
   replay_warmup_requests(path, loaded)
-  if sample.size == 0:
-    return {"queries": 0}
-  fn = loaded.signatures["related_items"]
-  out = _batched(fn, item_ids[sample], "item_ids")
+  result: dict[str, Any] = {"queries": 0}
   index = {raw: i for i, raw in enumerate(item_ids.tolist())}
-  got = np.vectorize(lambda b: index[b.decode("utf-8")], otypes=[np.int64])(out["neighbor_ids"])
-  queries = retrieval_exact.biased_queries(vectors[sample], bias)
+  if sample.size:
+    out = _batched(loaded.signatures["related_items"], item_ids[sample], "item_ids")
+    got = _rows_of(out["neighbor_ids"], index)
+    queries = retrieval_exact.biased_queries(vectors[sample], bias)
+    corpus = retrieval_exact.biased_corpus(vectors, bias)
+    want, want_scores = retrieval_exact.top_k(queries, corpus, k, exclude=sample)
+    if np.any(got == sample[:, None]):
+      raise ExportError(f"{path}: related_items returned the query item itself.")
+    recall = scann_index.recall_at_k(got, want)
+    identical = float(np.mean(np.all(got == want, axis=1)))
+    result = {"queries": int(sample.size), f"recall@{k}": recall, "identical_lists": identical}
+    if exact:
+      # Identical up to float round-off: a differing slot must be a score tie.
+      close = np.isclose(out["scores"], want_scores, rtol=0, atol=1e-5)
+      if not (np.all(close) and recall >= 0.99):
+        raise ExportError(f"{path}: exact related_items disagrees with numpy exact search "
+                          f"(recall@{k}={recall:.4f}).")
+  if pivots is not None:
+    result.update(_check_pivot_signatures(path, loaded, pivots, index, k, exact))
+  return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _PivotChecks:
+  """Requests for the pivot signatures and their expected answers (numpy).
+
+  Row q is sampled pivot q: `pivot_ids` bytes `[Q]`, `item_sets` bytes
+  `[Q, L]` its graph items ("" padded), `exclude` their rows; the queries are
+  the stored pivot embeddings and the item sets' embeddings by
+  `LayerwiseInference.pivot_embeddings` with uniform weights, as
+  `retrieval_exact.biased_queries` rows against `corpus`; `want_*` the exact
+  top-k (indices, scores) of each.
+  """
+
+  pivot_ids: np.ndarray
+  item_sets: np.ndarray
+  exclude: list[np.ndarray]
+  corpus: np.ndarray
+  pivot_queries: np.ndarray
+  set_queries: np.ndarray
+  want_pivot: tuple[np.ndarray, np.ndarray]
+  want_set: tuple[np.ndarray, np.ndarray]
+  set_cosine_to_stored: np.ndarray
+
+
+def _pivot_checks(model, tables: pipeline.SamplingTables, graph: graph_lib.Graph,
+                  h_last: np.ndarray, pivot_vectors: np.ndarray, vectors: np.ndarray,
+                  bias: np.ndarray | None, k: int, sample: np.ndarray,
+                  batch_size: int) -> _PivotChecks:
+  rows = [np.asarray(graph.pivot_to_item.row(int(p)), np.int64) for p in sample]
+  width = max([1] + [len(r) for r in rows])
+  ids = np.full((len(rows), width), -1, np.int64)
+  weights = np.zeros((len(rows), width), np.float32)
+  item_sets = np.full((len(rows), width), b"", dtype=object)
+  raw = np.asarray(graph.item_ids)
+  for q, r in enumerate(rows):
+    ids[q, :len(r)] = r
+    weights[q, :len(r)] = 1.0 / len(r)  # the request path's uniform weights
+    item_sets[q, :len(r)] = [raw[i].encode("utf-8") for i in r]
+  # The offline path, on the same h^{K-1} table as the export.
+  runner = inference.LayerwiseInference(model, tables, batch_size=batch_size)
+  runner.last_inputs = h_last
+  z_set = runner.pivot_embeddings(ids, weights)
   corpus = retrieval_exact.biased_corpus(vectors, bias)
-  want, want_scores = retrieval_exact.top_k(queries, corpus, k, exclude=sample)
-  if np.any(got == sample[:, None]):
-    raise ExportError(f"{path}: related_items returned the query item itself.")
-  recall = scann_index.recall_at_k(got, want)
-  identical = float(np.mean(np.all(got == want, axis=1)))
-  result = {"queries": int(sample.size), f"recall@{k}": recall, "identical_lists": identical}
-  if exact:
-    # Identical up to float round-off: a differing slot must be a score tie.
-    close = np.isclose(out["scores"], want_scores, rtol=0, atol=1e-5)
-    if not (np.all(close) and recall >= 0.99):
-      raise ExportError(f"{path}: exact related_items disagrees with numpy exact search "
+  pivot_queries = retrieval_exact.biased_queries(pivot_vectors[sample], bias)
+  set_queries = retrieval_exact.biased_queries(z_set, bias)
+  return _PivotChecks(
+      pivot_ids=np.array([str(graph.pivot_ids[p]).encode("utf-8") for p in sample], object),
+      item_sets=item_sets, exclude=rows, corpus=corpus, pivot_queries=pivot_queries,
+      set_queries=set_queries,
+      want_pivot=retrieval_exact.top_k(pivot_queries, corpus, k, exclude=rows),
+      want_set=retrieval_exact.top_k(set_queries, corpus, k, exclude=rows),
+      set_cosine_to_stored=_cosines(z_set, pivot_vectors[sample]))
+
+
+def _check_pivot_signatures(path: str, loaded: Any, checks: _PivotChecks,
+                            index: Mapping[str, int], k: int, exact: bool) -> dict[str, Any]:
+  """`items_for_pivot` / `items_for_item_set` against numpy (see the module docstring)."""
+  result = {}
+  for signature, key, requests, queries, (want, want_scores) in (
+      ("items_for_pivot", "pivot_ids", checks.pivot_ids, checks.pivot_queries,
+       checks.want_pivot),
+      ("items_for_item_set", "item_ids", checks.item_sets, checks.set_queries,
+       checks.want_set)):
+    out = _batched(loaded.signatures[signature], requests, key, batch=64)
+    got, scores = _rows_of(out["neighbor_ids"], index), out["scores"]
+    if any(np.isin(got[q], excluded).any() for q, excluded in enumerate(checks.exclude)):
+      raise ExportError(f"{path}: {signature} returned an excluded item (a given or graph item "
+                        "of the pivot).")
+    found = got >= 0
+    # Each score is the query's inner product with the returned item: for
+    # item sets, with the offline embedding (LayerwiseInference.pivot_embeddings).
+    recomputed = np.einsum("qd,qkd->qk", queries, checks.corpus[np.maximum(got, 0)])
+    diff = float(np.max(np.abs(recomputed - scores)[found], initial=0.0))
+    if diff > 1e-4 or not np.all(np.isneginf(scores[~found])):
+      raise ExportError(f"{path}: {signature} scores differ from the offline embeddings' by up "
+                        f"to {diff:.3g} (tolerance 1e-4) or padding is not -inf.")
+    recall = scann_index.recall_at_k(got, want)
+    result[signature] = {"queries": int(got.shape[0]), f"recall@{k}": recall,
+                         "identical_lists": float(np.mean(np.all(got == want, axis=1))),
+                         "max_abs_score_diff": diff}
+    if exact and not (np.all(np.isclose(scores, want_scores, rtol=0, atol=1e-4))
+                      and recall >= 0.99):
+      raise ExportError(f"{path}: exact {signature} disagrees with numpy exact search "
                         f"(recall@{k}={recall:.4f}).")
   return result
 
@@ -890,6 +1232,37 @@ def _check_embedder(path: str, graph: graph_lib.Graph, tables: pipeline.Sampling
           "cosine_to_embed_items_min": float(cos.min())}
 
 
+def _prepare_pivots(model, graph: graph_lib.Graph, tables: pipeline.SamplingTables,
+                    config: ExportConfig, transformed_last: np.ndarray, h_last: np.ndarray,
+                    pivot_vectors: np.ndarray, vectors: np.ndarray, bias: np.ndarray | None,
+                    vocab_file: str) -> tuple[PivotTables, "_PivotChecks | None", dict]:
+  """Checks the stored pivot embeddings; the retrieval models' `PivotTables`,
+  the expected answers of sampled pivots and the report's "pivots" entry."""
+  diff = check_pivot_consistency(
+      model, tables, transformed_last, h_last, pivot_vectors,
+      _sample(graph.num_pivots, config.consistency_sample, config.seed + 2),
+      config.consistency_tolerance)
+  pivot_tables = PivotTables(model=model, vocab_file=vocab_file, vectors=pivot_vectors,
+                             pivot_to_item=graph.pivot_to_item, last_inputs=h_last)
+  with_items = np.flatnonzero(graph.pivot_to_item.degrees() > 0)
+  sample = with_items[_sample(with_items.size, config.recall_queries or 64, config.seed + 3)]
+  checks = None
+  cosine = np.zeros(0)
+  if sample.size:
+    checks = _pivot_checks(model, tables, graph, h_last, pivot_vectors, vectors, bias,
+                           config.num_neighbors, sample, config.batch_size)
+    cosine = checks.set_cosine_to_stored
+  report = {"pivots": {
+      "num_pivots": graph.num_pivots,
+      "item_set_weights": "uniform over the given (non-padding) item ids",
+      "stored_pivot_consistency_max_abs_diff": diff,
+      # How close a known pivot's graph items (uniform weights) come to its
+      # stored embedding (walk-based neighborhood).
+      "item_set_cosine_to_stored_mean": float(cosine.mean()) if cosine.size else None,
+      "item_set_cosine_to_stored_min": float(cosine.min()) if cosine.size else None}}
+  return pivot_tables, checks, report
+
+
 def export_models(
     export_base: str | os.PathLike,
     *,
@@ -901,6 +1274,7 @@ def export_models(
     version: int | None = None,
     source: Mapping[str, Any] | None = None,
     item_bias: np.ndarray | None = None,
+    pivot_embeddings: np.ndarray | None = None,
 ) -> dict[str, Any]:
   """Builds, checks and atomically publishes one version of each requested model.
 
@@ -917,6 +1291,11 @@ def export_models(
     item_bias: float32 `[N]` item biases of the embeddings (required when
       the model has `item_bias`, refused otherwise); the retrieval models add
       them to every score.
+    pivot_embeddings: float32 `[M, dim]`, row p = graph pivot p embedded
+      from its graph items (the embeddings directory's
+      `pivot_embeddings_graph.npy`). Pass it for a model trained with the
+      pivot objective (`ExperimentConfig.learns_pivots`): the retrieval
+      models then also get `items_for_pivot` and `items_for_item_set`.
 
   Returns:
     A summary: version, each model's path and report, the config files.
@@ -951,6 +1330,13 @@ def export_models(
   k = config.num_neighbors
   if not 0 < k < n:
     raise ValueError(f"num_neighbors={k} must lie in [1, {n - 1}] for {n} items.")
+  pivot_vectors = None
+  if pivot_embeddings is not None:
+    pivot_vectors = np.ascontiguousarray(pivot_embeddings, dtype=np.float32)
+    if (pivot_vectors.shape != (graph.num_pivots, vectors.shape[1])
+        or not np.all(np.isfinite(pivot_vectors))):
+      raise ValueError(f"pivot_embeddings must be [{graph.num_pivots}, {vectors.shape[1]}] finite "
+                       f"floats (one row per graph pivot), got {pivot_vectors.shape}.")
   models = tuple(m for m in ALL_MODELS if m in config.models)
   os.makedirs(export_base, exist_ok=True)
   if version is None:
@@ -981,6 +1367,36 @@ def export_models(
     warm_ids = np.char.encode(item_ids[:2].astype(str), "utf-8").astype(object)
     warm_retrieval = [("related_items", {"item_ids": warm_ids}),
                       ("related_items_by_embedding", {"embeddings": vectors[:2]})]
+    layers: list[Any] = []  # [transformed, h^{K-1}, consistency diff], computed once
+
+    def last_layers() -> list[Any]:
+      if not layers:
+        transformed, h_last = layer_tables(model, tables, batch_size=config.batch_size)
+        diff = check_consistency(model, tables, transformed, h_last, vectors,
+                                 _sample(n, config.consistency_sample, config.seed + 1),
+                                 config.consistency_tolerance)
+        layers.extend([transformed, h_last, diff])
+      return layers
+
+    pivot_vocab = os.path.join(staging, "pivot_ids.txt")
+
+    def pivot_vocab_file() -> str:
+      if not os.path.exists(pivot_vocab):
+        _write_vocab(pivot_vocab, graph.pivot_ids, "pivot id", forbid_empty=True)
+      return pivot_vocab
+
+    pivot_tables = pivot_checks = None
+    pivot_report: dict[str, Any] = {}
+    if pivot_vectors is not None and {RETRIEVAL, RETRIEVAL_EXACT} & set(models):
+      transformed, h_last, _ = last_layers()
+      pivot_tables, pivot_checks, pivot_report = _prepare_pivots(
+          model, graph, tables, config, transformed[-1], h_last, pivot_vectors, vectors, bias,
+          pivot_vocab_file())
+      warm_sets = np.array([[warm_ids[0], warm_ids[-1]], [warm_ids[-1], b""]], object)
+      warm_retrieval += [
+          ("items_for_pivot", {"pivot_ids": np.array(
+              [str(p).encode("utf-8") for p in graph.pivot_ids[:2]], object)}),
+          ("items_for_item_set", {"item_ids": warm_sets})]
 
     def build(name: str, module: tf.Module, signatures: Mapping[str, Any],
               options: tf.saved_model.SaveOptions | None, extra: Mapping[str, Any],
@@ -1004,30 +1420,25 @@ def export_models(
 
     if RETRIEVAL_EXACT in models:
       module = RetrievalModule(item_ids, vectors, item_vocab, k, None, config.exact_block_size,
-                               bias=bias)
+                               bias=bias, pivots=pivot_tables)
       tmp = build(RETRIEVAL_EXACT, module, module.signatures(), None,
-                  {"search": {"algorithm": "exact", "block_size": module.block_size}},
-                  warm_retrieval)
-      reports[RETRIEVAL_EXACT]["check"] = _check_retrieval(tmp, item_ids, vectors, k,
-                                                           check_sample, exact=True, bias=bias)
+                  {"search": {"algorithm": "exact", "block_size": module.block_size},
+                   **pivot_report}, warm_retrieval)
+      reports[RETRIEVAL_EXACT]["check"] = _check_retrieval(
+          tmp, item_ids, vectors, k, check_sample, exact=True, bias=bias, pivots=pivot_checks)
       _LOG.info("%s: built and checked", RETRIEVAL_EXACT)
 
     if EMBEDDER in models:
       inductive = is_inductive(model)
       extra: dict[str, Any] = {"embed_new_items": inductive}
       if inductive:
-        pivot_vocab = os.path.join(staging, "pivot_ids.txt")
-        _write_vocab(pivot_vocab, graph.pivot_ids, "pivot id", forbid_empty=True)
-        transformed, h_last = layer_tables(model, tables, batch_size=config.batch_size)
-        diff = check_consistency(model, tables, transformed, h_last, vectors,
-                                 _sample(n, config.consistency_sample, config.seed + 1),
-                                 config.consistency_tolerance)
+        transformed, _, diff = last_layers()
         extra.update(cold_start={
             "neighborhood": "first-traversal visit distribution, top-T",
             "num_neighbors": tables.num_neighbors, "num_layers": model.config.num_layers,
             "consistency_max_abs_diff": diff})
         module = EmbedderModule(item_vocab, vectors, model=model, transformed=transformed,
-                                graph=graph, pivot_vocab_file=pivot_vocab,
+                                graph=graph, pivot_vocab_file=pivot_vocab_file(),
                                 num_neighbors=tables.num_neighbors)
       else:
         extra["embed_new_items_reason"] = (
@@ -1048,12 +1459,17 @@ def export_models(
       state = scann_index.build_state(retrieval_exact.biased_corpus(vectors, bias), scann_config,
                                       k + 1)
       build_seconds = time.perf_counter() - t0
-      module = RetrievalModule(item_ids, vectors, item_vocab, k, state, bias=bias)
+      module = RetrievalModule(item_ids, vectors, item_vocab, k, state, bias=bias,
+                               pivots=pivot_tables,
+                               scann_reorder=scann_config.reorder_num_neighbors)
       tmp = build(RETRIEVAL, module, module.signatures(), scann_index.SAVE_OPTIONS,
                   {"search": {"algorithm": "scann", "scann": scann_config.to_json(),
-                              "index_build_seconds": round(build_seconds, 2)}},
-                  warm_retrieval)
-      check = _check_retrieval(tmp, item_ids, vectors, k, sample, exact=False, bias=bias)
+                              "index_build_seconds": round(build_seconds, 2)},
+                   **pivot_report}, warm_retrieval)
+      # Like related_items' recall, the pivot signatures' is measured only with
+      # recall_queries > 0.
+      check = _check_retrieval(tmp, item_ids, vectors, k, sample, exact=False, bias=bias,
+                               pivots=pivot_checks if sample.size else None)
       reports[RETRIEVAL]["check"] = check
       if check["queries"]:
         _LOG.info("%s: recall@%d = %.4f on %d queries", RETRIEVAL, k, check[f"recall@{k}"],

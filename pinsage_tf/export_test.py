@@ -116,12 +116,32 @@ def test_exact_top_k_blocks_and_ties():
   np.testing.assert_allclose(scores.numpy(), [[1, 1, .5], [1, 1, .5]])
 
 
-def test_drop_query_removes_the_query_or_the_last_entry():
+def test_exact_top_k_masks_several_rows_per_query():
+  corpus = np.array([[1, 0], [.9, 0], [.8, 0], [.7, 0], [.6, 0]], np.float32)
+  padded = np.zeros((8, 2), np.float32)  # 2 blocks of 4 rows, 3 padding rows
+  padded[:5] = corpus
+  queries = tf.constant([[1, 0], [1, 0], [1, 0]], tf.float32)
+  # Query 0 masks items 0 and 4 (one per block); query 1 masks nothing;
+  # query 2 masks 4 of the 5 items, so only item 2 is left: -1 / -inf after it
+  # (never a masked or padding row).
+  exclude = tf.constant([[4, -1, 0, -1], [-1, -1, -1, -1], [0, 1, 3, 4]])
+  scores, index = export.exact_top_k(tf.constant(padded), 5, queries, 3, 4, exclude=exclude)
+  np.testing.assert_array_equal(index.numpy(), [[1, 2, 3], [0, 1, 2], [2, -1, -1]])
+  np.testing.assert_allclose(scores.numpy(), [[.9, .8, .7], [1, .9, .8],
+                                              [.8, -np.inf, -np.inf]], rtol=1e-6)
+
+
+def test_drop_excluded_keeps_the_first_k_others_in_order():
   scores = tf.constant([[.9, .8, .7], [.9, .8, .7]])
   index = tf.constant([[4, 7, 1], [3, 5, 6]])
-  s, i = export.drop_query(scores, index, tf.constant([7, 9]))
+  # One excluded row per query: the query item, or the last entry if absent.
+  s, i = export.drop_excluded(scores, index, tf.constant([7, 9]), 2)
   np.testing.assert_array_equal(i.numpy(), [[4, 1], [3, 5]])
   np.testing.assert_allclose(s.numpy(), [[.9, .7], [.9, .8]])
+  # Several per query (-1 = none, any order); too few left -> -1 / -inf.
+  s, i = export.drop_excluded(scores, index, tf.constant([[1, -1, 4], [6, 3, 5]]), 2)
+  np.testing.assert_array_equal(i.numpy(), [[7, -1], [-1, -1]])
+  np.testing.assert_allclose(s.numpy(), [[.8, -np.inf], [-np.inf, -np.inf]])
 
 
 # --- The exported models ---------------------------------------------------------
@@ -189,6 +209,15 @@ def test_scann_brute_force_model_equals_exact_search(setup):
     assert set(got[q]) == set(want[q])
     for j in np.nonzero(got[q] != want[q])[0]:
       assert abs(vectors[q] @ vectors[got[q, j]] - want_scores[q, j]) < 1e-6, (q, j)
+
+
+def test_without_pivot_embeddings_only_the_item_signatures_are_exported(setup):
+  for name in (export.RETRIEVAL, export.RETRIEVAL_EXACT):
+    assert set(setup["loaded"][name].signatures) == {
+        "serving_default", "related_items", "related_items_by_embedding"}
+    report = setup["summary"]["models"][name]["report"]
+    assert "pivots" not in report and set(report["check"]) == {
+        "queries", f"recall@{_K}", "identical_lists"}
 
 
 def test_query_item_is_excluded(setup):

@@ -22,7 +22,8 @@ features) features.
 Prints a table and writes JSON: {"dataset", "protocol", "split", "config",
 "methods": {name: {"metrics", "counts", "wall_time_s", "source", ["scann"]}},
 "total_wall_time_s", ["comparison"], ...}. `--dump_topk` writes JSON lines, one per evaluated
-query (item protocol: {"method", "query", "positives", "topk", "scores"}) or
+query (item protocol: {"method", "query", "positives", "topk", "scores"}, plus
+"user" on graphs whose pairs also exclude their user's items) or
 user ({"method", "user", "relevant", "topk", "scores"}), raw ids, so results
 can be re-scored independently. `--scann` also scores each embedding method
 through a ScaNN index and reports its recall@10 against exact search.

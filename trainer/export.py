@@ -6,7 +6,9 @@ r"""Exports SavedModels for TF Serving: `python -m trainer.export`.
 
 Writes one new version (default: 1 + the highest existing one) of
 
-    EXPORT_BASE/pinsage_retrieval/N/        related items through ScaNN
+    EXPORT_BASE/pinsage_retrieval/N/        related items through ScaNN (and, for a
+                                            model trained with the pivot objective,
+                                            items for a pivot / a request's item set)
     EXPORT_BASE/pinsage_retrieval_exact/N/  the same by brute force, stock TF ops
     EXPORT_BASE/pinsage_embedder/N/         embed_items + embed_new_items (cold start)
     EXPORT_BASE/models.config               model_config_list of every model
@@ -14,8 +16,12 @@ Writes one new version (default: 1 + the highest existing one) of
 
 each version built and checked in a hidden temporary directory and renamed
 into place only when all of them are ready (see `pinsage_tf.export` for the
-signatures and the checks). The ScaNN model's recall@k against exact search
-is printed and recorded in `N/assets.extra/export_report.json`.
+signatures and the checks). A model trained with pivot pairs
+(`ExperimentConfig.learns_pivots`) needs the pivot embeddings the inference
+job wrote (`EMB_DIR/pivot_embeddings_graph.npy`): its retrieval models get
+`items_for_pivot` and `items_for_item_set`. The ScaNN model's recall@k
+against exact search is printed and recorded in
+`N/assets.extra/export_report.json`.
 
 Serve the latest versions with
 
@@ -123,10 +129,17 @@ def export(model_dir: str, graph_dir: str, embeddings_dir: str, export_base: str
             "embeddings_dir": os.path.abspath(embeddings_dir),
             "graph_fingerprint": fingerprint,
             "embeddings_model_checkpoint": embeddings.manifest.get("model_checkpoint")}
+  pivot_vectors = None
+  if experiment.learns_pivots:
+    pivot_vectors = embeddings.pivot_vectors.get("graph")
+    if pivot_vectors is None:
+      raise ValueError(
+          f"{embeddings_dir}: the model was trained with pivot pairs but the directory has no "
+          f"{embeddings_io.pivot_file('graph')}; re-run trainer.infer with this model_dir.")
   return export_lib.export_models(
       export_base, model=model, graph=inputs.graph, tables=inputs.tables,
       embeddings=embeddings.vectors, config=config, version=version, source=source,
-      item_bias=embeddings.item_bias)
+      item_bias=embeddings.item_bias, pivot_embeddings=pivot_vectors)
 
 
 def _summary(result: dict) -> dict:
@@ -139,7 +152,7 @@ def _summary(result: dict) -> dict:
             "custom_ops": report["custom_ops"]}
     if "search" in report:
       item["search"] = report["search"]
-    for key in ("check", "cold_start"):
+    for key in ("check", "cold_start", "pivots"):
       if report.get(key):
         item[key] = report[key]
     out["models"][name] = item

@@ -1,8 +1,10 @@
 """End-to-end: prepare -> train -> infer -> `python -m trainer.export` -> serving.
 
 Every entry point runs in a subprocess (their absl flags would clash in this
-process): a tiny synthetic graph is prepared, a model trained for 3 steps,
-embedded and exported; `python -m serving.server` then serves
+process): a tiny synthetic graph is prepared, a model trained for 3 steps with
+the pivot objective (so the retrieval models also get `items_for_pivot` and
+`items_for_item_set`), its items and pivots embedded and exported;
+`python -m serving.server` then serves
 `EXPORT_BASE/models.config` on free 127.0.0.1 ports and is queried with plain
 HTTP (urllib) and the stock `tensorflow_serving.apis` PredictionServiceStub.
 Expected answers come from the embeddings (numpy exact search) and from the
@@ -34,6 +36,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pinsage_tf import embeddings_io
 from pinsage_tf import export
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import inference
+from pinsage_tf import model as model_lib
 from pinsage_tf import retrieval_exact
 from pinsage_tf import training
 
@@ -65,13 +70,16 @@ def trained(tmp_path_factory):
   _run("data.prepare", "--dataset=synthetic", f"--output_dir={g}", "--num_items=300",
        "--num_boards=80", "--num_communities=5", "--num_pairs=2000")
   _run("trainer.train", f"--graph_dir={g}", f"--model_dir={m}", "--epochs=1",
-       "--steps_per_epoch=3", "--batch_size=32", "--num_negatives=16", "--num_neighbors=5",
-       "--num_walks=10", "--hidden_dim=16", "--embedding_dim=8", "--validation_queries=0",
-       "--quiet")
+       "--steps_per_epoch=3", "--batch_size=32", "--pivot_batch_size=32", "--num_negatives=16",
+       "--num_neighbors=5", "--pivot_neighbors=6", "--num_walks=10", "--hidden_dim=16",
+       "--embedding_dim=8", "--validation_queries=0", "--quiet")
   _run("trainer.infer", f"--graph_dir={g}", f"--model_dir={m}", f"--output_dir={e}")
   embeddings = embeddings_io.load_embeddings(e, g)
+  assert training.ExperimentConfig.load(m).learns_pivots
   return {"root": root, "graph_dir": g, "model_dir": m, "emb_dir": e,
-          "vectors": np.asarray(embeddings.vectors), "item_ids": embeddings.item_ids}
+          "vectors": np.asarray(embeddings.vectors), "item_ids": embeddings.item_ids,
+          "pivot_vectors": np.asarray(embeddings.pivot_vectors["graph"]),
+          "pivot_ids": embeddings.pivot_ids, "graph": graph_lib.load_graph(g)}
 
 
 def _export_args(trained, base, *extra):
@@ -171,6 +179,12 @@ def test_export_layout_reports_and_models_config(exported):
   assert retrieval["check"][f"recall@{_K}"] >= 0.99
   assert retrieval["custom_ops"] and not summary["models"][export.RETRIEVAL_EXACT]["custom_ops"]
   assert summary["models"][export.EMBEDDER]["signatures"] == ["embed_items", "embed_new_items"]
+  for name in (export.RETRIEVAL, export.RETRIEVAL_EXACT):
+    assert summary["models"][name]["signatures"] == [
+        "items_for_item_set", "items_for_pivot", "related_items", "related_items_by_embedding"]
+    assert summary["models"][name]["pivots"]["num_pivots"] == 80
+    for signature in ("items_for_pivot", "items_for_item_set"):
+      assert summary["models"][name]["check"][signature][f"recall@{_K}"] >= 0.99
   config = text_format.Parse(open(os.path.join(base, export.MODELS_CONFIG)).read(),
                              model_server_config_pb2.ModelServerConfig())
   assert sorted(c.name for c in config.model_config_list.config) == sorted(export.ALL_MODELS)
@@ -179,8 +193,9 @@ def test_export_layout_reports_and_models_config(exported):
 def test_saved_model_cli_show_all_is_clean(exported):
   base, _ = exported
   cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-  expected = {export.RETRIEVAL: ("related_items", "related_items_by_embedding"),
-              export.RETRIEVAL_EXACT: ("related_items", "related_items_by_embedding"),
+  retrieval = ("related_items", "related_items_by_embedding", "items_for_pivot",
+               "items_for_item_set")
+  expected = {export.RETRIEVAL: retrieval, export.RETRIEVAL_EXACT: retrieval,
               export.EMBEDDER: ("embed_items", "embed_new_items")}
   procs = {name: subprocess.Popen(  # in parallel: each one starts TensorFlow
       [cli, "show", "--dir", os.path.join(base, name, "1"), "--all"],
@@ -206,6 +221,21 @@ def test_versions_increase_and_existing_versions_are_refused(trained, exported):
   assert "already exists" in refused.stderr
   assert not [d for d in os.listdir(os.path.join(base, export.RETRIEVAL_EXACT))
               if d.startswith(".")]
+
+
+def test_pivot_model_needs_its_pivot_embeddings(trained, tmp_path):
+  emb = embeddings_io.load_embeddings(trained["emb_dir"])
+  without = str(tmp_path / "emb")  # the same items, no pivot files
+  embeddings_io.save_embeddings(without, emb.vectors, emb.item_ids,
+                                {"graph_fingerprint": emb.manifest["graph_fingerprint"]})
+  proc = _run("trainer.export", f"--model_dir={trained['model_dir']}",
+              f"--graph_dir={trained['graph_dir']}", f"--embeddings_dir={without}",
+              f"--export_base={tmp_path / 'exports'}", check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "trained with pivot pairs" in proc.stderr
+  assert "pivot_embeddings_graph.npy" in proc.stderr
+  assert not os.path.exists(tmp_path / "exports") or not any(
+      export.list_versions(os.path.join(tmp_path, "exports", name)) for name in export.ALL_MODELS)
 
 
 def test_cold_start_of_existing_items_is_close_to_their_embeddings(trained, exported):
@@ -308,3 +338,98 @@ def test_unknown_ids_are_invalid_argument_naming_the_id(server):
                   {"item_ids": np.array([b"ghost_item"], object)})
   assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
   assert "ghost_item" in e.value.details()
+
+
+# --- Pivot signatures through python -m serving.server ------------------------------
+
+
+def _rows_of(trained, ids) -> np.ndarray:
+  row = {raw: i for i, raw in enumerate(trained["item_ids"].tolist())}
+  return np.array([[row[i.decode() if isinstance(i, bytes) else i] if i else -1 for i in r]
+                   for r in ids])
+
+
+def _assert_top_k(trained, model, got, scores, want, want_scores):
+  np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+  if model == export.RETRIEVAL_EXACT:
+    np.testing.assert_array_equal(got, want)
+  else:  # brute force: the same set, order up to float round-off on near-ties
+    assert [set(g) for g in got] == [set(w) for w in want]
+
+
+def test_rest_items_for_pivot_is_exact_search_of_the_stored_pivot_embedding(server, trained):
+  graph = trained["graph"]
+  rows = [0, 7, 42]
+  items = [graph.pivot_to_item.row(p) for p in rows]
+  want, want_scores = retrieval_exact.top_k(trained["pivot_vectors"][rows], trained["vectors"],
+                                            _K, exclude=items)
+  # Without the exclusion the pivots' own items would come back.
+  unmasked, _ = retrieval_exact.top_k(trained["pivot_vectors"][rows], trained["vectors"], _K)
+  assert any(np.isin(u, r).any() for u, r in zip(unmasked, items))
+  for model in (export.RETRIEVAL_EXACT, export.RETRIEVAL):
+    status, body = _rest(server["rest"], f"/v1/models/{model}:predict", {
+        "signature_name": "items_for_pivot",
+        "instances": [str(trained["pivot_ids"][p]) for p in rows]})
+    assert status == 200, body
+    got = _rows_of(trained, [p["neighbor_ids"] for p in body["predictions"]])
+    scores = np.array([p["scores"] for p in body["predictions"]], np.float32)
+    _assert_top_k(trained, model, got, scores, want, want_scores)
+    assert not any(np.isin(g, r).any() for g, r in zip(got, items))
+
+
+def test_grpc_and_rest_items_for_item_set_equal_the_offline_pivot_path(server, trained):
+  # Row 0 gives items 3, 10, 3 (weights 2/3, 1/3: uniform per given id), row 1
+  # item 250 and padding.
+  item = lambda i: str(trained["item_ids"][i])
+  request = np.array([[item(3), item(10), item(3)], [item(250), "", ""]], object)
+  experiment = training.ExperimentConfig.load(trained["model_dir"])
+  inputs = training.prepare_inputs(trained["graph_dir"], experiment, hard_negatives=False)
+  runner = inference.LayerwiseInference(
+      model_lib.load_model(os.path.join(trained["model_dir"], training.MODEL_DIR)),
+      inputs.tables)
+  runner.outputs()
+  z = runner.pivot_embeddings(np.array([[3, 10], [250, -1]]),
+                              np.array([[2 / 3, 1 / 3], [1, 0]], np.float32))
+  want, want_scores = retrieval_exact.top_k(z, trained["vectors"], _K, exclude=[[3, 10], [250]])
+  for model in (export.RETRIEVAL_EXACT, export.RETRIEVAL):
+    out = _grpc_predict(server["grpc"], model, "items_for_item_set",
+                        {"item_ids": np.char.encode(request.astype(str), "utf-8").astype(object)})
+    got = _rows_of(trained, out["neighbor_ids"])
+    _assert_top_k(trained, model, got, out["scores"], want, want_scores)
+    assert not np.isin(got[0], [3, 10]).any() and 250 not in got[1]
+    status, body = _rest(server["rest"], f"/v1/models/{model}:predict", {
+        "signature_name": "items_for_item_set", "inputs": {"item_ids": request.tolist()}})
+    assert status == 200, body
+    np.testing.assert_array_equal(_rows_of(trained, body["outputs"]["neighbor_ids"]), got)
+    np.testing.assert_allclose(body["outputs"]["scores"], out["scores"], atol=1e-6)
+
+
+def test_pivot_signatures_reject_bad_requests(server, trained):
+  item = str(trained["item_ids"][0])
+  path = f"/v1/models/{export.RETRIEVAL_EXACT}:predict"
+  status, body = _rest(server["rest"], path, {
+      "signature_name": "items_for_pivot", "instances": ["no_such_board"]})
+  assert status == 400 and "unknown pivot_ids" in body["error"], body
+  assert "no_such_board" in body["error"]
+  status, body = _rest(server["rest"], path, {
+      "signature_name": "items_for_item_set", "instances": [[item, ""], ["", ""]]})
+  assert status == 400 and "needs at least one item id" in body["error"], body
+  status, body = _rest(server["rest"], path, {
+      "signature_name": "items_for_item_set", "instances": [[1, 2]]})
+  assert status == 400 and "not of expected type: string" in body["error"], body
+  for model in (export.RETRIEVAL, export.RETRIEVAL_EXACT):
+    with pytest.raises(grpc.RpcError) as e:
+      _grpc_predict(server["grpc"], model, "items_for_item_set",
+                    {"item_ids": np.array([[item.encode(), b"ghost_item"]], object)})
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown item_ids" in e.value.details() and "ghost_item" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+      _grpc_predict(server["grpc"], model, "items_for_item_set",
+                    {"item_ids": np.array([[1, 2]], np.int32)})
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expects string" in e.value.details(), e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+      _grpc_predict(server["grpc"], model, "items_for_pivot",
+                    {"pivot_ids": np.array([b"ghost_board"], object)})
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ghost_board" in e.value.details()
