@@ -34,20 +34,45 @@ Pipeline (K = `num_layers`, T = neighbors per item, d = hidden width):
          `part-<start>-<stop>.npy` float32 `[stop - start, E]` per shard,
          written to a temporary name and renamed (idempotent under retries).
 
+Pivots (users, boards; `PinSageModel.pivot_hidden`) are embedded in the same
+pipeline from the items' h^{K-1} and t^{K-1} (the last layer's inputs, already
+computed above) and a pivot neighborhood table per *history* (e.g. "graph",
+"graph+validation"): pivot row p -> [(item v, alpha_pv)], Tp slots. The
+driver stages each table as `.npy` (`pivots/<history>/ids.npy`,
+`weights.npy` under the output directory) and, per history:
+
+    pivot ranges [start, stop)  (beam.Create)
+      -> ReadPivots: the rows of the staged table (only those bytes are read):
+             C   = (p, c_p)                       one per pivot; c_p = its valid slots
+             MSG = (v, (p, s, alpha_ps))          one per valid slot (weight > 0)
+      -> Send:    CoGroupByKey({h: H_{K-1}, t: T_{K-1}, m: MSG}) by item v
+                  -> (p, (s, alpha, h^{K-1}_v, t^{K-1}_v)) per message
+      -> Regroup: CoGroupByKey({c: C, n: sent}) by pivot p; the reducer fails
+                  unless exactly c_p messages on c_p distinct slots arrived
+      -> Embed:   beam.BatchElements, then one model call per batch:
+                  head(pivot_hidden(rows, index, alpha, transformed=t rows)),
+                  the gathered neighbor rows stacked as the h table
+      -> Write:   `pivots/<history>/part-<start>-<stop>.npy` `[rows, E]`, as above.
+
 The driver then assembles the shards into the `[N, E]` array
 (`assemble_shards`, which can fill a memory map for large N), checking that
-the shards tile `[0, N)` exactly.
+the shards tile `[0, N)` exactly, and each history's into `[M, E]`.
 
 Contract: `run_layerwise(config)` returns float32 `[N, E]` equal, within float
 round-off (1e-5), to `inference.layerwise_embeddings(model, tables)` for the
 same weights, graph and neighborhood table (`run_layerwise_outputs` also the
 item biases `[N]` of an `item_bias` model, like `inference.layerwise_outputs`): the same layer functions
 (`encode_inputs`, `PinSageConv.transform_neighbors` / `pool` / `combine`,
-`head`) run on the same inputs. Padding slots (id -1 or weight 0) send no
-message and are zero-filled in the reducer; they never contribute to any
-pooling, exactly as in `PinSageConv.pool`. An isolated item receives no
-message and pools to 0, as in the local runner. Each node is transformed
-once per layer (on the sending side), as in the local runner and the paper.
+`head`) run on the same inputs. `run_layerwise_inference(config,
+pivot_neighborhoods={history: table})` also returns, per history, the pivot
+embeddings `[M, E]` equal within 1e-5 to `LayerwiseInference.pivot_embeddings
+(table.ids, table.weights)` (the model's `pivot_hidden` and `head`). Padding
+slots (id -1 or weight 0) send no message and are zero-filled in the reducer;
+they never contribute to any pooling, exactly as in `PinSageConv.pool`, nor
+to a pivot's weighted mean. An isolated item (or a pivot without items)
+receives no message and pools to 0, as in the local runner. Each node is
+transformed once per layer (on the sending side), as in the local runner and
+the paper.
 
 Scaling notes:
 * Vectors travel as raw float32 bytes (no pickling), keys are item ints.
@@ -60,21 +85,23 @@ Scaling notes:
   Workers check the graph's fingerprint against the one the driver saw.
 * Per-layer shuffle volume is about N * T * 4 * d' bytes (each message
   carries one transformed neighbor vector); a very popular neighbor is a hot
-  key whose messages are iterated lazily, never materialised as a list.
-* Output shards go to `output_dir` (kept) or to a temporary directory under
-  `--temp_location` (or the local temp dir), deleted after assembly; any
-  Beam filesystem (local, gs://, ...) works for them.
+  key whose messages are iterated lazily, never materialised as a list. The
+  pivot stage moves about M * Tp * 4 * (d + d') bytes per history.
+* Output shards (and the staged pivot tables) go to `output_dir` (kept) or to
+  a temporary directory under `--temp_location` (or the local temp dir),
+  deleted after assembly; any Beam filesystem (local, gs://, ...) works for
+  them.
 
 Join integrity. A runner that loses or duplicates elements would silently
 give wrong embeddings, so the pipeline checks what it can: each neighbor key
 has exactly one vector, each item exactly one h and exactly c_u messages on
-distinct slots, and each output shard every item exactly once; any violation
-raises. Beam 2.77's DirectRunner with several workers was observed to drop
-elements in this pipeline's GroupByKeys (reproduced with a TensorFlow-free
-pipeline of the same shape): always with `direct_running_mode=multi_threading`,
-which `run_layerwise` therefore refuses, and with `multi_processing` when a
-`beam.Reshuffle()` followed the `beam.Create` (which reshuffles already), so
-none is used. `in_memory` (one worker) and `multi_processing` without that
+distinct slots, and each output shard every item exactly once (and the same
+for pivots); any violation raises. Beam 2.77's DirectRunner with several
+workers was observed to drop elements in this pipeline's GroupByKeys
+(reproduced with a TensorFlow-free pipeline of the same shape): always with
+`direct_running_mode=multi_threading`, which `run_layerwise` therefore
+refuses, and with `multi_processing` when a `beam.Reshuffle()` followed the
+`beam.Create` (which reshuffles already), so none is used. `in_memory` (one worker) and `multi_processing` without that
 Reshuffle gave exact results in every run here.
 """
 
@@ -86,7 +113,7 @@ import logging
 import re
 import tempfile
 import uuid
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -104,6 +131,9 @@ import tensorflow as tf  # pylint: disable=g-bad-import-order
 
 SHARD_PATTERN = "part-*.npy"
 _SHARD_RE = re.compile(r"part-(\d+)-(\d+)\.npy$")
+PIVOTS_DIR = "pivots"
+_PIVOT_IDS, _PIVOT_WEIGHTS = "ids.npy", "weights.npy"
+_HISTORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _TRANSFORMED = "transformed"
 _MESSAGES = "messages"
 
@@ -212,6 +242,40 @@ def _from_bytes(data: bytes) -> np.ndarray:
   return np.frombuffer(data, dtype="<f4")
 
 
+def _write_npy(path: str, array: np.ndarray) -> None:
+  """Writes `array` as `.npy` to `path` (any Beam filesystem): a temporary
+  sibling, then a rename, so `path` is complete or absent (and a retry
+  rewrites it whole)."""
+  directory, name = FileSystems.split(path)
+  tmp = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+  with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+  FileSystems.rename([tmp], [path])
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_npy_rows(path: str, start: int, stop: int) -> np.ndarray:
+  """Rows `[start, stop)` of a 2-D C-order `.npy` (any Beam filesystem),
+  reading only their bytes."""
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    version = np.lib.format.read_magic(f)
+    if version not in _NPY_HEADER_READERS:
+      raise ValueError(f"{path}: unsupported .npy version {version}.")
+    shape, fortran_order, dtype = _NPY_HEADER_READERS[version](f)
+    if len(shape) != 2 or fortran_order or dtype.hasobject or not 0 <= start <= stop <= shape[0]:
+      raise ValueError(f"{path}: expected a C-order [rows, width] array with rows "
+                       f"[{start}, {stop}), got shape {shape} (fortran_order={fortran_order}).")
+    row_bytes = shape[1] * dtype.itemsize
+    f.seek(f.tell() + start * row_bytes)
+    data = f.read((stop - start) * row_bytes)
+  if len(data) != (stop - start) * row_bytes:
+    raise ValueError(f"{path}: truncated (rows [{start}, {stop}) not all present).")
+  return np.frombuffer(data, dtype).reshape(stop - start, shape[1])
+
+
 class _LayerFunctions:
   """The model's pieces as `tf.function`s with fixed signatures (no retracing)."""
 
@@ -241,6 +305,13 @@ class _LayerFunctions:
           lambda h: model.head_and_bias(h),
           input_signature=[tf.TensorSpec([None, hidden], tf.float32)])
     self.neighbor_units = [conv.neighbor_units for conv in model.convs]
+    self.pivot = tf.function(
+        lambda h, t, index, w: model.head(
+            model.pivot_hidden(h, index, w, training=False, transformed=t)),
+        input_signature=[tf.TensorSpec([None, hidden], tf.float32),
+                         tf.TensorSpec([None, self.neighbor_units[-1]], tf.float32),
+                         tf.TensorSpec([None, None], tf.int32),
+                         tf.TensorSpec([None, None], tf.float32)])
 
 
 class _ReadFn(beam.DoFn):
@@ -385,44 +456,167 @@ class _ConvolveFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput(_TRANSFORMED, (item, _to_bytes(t_next[i])))
 
 
-class _WriteShardFn(beam.DoFn):
-  """(shard index, [(u, z_u)...]) -> one complete `part-<start>-<stop>.npy`."""
+@dataclasses.dataclass(frozen=True)
+class _PivotJob:
+  """One pivot history: `count` pivots M with `width` slots Tp; the staged
+  table (`ids.npy`, `weights.npy`) and the output shards live in `directory`."""
 
-  def __init__(self, output_dir: str, num_items: int, shard_size: int, dim: int):
+  history: str
+  count: int
+  width: int
+  directory: str
+
+
+class _ReadPivotsFn(beam.DoFn):
+  """Pivot range -> (p, c_p) and item-keyed messages (v, (p, s, alpha))."""
+
+  def __init__(self, job: _PivotJob):
+    super().__init__()
+    self._job = job
+
+  def process(self, pivot_range: tuple[int, int]) -> Iterator[Any]:
+    start, stop = pivot_range
+    ids = _read_npy_rows(FileSystems.join(self._job.directory, _PIVOT_IDS), start, stop)
+    weights = _read_npy_rows(FileSystems.join(self._job.directory, _PIVOT_WEIGHTS), start, stop)
+    # As for items: padding (id -1) and zero-weight slots contribute nothing.
+    valid = (ids >= 0) & (weights > 0)
+    for i, count in enumerate(valid.sum(axis=1).tolist()):
+      yield start + i, count
+    rows, slots = np.nonzero(valid)
+    for r, s in zip(rows.tolist(), slots.tolist()):
+      yield beam.pvalue.TaggedOutput(
+          _MESSAGES, (int(ids[r, s]), (start + r, s, float(weights[r, s]))))
+
+
+def _send_to_pivots(element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[int, Any]]:
+  """Item v with h^{K-1}_v, t^{K-1}_v and pivot messages -> (p, (s, alpha, h, t))."""
+  item, groups = element
+  hs, ts = list(groups["h"]), list(groups[_TRANSFORMED])
+  messages = groups[_MESSAGES]
+  if len(hs) != 1 or len(ts) != 1:
+    for _ in messages:
+      raise _join_error(f"item {item} has {len(hs)} h and {len(ts)} transformed vectors "
+                        "(expected 1 each) for the pivot stage")
+    return
+  h, t = hs[0][1], ts[0]
+  for pivot, slot, weight in messages:
+    yield pivot, (slot, weight, h, t)
+
+
+class _PivotFn(beam.DoFn):
+  """A batch of (p, {c: [c_p], n: [(slot, alpha, h^{K-1}_v, t^{K-1}_v)...]}) -> (p, z_p).
+
+  The model's `pivot_hidden` gathers neighbor rows from an h table: here the
+  table is the batch's received rows stacked `[P * Tp, d]` (zero on padding,
+  which has weight 0) and pivot i's slot s is row `i * Tp + s`.
+  """
+
+  def __init__(self, config: BeamInferenceConfig, width: int):
+    super().__init__()
+    self._config = config
+    self._width = width
+
+  def setup(self):
+    self._fns = _LayerFunctions(self._config.weights_dir,
+                                self._config.neighborhoods.num_neighbors)
+
+  def process(self, batch: Sequence[tuple[int, dict[str, Iterable[Any]]]]) -> Iterator[Any]:
+    fns, width = self._fns, self._width
+    p = len(batch)
+    pivots = [0] * p
+    h_rows = np.zeros((p * width, fns.model.config.hidden_dim), np.float32)
+    t_rows = np.zeros((p * width, fns.neighbor_units[-1]), np.float32)
+    weights = np.zeros((p, width), np.float32)
+    for i, (pivot, groups) in enumerate(batch):
+      counts = list(groups["c"])
+      if len(counts) != 1:
+        raise _join_error(f"pivot {pivot}: {len(counts)} neighbor counts (expected 1)")
+      pivots[i] = pivot
+      received = 0
+      for slot, weight, h, t in groups["n"]:
+        h_rows[i * width + slot] = _from_bytes(h)
+        t_rows[i * width + slot] = _from_bytes(t)
+        weights[i, slot] = weight
+        received += 1
+      if received != counts[0] or np.count_nonzero(weights[i]) != counts[0]:
+        raise _join_error(f"pivot {pivot}: received {received} neighbor messages for "
+                          f"{np.count_nonzero(weights[i])} distinct slots; expected {counts[0]}")
+    index = np.arange(p * width, dtype=np.int32).reshape(p, width)
+    z = fns.pivot(h_rows, t_rows, index, weights).numpy()
+    for i, pivot in enumerate(pivots):
+      yield pivot, _to_bytes(z[i])
+
+
+class _WriteShardFn(beam.DoFn):
+  """(shard index, [(row, z_row)...]) -> one complete `part-<start>-<stop>.npy`."""
+
+  def __init__(self, output_dir: str, num_rows: int, shard_size: int, dim: int,
+               what: str = "item"):
     super().__init__()
     self._output_dir = output_dir
-    self._num_items = num_items
+    self._num_rows = num_rows
     self._shard_size = shard_size
     self._dim = dim
+    self._what = what
 
   def process(self, element: tuple[int, Iterable[tuple[int, bytes]]]) -> Iterator[str]:
     shard, rows = element
     start = shard * self._shard_size
-    stop = min(start + self._shard_size, self._num_items)
+    stop = min(start + self._shard_size, self._num_rows)
     out = np.empty((stop - start, self._dim), np.float32)
     seen = np.zeros(stop - start, bool)
-    for item, data in rows:
-      r = item - start
+    for row, data in rows:
+      r = row - start
       if seen[r]:
-        raise ValueError(f"item {item} was embedded twice.")
+        raise ValueError(f"{self._what} {row} was embedded twice.")
       seen[r] = True
       out[r] = _from_bytes(data)
     if not seen.all():
       missing = np.flatnonzero(~seen)
-      raise ValueError(f"shard [{start}, {stop}): {missing.size} items missing "
+      raise ValueError(f"shard [{start}, {stop}): {missing.size} {self._what}s missing "
                        f"(first: {start + int(missing[0])}).")
-    buffer = io.BytesIO()
-    np.save(buffer, out, allow_pickle=False)
     path = shard_path(self._output_dir, start, stop)
-    tmp = FileSystems.join(self._output_dir, f".tmp-{uuid.uuid4().hex}-{start:012d}.npy")
-    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-      f.write(buffer.getvalue())
     # A retried bundle rewrites the same complete shard: the rename is idempotent.
-    FileSystems.rename([tmp], [path])
+    _write_npy(path, out)
     yield path
 
 
-def _build(root, config: BeamInferenceConfig, info: JobInfo, output_dir: str):
+def _write_shards(rows, prefix: str, directory: str, num_rows: int, shard_size: int,
+                  dim: int, what: str):
+  """(row, z bytes) -> `part-<start>-<stop>.npy` shards in `directory`."""
+  return (
+      rows
+      | f"{prefix}KeyByShard" >> beam.Map(lambda kv: (kv[0] // shard_size, kv))
+      | f"{prefix}GroupShards" >> beam.GroupByKey()
+      | f"{prefix}WriteShards" >> beam.ParDo(
+          _WriteShardFn(directory, num_rows, shard_size, dim, what)))
+
+
+def _build_pivots(root, config: BeamInferenceConfig, info: JobInfo, job: _PivotJob,
+                  h_last, transformed_last):
+  """The pivot stage of one history (module docstring), from the items'
+  h^{K-1} `(v, (c_v, h))` and t^{K-1} `(v, t)`."""
+  name = f"Pivots-{job.history}"
+  read = (
+      root
+      | f"{name}/Ranges" >> beam.Create(shard_ranges(job.count, config.read_shard_size))
+      | f"{name}/Read" >> beam.ParDo(_ReadPivotsFn(job)).with_outputs(_MESSAGES, main="c"))
+  sent = (
+      {"h": h_last, _TRANSFORMED: transformed_last, _MESSAGES: read[_MESSAGES]}
+      | f"{name}/JoinByItem" >> beam.CoGroupByKey()
+      | f"{name}/Send" >> beam.FlatMap(_send_to_pivots))
+  embedded = (
+      {"c": read.c, "n": sent}
+      | f"{name}/RegroupByPivot" >> beam.CoGroupByKey()
+      | f"{name}/Batch" >> beam.BatchElements(min_batch_size=min(32, config.batch_size),
+                                              max_batch_size=config.batch_size)
+      | f"{name}/Embed" >> beam.ParDo(_PivotFn(config, job.width)))
+  return _write_shards(embedded, f"{name}/", job.directory, job.count,
+                       config.output_shard_size, info.embedding_dim, "pivot")
+
+
+def _build(root, config: BeamInferenceConfig, info: JobInfo, output_dir: str,
+           pivots: Sequence[_PivotJob] = ()):
   min_batch = min(32, config.batch_size)
   read = (
       root
@@ -435,6 +629,9 @@ def _build(root, config: BeamInferenceConfig, info: JobInfo, output_dir: str):
   h, transformed, messages = read.h, read[_TRANSFORMED], read[_MESSAGES]
   for k in range(info.num_layers):
     last = k == info.num_layers - 1
+    if last:
+      for job in pivots:
+        _build_pivots(root, config, info, job, h, transformed)
     name = f"Layer{k + 1}"
     sent = (
         {_TRANSFORMED: transformed, _MESSAGES: messages}
@@ -448,13 +645,8 @@ def _build(root, config: BeamInferenceConfig, info: JobInfo, output_dir: str):
         | f"{name}/Convolve" >> beam.ParDo(_ConvolveFn(config, k, last)).with_outputs(
             _TRANSFORMED, main="h"))
     h, transformed = reduced.h, reduced[_TRANSFORMED]
-  shard_size = config.output_shard_size
-  return (
-      h
-      | "KeyByShard" >> beam.Map(lambda kv: (kv[0] // shard_size, kv))
-      | "GroupShards" >> beam.GroupByKey()
-      | "WriteShards" >> beam.ParDo(
-          _WriteShardFn(output_dir, info.num_items, shard_size, info.output_dim)))
+  return _write_shards(h, "", output_dir, info.num_items, config.output_shard_size,
+                       info.output_dim, "item")
 
 
 def build_pipeline(root, config: BeamInferenceConfig, output_dir: str):
@@ -534,19 +726,77 @@ def run_layerwise(config: BeamInferenceConfig, *, pipeline_args: Sequence[str] =
 def run_layerwise_outputs(config: BeamInferenceConfig, *, pipeline_args: Sequence[str] = (),
                           output_dir: str | None = None
                           ) -> tuple[np.ndarray, np.ndarray | None]:
-  """Runs the pipeline: embeddings float32 `[N, E]` and item biases `[N]` or None.
+  """Embeddings float32 `[N, E]` and item biases `[N]` or None
+  (`run_layerwise_inference` without pivots)."""
+  out = run_layerwise_inference(config, pipeline_args=pipeline_args, output_dir=output_dir)
+  return out.vectors, out.bias
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerwiseOutputs:
+  """What `run_layerwise_inference` computed: item embeddings float32
+  `[N, E]`, item biases `[N]` or None, and {history: pivot embeddings `[M, E]`}
+  (empty without pivot tables)."""
+
+  vectors: np.ndarray
+  bias: np.ndarray | None
+  pivot_vectors: dict[str, np.ndarray]
+
+
+def _stage_pivot_tables(pivot_neighborhoods: Mapping[str, nb_lib.Neighborhoods],
+                        num_items: int, output_dir: str) -> list[_PivotJob]:
+  """Checks each pivot table and writes its ids and weights where the workers
+  read them (`<output_dir>/pivots/<history>/`)."""
+  jobs = []
+  for history, table in pivot_neighborhoods.items():
+    where = f"pivot_neighborhoods[{history!r}]"
+    if not isinstance(history, str) or not _HISTORY_RE.match(history):
+      raise ValueError(f"{where}: a history name must match {_HISTORY_RE.pattern} (it names "
+                       "a directory).")
+    ids, weights = np.asarray(table.ids), np.asarray(table.weights)
+    if ids.ndim != 2 or ids.shape[1] < 1 or weights.shape != ids.shape:
+      raise ValueError(f"{where}: ids {ids.shape} and weights {weights.shape} must both be "
+                       "[M, Tp] with Tp >= 1.")
+    if ids.size and (ids.min() < -1 or ids.max() >= num_items):
+      raise ValueError(f"{where}: ids must be item rows in [0, {num_items}) or -1 (padding), "
+                       f"got values in [{ids.min()}, {ids.max()}].")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+      raise ValueError(f"{where}: weights must be finite and >= 0.")
+    directory = FileSystems.join(output_dir, PIVOTS_DIR, history)
+    if not FileSystems.exists(directory):
+      FileSystems.mkdirs(directory)
+    _write_npy(FileSystems.join(directory, _PIVOT_IDS), ids.astype(np.int32))
+    _write_npy(FileSystems.join(directory, _PIVOT_WEIGHTS),
+               np.where(ids >= 0, weights, 0).astype(np.float32))
+    jobs.append(_PivotJob(history=history, count=ids.shape[0], width=ids.shape[1],
+                          directory=directory))
+  return jobs
+
+
+def run_layerwise_inference(
+    config: BeamInferenceConfig, *,
+    pivot_neighborhoods: Mapping[str, nb_lib.Neighborhoods] | None = None,
+    pipeline_args: Sequence[str] = (),
+    output_dir: str | None = None) -> LayerwiseOutputs:
+  """Runs the pipeline: item embeddings, item biases and pivot embeddings.
 
   The biases are None unless the model has them (`PinSageConfig.item_bias`);
   then the output shards hold `[rows, E + 1]`, the bias in the last column.
 
   Args:
     config: inputs and work split.
+    pivot_neighborhoods: optional {history: pivot neighborhood table}
+      (`neighborhoods.compute_pivot_neighborhoods`; only `ids` `[M, Tp]`,
+      -1 on padding, and `weights` are used); each history's pivots are
+      embedded like `inference.LayerwiseInference.pivot_embeddings`. History
+      names become directory names (letters, digits, `_.+-`).
     pipeline_args: Beam pipeline options, e.g. `["--direct_num_workers=2",
       "--direct_running_mode=multi_processing"]` or `["--runner=FlinkRunner",
       ...]`; empty = DirectRunner in one process.
-    output_dir: where to write (and keep) the shards; must not hold shards
-      already. None = a temporary directory under `--temp_location` (or the
-      local temp dir), deleted after assembly.
+    output_dir: where to write (and keep) the shards (pivot tables and
+      shards under `pivots/<history>/`); must not hold shards already. None =
+      a temporary directory under `--temp_location` (or the local temp dir),
+      deleted after assembly.
 
   Raises:
     FileNotFoundError / ValueError: bad inputs (or the DirectRunner's
@@ -562,19 +812,24 @@ def run_layerwise_outputs(config: BeamInferenceConfig, *, pipeline_args: Sequenc
     base = options.view_as(pipeline_options.GoogleCloudOptions).temp_location
     output_dir = FileSystems.join(base or tempfile.gettempdir(),
                                   f"pinsage-beam-inference-{uuid.uuid4().hex}")
-  elif FileSystems.match([FileSystems.join(output_dir, SHARD_PATTERN)])[0].metadata_list:
+  elif any(m.metadata_list for m in FileSystems.match([
+      FileSystems.join(output_dir, SHARD_PATTERN),
+      FileSystems.join(output_dir, PIVOTS_DIR, "*", SHARD_PATTERN)])):
     raise FileExistsError(f"{output_dir} already holds embedding shards; pass an empty "
                           "directory.")
   if not FileSystems.exists(output_dir):
     FileSystems.mkdirs(output_dir)
   try:
+    jobs = _stage_pivot_tables(pivot_neighborhoods or {}, info.num_items, output_dir)
     with beam.Pipeline(options=options) as pipeline:
-      _build(pipeline, config, info, output_dir)
+      _build(pipeline, config, info, output_dir, jobs)
     rows = assemble_shards(output_dir, info.num_items, info.output_dim)
+    pivot_vectors = {job.history: assemble_shards(job.directory, job.count, info.embedding_dim)
+                     for job in jobs}
     if info.item_bias:
-      return (np.ascontiguousarray(rows[:, :info.embedding_dim]),
-              np.ascontiguousarray(rows[:, info.embedding_dim]))
-    return rows, None
+      return LayerwiseOutputs(np.ascontiguousarray(rows[:, :info.embedding_dim]),
+                              np.ascontiguousarray(rows[:, info.embedding_dim]), pivot_vectors)
+    return LayerwiseOutputs(rows, None, pivot_vectors)
   finally:
     if not keep:
       try:

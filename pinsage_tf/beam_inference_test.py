@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -59,12 +60,19 @@ def graph_dir(tmp_path_factory):
   return directory
 
 
-def _model(graph_dir, tmp_path, pooling, num_layers):
+def _model(graph_dir, tmp_path, pooling, num_layers, random_biases=False):
   tf.keras.utils.set_random_seed(1)
   g = graph_lib.load_graph(graph_dir)
   model = model_lib.PinSageModel(model_lib.PinSageConfig(
       hidden_dim=16, embedding_dim=8, num_layers=num_layers, pooling=pooling,
       encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True)))
+  if random_biases:
+    # Zero-initialised biases map zero inputs to 0; random ones make a
+    # computation on zero inputs (a pivot without items) mean something.
+    model_lib.build_variables(model)
+    for variable in model.trainable_variables:
+      if "bias" in variable.name:
+        variable.assign(tf.random.normal(variable.shape, stddev=0.5))
   weights_dir = str(tmp_path / "model")
   model_lib.save_model(model, weights_dir)
   return g, model, weights_dir
@@ -202,3 +210,146 @@ def test_lost_or_orphan_messages_stop_the_pipeline(graph_dir, tmp_path):
 def test_shard_ranges_tile_the_items():
   assert beam_inference.shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
   assert beam_inference.shard_ranges(0, 4) == []
+
+
+# --- Pivots ------------------------------------------------------------------
+
+TP = 3
+
+
+def _hand_pivot_table() -> nb_lib.Neighborhoods:
+  """Six pivots over Tp = 3 slots, unnormalised weights on purpose:
+  0 full; 1 one item then padding; 2 no items (all padding); 3 the same item
+  in two slots; 4 a zero-weight slot before padding; 5 the isolated item."""
+  ids = np.array([[1, 2, 3], [8, -1, -1], [-1, -1, -1], [4, 4, 9], [10, 11, -1],
+                  [ISOLATED, 12, -1]], np.int32)
+  weights = np.array([[2.0, 1.0, 0.5], [0.7, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 2.0],
+                      [1.0, 0.0, 0.0], [0.3, 0.6, 0.0]], np.float32)
+  counts = (ids >= 0).sum(axis=1).astype(np.int32)
+  return nb_lib.Neighborhoods(ids=ids, weights=weights, counts=counts,
+                              config=nb_lib.NeighborhoodConfig(num_neighbors=TP))
+
+
+@pytest.mark.parametrize("pooling,num_layers,args", [
+    ("importance", 2, []),
+    ("max", 1, ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]),
+])
+def test_pivot_embeddings_equal_the_local_ones(graph_dir, tmp_path, pooling, num_layers, args):
+  g, model, weights_dir = _model(graph_dir, tmp_path, pooling, num_layers, random_biases=True)
+  tables = {
+      "graph": nb_lib.compute_pivot_neighborhoods(
+          g, nb_lib.NeighborhoodConfig(num_neighbors=5, num_walks=5, seed=3)),
+      "graph+validation": _hand_pivot_table(),
+  }
+  nb = nb_lib.load_neighborhoods(graph_dir, NB_CONFIG)
+  local = inference.LayerwiseInference(
+      model, pipeline.SamplingTables.build(g, np.asarray(nb.ids), np.asarray(nb.weights)),
+      batch_size=16)
+  want_items, _ = local.outputs()
+  out_dir = str(tmp_path / "shards")
+  got = beam_inference.run_layerwise_inference(
+      _config(graph_dir, weights_dir), pivot_neighborhoods=tables, pipeline_args=args,
+      output_dir=out_dir)
+  np.testing.assert_allclose(got.vectors, want_items, atol=1e-5)
+  assert got.bias is None and sorted(got.pivot_vectors) == sorted(tables)
+  for history, table in tables.items():
+    want = local.pivot_embeddings(table.ids, table.weights)
+    assert got.pivot_vectors[history].shape == want.shape == (table.ids.shape[0], 8)
+    np.testing.assert_allclose(got.pivot_vectors[history], want, atol=1e-5)
+  pivots = got.pivot_vectors["graph+validation"]
+  np.testing.assert_allclose(np.linalg.norm(pivots, axis=1), 1.0, atol=1e-5)
+  # A pivot without items: weighted mean 0 and pooled 0 into the last layer,
+  # i.e. head(combine(0, 0)); its neighbors matter for everyone else.
+  conv = model.convs[-1]
+  empty = model.head(conv.combine(tf.zeros([1, 16]), tf.zeros([1, conv.neighbor_units])))
+  np.testing.assert_allclose(pivots[2], empty.numpy()[0], atol=1e-5)
+  assert np.abs(pivots[1] - pivots[2]).max() > 1e-3
+  # Pivot 3 holds item 4 in two slots of weight 1: the same as one slot of weight 2.
+  np.testing.assert_allclose(
+      pivots[3], local.pivot_embeddings(np.array([[4, 9, -1]]), np.array([[2.0, 2.0, 0.0]]))[0],
+      atol=1e-5)
+  # Kept layout: staged tables and tiled shards per history (6 pivots, shards of 17).
+  directory = os.path.join(out_dir, "pivots", "graph+validation")
+  assert sorted(os.listdir(directory)) == ["ids.npy", f"part-{0:012d}-{6:012d}.npy",
+                                           "weights.npy"]
+  np.testing.assert_array_equal(np.load(os.path.join(directory, "ids.npy")),
+                                tables["graph+validation"].ids)
+
+
+def test_pivots_with_item_biases_and_a_kept_output_dir(graph_dir, tmp_path):
+  # Pivots get the head only (no bias); the items' bias column is unaffected.
+  tf.keras.utils.set_random_seed(4)
+  g = graph_lib.load_graph(graph_dir)
+  model = model_lib.PinSageModel(model_lib.PinSageConfig(
+      hidden_dim=16, embedding_dim=8, num_layers=1, item_bias=True,
+      encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True)))
+  model_lib.build_variables(model)
+  model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
+  weights_dir = str(tmp_path / "model")
+  model_lib.save_model(model, weights_dir)
+  nb = nb_lib.load_neighborhoods(graph_dir, NB_CONFIG)
+  local = inference.LayerwiseInference(
+      model, pipeline.SamplingTables.build(g, np.asarray(nb.ids), np.asarray(nb.weights)))
+  want_z, want_b = local.outputs()
+  table = _hand_pivot_table()
+  out_dir = str(tmp_path / "out")
+  got = beam_inference.run_layerwise_inference(_config(graph_dir, weights_dir),
+                                               pivot_neighborhoods={"graph": table},
+                                               output_dir=out_dir)
+  np.testing.assert_allclose(got.vectors, want_z, atol=1e-5)
+  np.testing.assert_allclose(got.bias, want_b, atol=1e-5)
+  np.testing.assert_allclose(got.pivot_vectors["graph"],
+                             local.pivot_embeddings(table.ids, table.weights), atol=1e-5)
+  # A second run into the same directory would mix shards: refused.
+  for name in os.listdir(out_dir):
+    if name.startswith("part-"):
+      os.remove(os.path.join(out_dir, name))
+  with pytest.raises(FileExistsError, match="already holds"):
+    beam_inference.run_layerwise_inference(_config(graph_dir, weights_dir),
+                                           pivot_neighborhoods={"graph": table},
+                                           output_dir=out_dir)
+
+
+def test_bad_pivot_tables_fail_before_launch(graph_dir, tmp_path):
+  _, _, weights_dir = _model(graph_dir, tmp_path, "importance", 1)
+  table = _hand_pivot_table()
+
+  def run(tables):
+    return beam_inference.run_layerwise_inference(_config(graph_dir, weights_dir),
+                                                  pivot_neighborhoods=tables)
+
+  with pytest.raises(ValueError, match=r"ids must be item rows in \[0, 60\)"):
+    run({"graph": dataclasses.replace(table, ids=np.where(table.ids == 8, NUM_ITEMS, table.ids))})
+  with pytest.raises(ValueError, match="finite and >= 0"):
+    run({"graph": dataclasses.replace(table, weights=-table.weights)})
+  with pytest.raises(ValueError, match="history name"):
+    run({"../graph": table})
+
+
+def test_read_npy_rows_reads_a_row_range(tmp_path):
+  # pylint: disable=protected-access
+  array = np.arange(35, dtype=np.int32).reshape(7, 5)
+  path = str(tmp_path / "a.npy")
+  beam_inference._write_npy(path, array)
+  assert os.listdir(tmp_path) == ["a.npy"]  # no temporary left
+  np.testing.assert_array_equal(beam_inference._read_npy_rows(path, 2, 6), array[2:6])
+  with pytest.raises(ValueError, match="shape"):
+    beam_inference._read_npy_rows(path, 5, 9)
+
+
+def test_lost_pivot_messages_stop_the_pipeline(graph_dir, tmp_path):
+  # pylint: disable=protected-access
+  _, _, weights_dir = _model(graph_dir, tmp_path, "importance", 1)
+  fn = beam_inference._PivotFn(_config(graph_dir, weights_dir), TP)
+  fn.setup()
+  h = np.zeros(16, np.float32).tobytes()
+  good = [(4, {"c": [2], "n": [(0, 0.5, h, h), (2, 0.5, h, h)]}), (5, {"c": [0], "n": []})]
+  assert [p for p, _ in fn.process(good)] == [4, 5]
+  with pytest.raises(RuntimeError, match="received 1 neighbor messages"):
+    list(fn.process([(4, {"c": [2], "n": [(0, 0.5, h, h)]})]))
+  with pytest.raises(RuntimeError, match="pivot 4: 0 neighbor counts"):
+    list(fn.process([(4, {"c": [], "n": [(0, 0.5, h, h)]})]))
+  # Messages for an item whose h^{K-1} never arrived.
+  with pytest.raises(RuntimeError, match="item 3 has 0 h and 1 transformed"):
+    list(beam_inference._send_to_pivots((3, {"h": [], "transformed": [h],
+                                             "messages": [(4, 0, 0.5)]})))

@@ -97,6 +97,21 @@ def pivot_item_lists(graph: graph_lib.Graph) -> dict[str, graph_lib.CSR]:
   return lists
 
 
+def pivot_tables(inputs: training.TrainingInputs, config: training.ExperimentConfig
+                 ) -> dict[str, nb_lib.Neighborhoods]:
+  """The pivot neighborhood table of each history of `pivot_item_lists`: the
+  cached one training used for "graph", walks from the longer lists otherwise
+  (same config and seed, so both runners embed the same tables)."""
+  tables = {}
+  for history, lists in pivot_item_lists(inputs.graph).items():
+    if history == "graph":
+      tables[history] = inputs.pivot_neighborhoods
+    else:
+      tables[history] = nb_lib.compute_pivot_neighborhoods(inputs.graph,
+                                                           config.pivot_neighborhoods, lists)
+  return tables
+
+
 def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int = 8192,
           beam_args: list[str] | None = None, checkpoint_step: int | None = None) -> Inferred:
   """Embeds every item (and, for a model trained with pivot pairs, every pivot).
@@ -106,9 +121,6 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
   config = training.ExperimentConfig.load(model_dir)
   if checkpoint_step is not None and runner != "local":
     raise ValueError("--checkpoint_step needs --runner=local.")
-  if runner == "beam" and config.learns_pivots:
-    raise ValueError("this model embeds pivots too, which the Beam runner does not compute "
-                     "yet; use --runner=local.")
   weights_dir = os.path.join(model_dir, training.MODEL_DIR)
   if checkpoint_step is not None:
     weights_dir = checkpoint_prefix(model_dir, checkpoint_step)
@@ -118,17 +130,20 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
     if done == total or done % (batch_size * 4) == 0:
       logging.info("%s: %d/%d", stage, done, total)
 
+  tables = pivot_tables(inputs, config) if config.learns_pivots else {}
   pivot_vectors: dict[str, np.ndarray] = {}
   if runner == "beam":
     from pinsage_tf import beam_inference  # pylint: disable=g-import-not-at-top
     # Workers rebuild the model from weights_dir and read the graph and its
-    # cached neighborhood table themselves (prepare_inputs made sure it exists).
+    # cached neighborhood table themselves (prepare_inputs made sure it
+    # exists); the pivot tables are staged beside the pipeline's shards.
     beam_config = beam_inference.BeamInferenceConfig(
         graph_dir=os.path.abspath(graph_dir), weights_dir=os.path.abspath(weights_dir),
         neighborhoods=config.neighborhoods,
         max_sparse_length=config.pipeline.max_sparse_length)
-    vectors, bias = beam_inference.run_layerwise_outputs(beam_config,
-                                                         pipeline_args=beam_args or [])
+    out = beam_inference.run_layerwise_inference(beam_config, pivot_neighborhoods=tables,
+                                                 pipeline_args=beam_args or [])
+    vectors, bias, pivot_vectors = out.vectors, out.bias, out.pivot_vectors
   else:
     if checkpoint_step is not None:
       model = model_lib.PinSageModel(config.model)
@@ -137,15 +152,9 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
       model = model_lib.load_model(weights_dir)
     layerwise = inference.LayerwiseInference(model, inputs.tables, batch_size=batch_size)
     vectors, bias = layerwise.outputs(progress)
-    if config.learns_pivots:
-      for history, lists in pivot_item_lists(inputs.graph).items():
-        if history == "graph":
-          table = inputs.pivot_neighborhoods  # the cached table training used
-        else:
-          table = nb_lib.compute_pivot_neighborhoods(inputs.graph, config.pivot_neighborhoods,
-                                                     lists)
-        pivot_vectors[history] = layerwise.pivot_embeddings(
-            np.asarray(table.ids), np.asarray(table.weights), progress)
+    for history, table in tables.items():
+      pivot_vectors[history] = layerwise.pivot_embeddings(
+          np.asarray(table.ids), np.asarray(table.weights), progress)
   return Inferred(inputs.graph, vectors, bias, pivot_vectors, weights_dir)
 
 

@@ -185,3 +185,70 @@ def test_item_bias_model_writes_its_biases_beside_the_embeddings(trained, tmp_pa
   from_beam = embeddings_io.load_embeddings(beam_dir, graph_dir)
   np.testing.assert_allclose(from_beam.vectors, vectors, atol=1e-5)
   np.testing.assert_allclose(from_beam.item_bias, bias, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pivot_outputs(tmp_path_factory):
+  """(graph_dir, {"local": dir, "beam": dir}) for a tiny model trained with
+  pivot pairs on LightGCN-format data with a validation hold-out; user 60 has
+  no training items (an all-padding pivot neighborhood)."""
+  root = tmp_path_factory.mktemp("pivots")
+  rng = np.random.default_rng(0)
+  raw = root / "raw"
+  raw.mkdir()
+  with open(raw / "train.txt", "w") as train, open(raw / "test.txt", "w") as test:
+    for user in range(60):
+      items = rng.choice(80, size=12, replace=False)
+      train.write(" ".join(map(str, [user, *sorted(items[:9])])) + "\n")
+      test.write(" ".join(map(str, [user, *sorted(items[9:])])) + "\n")
+    train.write("60\n")
+    test.write("60 1 2\n")
+  graph_dir, model_dir = str(root / "g"), str(root / "m")
+  out = _run(["data.prepare", "--dataset=lightgcn", f"--input_dir={raw}",
+              f"--output_dir={graph_dir}", "--val_fraction=0.2"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+              "--epochs=1", "--steps_per_epoch=3", "--batch_size=16", "--pivot_batch_size=16",
+              "--num_negatives=8", "--num_neighbors=4", "--num_walks=10", "--pivot_neighbors=6",
+              "--hidden_dim=16", "--embedding_dim=8", "--item_bias", "--validation_queries=0",
+              "--loss=sampled_softmax", "--quiet"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  dirs = {}
+  for runner in ("local", "beam"):
+    dirs[runner] = str(root / runner)
+    out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+                f"--output_dir={dirs[runner]}", f"--runner={runner}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "61 pivot embeddings (graph, graph+validation)" in out.stdout, out.stdout
+    assert f"({runner} runner)" in out.stdout
+  return graph_dir, dirs
+
+
+def test_beam_runner_writes_the_local_runners_pivot_files(pivot_outputs):
+  graph_dir, dirs = pivot_outputs
+  local, beam = dirs["local"], dirs["beam"]
+  names = sorted(os.listdir(local))
+  assert sorted(os.listdir(beam)) == names
+  assert {"pivot_ids.txt", "pivot_embeddings_graph.npy",
+          "pivot_embeddings_graph_validation.npy", "item_bias.npy"} <= set(names)
+  for name in names:
+    if name.endswith(".npy"):
+      want = np.load(os.path.join(local, name), allow_pickle=False)
+      got = np.load(os.path.join(beam, name), allow_pickle=False)
+      assert got.shape == want.shape and got.dtype == want.dtype, name
+      np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
+  for name in ("item_ids.txt", "pivot_ids.txt"):
+    with open(os.path.join(local, name)) as a, open(os.path.join(beam, name)) as b:
+      assert a.read() == b.read()
+  # Both load as complete embeddings directories with both pivot histories.
+  emb = embeddings_io.load_embeddings(beam, graph_dir)
+  assert sorted(emb.pivot_vectors) == ["graph", "graph+validation"]
+  assert emb.pivot_vectors["graph"].shape == (61, 8)
+  # The histories differ for users with validation items, not for user 60.
+  graph = graph_lib.load_graph(graph_dir)
+  with_validation = np.flatnonzero(graph.heldout.validation.degrees() > 0)
+  assert with_validation.size and 60 not in with_validation
+  diff = np.abs(emb.pivot_vectors["graph"] - emb.pivot_vectors["graph+validation"]).max(axis=1)
+  assert diff[with_validation].max() > 1e-3
+  np.testing.assert_allclose(emb.pivot_vectors["graph"][60],
+                             emb.pivot_vectors["graph+validation"][60], atol=1e-6)
