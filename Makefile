@@ -67,7 +67,8 @@ bench-quality: setup
 	    --dump_topk=bench/results/gowalla_test_topk.jsonl \
 	    --output_json=bench/results/gowalla_test_seed0_dump.json
 	$(PY) bench/quality.py --dataset=movielens --config_json=trainer/configs/movielens_dgl.json \
-	    --prepare_flag=--split=leave_last --seeds=0,1,2 --jobs=2 --threads_per_job=1 --split=test \
+	    --prepare_flag=--split=leave_last --prepare_flag=--train_pair_window=3 --seeds=0,1,2 \
+	    --jobs=2 --threads_per_job=1 --split=test \
 	    --work_dir=$(OUT)/quality_dgl --datasets_dir=$(DATASETS) \
 	    --output_json=bench/results/quality_movielens_dgl_test.json
 	$(PY) bench/quality.py --dataset=movielens --seeds=0,1,2 --split=test --compare_to=itemknn \

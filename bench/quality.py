@@ -66,7 +66,7 @@ _DATASETS = {
 }
 _DEFAULT_BASELINES = {
     "movielens": "popularity,itemknn,pixie,features",
-    "gowalla": "popularity,itemknn,pixie",  # Gowalla items have no features.
+    "gowalla": "popularity,itemknn,linear_filter,pixie",  # Gowalla items have no features.
     "synthetic": "popularity,itemknn,pixie,features",
 }
 

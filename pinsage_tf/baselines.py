@@ -29,6 +29,11 @@ Methods:
   incidence matrix, `|P(q) ∩ P(i)| / sqrt(|P(q)| |P(i)|)` (item-based
   co-occurrence kNN without neighborhood truncation), computed as blocked
   sparse x sparse products in numpy.
+* `LinearFilterScorer`: the parameter-free linear filter of the graph
+  filtering literature: S = R~^T R~ with R~ = D_P^-1/2 R D_I^-1/2 (R the
+  pivot x item incidence), i.e. `sum over shared pivots p of 1 / deg(p)`
+  divided by `sqrt(deg(q) deg(i))`; a user's "mean" score is `r_u S` up to
+  a constant, the filter's user score.
 * `PixieScorer`: Pixie-style random walks with restart from the query (or,
   for a set, multi-query walks whose walkers start at the set's items): each
   step goes item -> random pivot -> random item, the query is re-entered with
@@ -55,7 +60,7 @@ from pinsage_tf.retrieval_exact import DEFAULT_MAX_BLOCK_ELEMENTS
 SET_AGGREGATIONS = ("mean", "max", "logsumexp")
 # Temperature of the "logsumexp" set aggregation (for cosine scores).
 DEFAULT_SET_TEMPERATURE = 0.1
-BASELINES = ("popularity", "itemknn", "pixie", "features")
+BASELINES = ("popularity", "itemknn", "linear_filter", "pixie", "features")
 DEFAULT_PIXIE_STEPS = 10_000
 DEFAULT_PIXIE_RESTART_PROB = 0.5
 
@@ -403,6 +408,21 @@ class ItemKNNScorer(ItemScorer):
     return sparse_product_rows(rows, cols, vals, sets.num_rows, self._xt, self.max_block_elements)
 
 
+class LinearFilterScorer(ItemKNNScorer):
+  """Item-kNN with each shared pivot weighted by 1 / its degree (module docstring)."""
+
+  def __init__(self, graph: Graph, name: str = "linear_filter",
+               max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS):
+    super().__init__(graph, name, max_block_elements)
+    pdeg = graph.pivot_degrees().astype(np.float64)
+    pinv = np.where(pdeg > 0, 1.0 / np.sqrt(np.maximum(pdeg, 1)), 0.0)
+    # X[i, p] = deg(i)^-1/2 deg(p)^-1/2: X X^T = R~^T R~.
+    self._x = WeightedCSR(self._x.indptr, self._x.indices,
+                          (self._x.data * pinv[self._x.indices]).astype(np.float32),
+                          self._x.num_cols)
+    self._xt = self._x.transpose()
+
+
 class FeatureScorer(ItemScorer):
   """Content similarity: mean over feature groups of the group cosine."""
 
@@ -584,6 +604,8 @@ def make_baseline(name: str, graph: Graph, *, seed: int = 0,
     return PopularityScorer(graph)
   if name == "itemknn":
     return ItemKNNScorer(graph, max_block_elements=max_block_elements)
+  if name == "linear_filter":
+    return LinearFilterScorer(graph, max_block_elements=max_block_elements)
   if name == "pixie":
     return PixieScorer(graph, num_steps=pixie_steps, restart_prob=pixie_restart_prob,
                        seed=seed, max_block_elements=max_block_elements)

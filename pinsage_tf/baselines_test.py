@@ -59,6 +59,20 @@ def test_itemknn_cosines_by_hand():
   np.testing.assert_allclose(s[2], [0, 0, 0, 0, 1], rtol=1e-6)
 
 
+def test_linear_filter_by_hand():
+  scorer = baselines.make_baseline("linear_filter", tiny_graph())
+  # Pivot degrees u0 3, u1 2, u2 2, u3 1; S[q, i] = sum_{shared p} 1/deg(p) / sqrt(deg q deg i).
+  s = scorer.score(np.array([0, 1]))
+  np.testing.assert_allclose(
+      s[0], [5 / 12, (5 / 6) / math.sqrt(6), (1 / 3) / math.sqrt(2), 0, 0], rtol=1e-6)
+  s_b = [(5 / 6) / math.sqrt(6), 4 / 9, (1 / 3) / math.sqrt(3), (1 / 2) / math.sqrt(3), 0]
+  np.testing.assert_allclose(s[1], s_b, rtol=1e-6)
+  # A user's mean score is r_u S / |u|: u2 = {b, d}.
+  s_d = [0, (1 / 2) / math.sqrt(3), 0, 1 / 2, 0]
+  np.testing.assert_allclose(scorer.score_sets(_csr([[1, 3]]))[0],
+                             (np.array(s_b) + np.array(s_d)) / 2, rtol=1e-6)
+
+
 def test_itemknn_bounded_expansion_gives_same_scores():
   graph = tiny_graph()
   full = baselines.ItemKNNScorer(graph).score(np.arange(5))

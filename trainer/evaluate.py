@@ -9,14 +9,14 @@ r"""Offline evaluation CLI: learned embeddings and baselines, exact by default.
 
 Methods are embedding directories (`--embeddings_dir` is the method
 "pinsage"; `--embeddings=name=DIR,...` adds named ones, e.g. the paper's
-Table 1 variants) and the baselines popularity, itemknn, pixie, features
+Table 1 variants) and the baselines popularity, itemknn, linear_filter, pixie, features
 (`pinsage_tf.baselines`). Under the user protocol, an embeddings directory
 that holds pivot embeddings (a model trained with pivot pairs) also gives the
 method "<name>_pivots": each user scored by its own pivot embedding (the one
 embedded from the history the protocol uses: graph items, plus validation
 items on the test split), next to "<name>", the aggregate of the user's
 item-item scores. Without `--methods`, every given embedding set (and its
-pivots) plus popularity, itemknn, pixie and (when the graph has item
+pivots) plus popularity, itemknn, linear_filter, pixie and (when the graph has item
 features) features.
 
 Prints a table and writes JSON: {"dataset", "protocol", "split", "config",
@@ -138,7 +138,7 @@ PIVOT_SUFFIX = "_pivots"
 
 
 def _default_methods(graph: graph_lib.Graph, embedding_names: Sequence[str]) -> list[str]:
-  methods = list(embedding_names) + ["popularity", "itemknn", "pixie"]
+  methods = list(embedding_names) + ["popularity", "itemknn", "linear_filter", "pixie"]
   f = graph.features
   if f.dense_dim or any(s.values.nnz for s in f.sparse):
     methods.append("features")

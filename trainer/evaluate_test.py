@@ -102,7 +102,8 @@ def test_run_user_protocol_defaults(workdir):
                         config=config, output_json=str(workdir / "user.json"))
   assert result["protocol"] == "user"
   # Default methods: every embedding set plus all baselines (the graph has features).
-  assert list(result["methods"]) == ["pinsage", "popularity", "itemknn", "pixie", "features"]
+  assert list(result["methods"]) == ["pinsage", "popularity", "itemknn", "linear_filter", "pixie",
+                                    "features"]
   assert set(result["methods"]["popularity"]["metrics"]) == {
       "recall@5", "precision@5", "ndcg@5", "recall@20", "precision@20", "ndcg@20"}
   assert result["counts"]["users"] > 0
@@ -113,7 +114,7 @@ def test_default_methods_skip_features_without_features(tmp_path):
   save_graph(_graph(with_features=False), tmp_path / "g")
   result = evaluate.run(graph_dir=str(tmp_path / "g"), embeddings={}, methods=None,
                         config=evaluation.EvalConfig(max_queries=3))
-  assert list(result["methods"]) == ["popularity", "itemknn", "pixie"]
+  assert list(result["methods"]) == ["popularity", "itemknn", "linear_filter", "pixie"]
   with pytest.raises(ValueError, match="no usable item features"):
     evaluate.run(graph_dir=str(tmp_path / "g"), embeddings={}, methods=["features"],
                  config=evaluation.EvalConfig())
