@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pinsage_tf import atomic  # noqa: E402  (imports no TensorFlow)
+from quality import _mean_std, write_output  # noqa: E402  (imports no TensorFlow)
 
 
 def _pair(text: str, flag: str) -> tuple[int, str]:
@@ -61,12 +60,9 @@ def collect(args: argparse.Namespace) -> dict:
     sources.append(path)
     head = head or result
   names = sorted(set.intersection(*(set(m) for m in seeds.values())))
-  mean, std = {}, {}
-  for name in names:
-    values = [seeds[s][name] for s in seeds]
-    mean[name] = sum(values) / len(values)
-    std[name] = (math.sqrt(sum((v - mean[name]) ** 2 for v in values) / (len(values) - 1))
-                 if len(values) > 1 else 0.0)
+  stats = {name: _mean_std([seeds[s][name] for s in seeds]) for name in names}
+  mean = {name: v["mean"] for name, v in stats.items()}
+  std = {name: v["std"] for name, v in stats.items()}
   baselines = {}
   if args.baselines_json:
     with open(args.baselines_json, encoding="utf-8") as f:
@@ -113,11 +109,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--note", action="append", default=[])
   parser.add_argument("--output_json", required=True)
   args = parser.parse_args(argv)
-  output = collect(args)
-  with atomic.atomic_file(args.output_json, "w") as f:
-    json.dump(output, f, indent=1, sort_keys=True)
-    f.write("\n")
-  print(f"wrote {args.output_json}")
+  write_output(collect(args), args.output_json, tag="collect_results")
 
 
 if __name__ == "__main__":

@@ -382,19 +382,33 @@ def sparse_product_rows(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, nu
   return out
 
 
+def _inverse_sqrt(degrees: np.ndarray) -> np.ndarray:
+  """float64 1 / sqrt(d), 0 where d = 0."""
+  d = np.asarray(degrees, np.float64)
+  return np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1)), 0.0)
+
+
 class ItemKNNScorer(ItemScorer):
   """Cosine similarity of item rows of the item x pivot incidence matrix."""
 
   def __init__(self, graph: Graph, name: str = "itemknn",
                max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS):
     super().__init__(name, graph.num_items, max_block_elements)
-    deg = graph.item_degrees().astype(np.float64)
-    inv = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1)), 0.0)
     ip = graph.item_to_pivot
-    # X[i, p] = 1 / sqrt(deg i): unit rows, so X X^T is the cosine.
-    self._x = WeightedCSR(np.asarray(ip.indptr, np.int64), np.asarray(ip.indices, np.int32),
-                          np.repeat(inv, np.diff(ip.indptr)).astype(np.float32), graph.num_pivots)
+    indices = np.asarray(ip.indices, np.int32)
+    # X[i, p] = w(p) / sqrt(deg i): with w = 1 unit rows, so X X^T is the cosine.
+    data = np.repeat(_inverse_sqrt(graph.item_degrees()), np.diff(ip.indptr))
+    pivot_weight = self._pivot_weights(graph)
+    if pivot_weight is not None:
+      data = data * pivot_weight[indices]
+    self._x = WeightedCSR(np.asarray(ip.indptr, np.int64), indices, data.astype(np.float32),
+                          graph.num_pivots)
     self._xt = self._x.transpose()
+
+  def _pivot_weights(self, graph: Graph) -> np.ndarray | None:
+    """float64 `[M]` weight of each shared pivot's contribution; None = 1."""
+    del graph
+    return None
 
   def score(self, items: np.ndarray) -> np.ndarray:
     items = self._check_items(items)
@@ -414,13 +428,10 @@ class LinearFilterScorer(ItemKNNScorer):
   def __init__(self, graph: Graph, name: str = "linear_filter",
                max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS):
     super().__init__(graph, name, max_block_elements)
-    pdeg = graph.pivot_degrees().astype(np.float64)
-    pinv = np.where(pdeg > 0, 1.0 / np.sqrt(np.maximum(pdeg, 1)), 0.0)
+
+  def _pivot_weights(self, graph: Graph) -> np.ndarray:
     # X[i, p] = deg(i)^-1/2 deg(p)^-1/2: X X^T = R~^T R~.
-    self._x = WeightedCSR(self._x.indptr, self._x.indices,
-                          (self._x.data * pinv[self._x.indices]).astype(np.float32),
-                          self._x.num_cols)
-    self._xt = self._x.transpose()
+    return _inverse_sqrt(graph.pivot_degrees())
 
 
 class FeatureScorer(ItemScorer):

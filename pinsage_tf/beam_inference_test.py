@@ -106,17 +106,23 @@ def test_beam_equals_local_layerwise(graph_dir, tmp_path, pooling, num_layers, a
   np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_item_biases_equal_the_local_ones(graph_dir, tmp_path):
-  tf.keras.utils.set_random_seed(3)
-  g = graph_lib.load_graph(graph_dir)
+def _saved_bias_model(g, tmp_path, seed, **config):
+  """An item-bias model with random (not zero-initialised) bias weights, so the
+  bias checks mean something, saved to tmp_path/model: (model, weights_dir)."""
+  tf.keras.utils.set_random_seed(seed)
   model = model_lib.PinSageModel(model_lib.PinSageConfig(
       hidden_dim=16, embedding_dim=8, item_bias=True,
-      encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True)))
+      encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True), **config))
   model_lib.build_variables(model)
-  # Zero-initialised: random bias weights, so the check means something.
   model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
   weights_dir = str(tmp_path / "model")
   model_lib.save_model(model, weights_dir)
+  return model, weights_dir
+
+
+def test_item_biases_equal_the_local_ones(graph_dir, tmp_path):
+  g = graph_lib.load_graph(graph_dir)
+  model, weights_dir = _saved_bias_model(g, tmp_path, seed=3)
   nb = nb_lib.load_neighborhoods(graph_dir, NB_CONFIG)
   tables = pipeline.SamplingTables.build(g, np.asarray(nb.ids), np.asarray(nb.weights))
   want_z, want_b = inference.layerwise_outputs(model, tables, batch_size=16)
@@ -278,15 +284,8 @@ def test_pivot_embeddings_equal_the_local_ones(graph_dir, tmp_path, pooling, num
 
 def test_pivots_with_item_biases_and_a_kept_output_dir(graph_dir, tmp_path):
   # Pivots get the head only (no bias); the items' bias column is unaffected.
-  tf.keras.utils.set_random_seed(4)
   g = graph_lib.load_graph(graph_dir)
-  model = model_lib.PinSageModel(model_lib.PinSageConfig(
-      hidden_dim=16, embedding_dim=8, num_layers=1, item_bias=True,
-      encoder=model_lib.EncoderConfig.from_graph(g, use_id_embedding=True)))
-  model_lib.build_variables(model)
-  model.bias_output.kernel.assign(tf.random.normal(model.bias_output.kernel.shape))
-  weights_dir = str(tmp_path / "model")
-  model_lib.save_model(model, weights_dir)
+  model, weights_dir = _saved_bias_model(g, tmp_path, seed=4, num_layers=1)
   nb = nb_lib.load_neighborhoods(graph_dir, NB_CONFIG)
   local = inference.LayerwiseInference(
       model, pipeline.SamplingTables.build(g, np.asarray(nb.ids), np.asarray(nb.weights)))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,15 +15,10 @@ import pytest
 import pinsage_tf  # noqa: F401
 from pinsage_tf import embeddings_io
 from pinsage_tf import graph as graph_lib
+from trainer import testing
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
 NUM_ITEMS = 300
-
-
-def _run(args, timeout=600):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=ENV,
-                        capture_output=True, text=True, timeout=timeout)
+_run = testing.run_module
 
 
 @pytest.fixture(scope="module")
@@ -193,26 +186,7 @@ def pivot_outputs(tmp_path_factory):
   pivot pairs on LightGCN-format data with a validation hold-out; user 60 has
   no training items (an all-padding pivot neighborhood)."""
   root = tmp_path_factory.mktemp("pivots")
-  rng = np.random.default_rng(0)
-  raw = root / "raw"
-  raw.mkdir()
-  with open(raw / "train.txt", "w") as train, open(raw / "test.txt", "w") as test:
-    for user in range(60):
-      items = rng.choice(80, size=12, replace=False)
-      train.write(" ".join(map(str, [user, *sorted(items[:9])])) + "\n")
-      test.write(" ".join(map(str, [user, *sorted(items[9:])])) + "\n")
-    train.write("60\n")
-    test.write("60 1 2\n")
-  graph_dir, model_dir = str(root / "g"), str(root / "m")
-  out = _run(["data.prepare", "--dataset=lightgcn", f"--input_dir={raw}",
-              f"--output_dir={graph_dir}", "--val_fraction=0.2"])
-  assert out.returncode == 0, out.stderr[-2000:]
-  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
-              "--epochs=1", "--steps_per_epoch=3", "--batch_size=16", "--pivot_batch_size=16",
-              "--num_negatives=8", "--num_neighbors=4", "--num_walks=10", "--pivot_neighbors=6",
-              "--hidden_dim=16", "--embedding_dim=8", "--item_bias", "--validation_queries=0",
-              "--loss=sampled_softmax", "--quiet"])
-  assert out.returncode == 0, out.stderr[-2000:]
+  graph_dir, model_dir, _ = testing.train_tiny_pivot_model(str(root), user_without_items=True)
   dirs = {}
   for runner in ("local", "beam"):
     dirs[runner] = str(root / runner)
