@@ -8,9 +8,8 @@ STAMP := $(VENV)/.installed
 OUT ?= out
 DATASETS ?= ../shared/datasets
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup test run serve bench bench-quality clean
+.PHONY: setup lint test test-fast run serve bench bench-quality clean
 
 # Re-installs only when setup.py changed (or the venv is new).
 $(STAMP): setup.py
@@ -21,8 +20,16 @@ $(STAMP): setup.py
 
 setup: $(STAMP)
 
-test: setup
+# Rules and exclusions in ruff.toml.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --timeout=900
+
+# Skips the `slow` tests (listed in conftest.py): about a minute on 2 cores.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" --timeout=900
 
 SYN := $(OUT)/synthetic
 

@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "beam": ["apache-beam==2.77.*"],
-    "dev": ["pytest>=8", "pytest-xdist>=3.6", "pytest-timeout>=2.3"],
+    "dev": ["pytest>=8", "pytest-xdist>=3.6", "pytest-timeout>=2.3", "ruff==0.17.6"],
 }
 
 setup(

@@ -46,8 +46,9 @@ from pinsage_tf import atomic  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from serving import client  # noqa: E402
-from serving import model_manager  # noqa: E402
-from serving import tensor_codec  # noqa: E402
+from serving import json_codec  # noqa: E402
+from serving import servable as servable_lib  # noqa: E402
+from serving import signatures as signatures_lib  # noqa: E402
 from serving import toy_models  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
@@ -177,12 +178,12 @@ def main(argv: list[str]) -> None:
     # The same request as arrays, for gRPC and the in-process baseline.
     loaded = tf.saved_model.load(version_dir)
     signatures = {
-        k: tensor_codec.signature_from_proto(k, v)
-        for k, v in model_manager.read_meta_graph(version_dir, ["serve"]).signature_def.items()
+        k: signatures_lib.signature_from_proto(k, v)
+        for k, v in servable_lib.read_meta_graph(version_dir, ["serve"]).signature_def.items()
     }
-    request = tensor_codec.parse_json_predict(
-        body, lambda name: signatures[name or tensor_codec.DEFAULT_SIGNATURE])
-    signature_name = request.signature_name or tensor_codec.DEFAULT_SIGNATURE
+    request = json_codec.parse_json_predict(
+        body, lambda name: signatures[name or signatures_lib.DEFAULT_SIGNATURE])
+    signature_name = request.signature_name or signatures_lib.DEFAULT_SIGNATURE
     function = loaded.signatures[signature_name]
     feeds = {k: tf.constant(v, dtype=signatures[signature_name].inputs[k].dtype)
              for k, v in request.inputs.items()}

@@ -3,14 +3,14 @@ r"""Cold-start benchmark on MovieLens: held-out items embedded inductively (JSON
     .venv/bin/python bench/cold_start.py [--split=validation|test] [--seeds=0,1,2] \
         [--fraction=0.1] [--cold_seed=0] [--config_json=trainer/configs/movielens.json] \
         [--work_dir=out/cold_start] [--datasets_dir=../shared/datasets] [--reuse_graph] \
-        [--train_flag=--epochs=4 ...] [--prepare_flag=--train_pair_window=3 ...] \
+        [--train_flag=--set=train.epochs=4 ...] [--prepare_flag=--train_pair_window=3 ...] \
         [--output_json=out/cold_start/validation_seed0.json]
 
-Steps (`pinsage_tf.cold_start` documents the split and the embedding path):
+Steps (`bench/cold_start_lib.py` documents the split and the embedding path):
 
 1. `python -m data.prepare --dataset=movielens [--prepare_flag ...]` (subprocess) into
    WORK_DIR/graph, skipped with --reuse_graph when it exists;
-2. in-process: `cold_start.hold_out_items(fraction, cold_seed)` picks the cold
+2. in-process: `cold_start_lib.hold_out_items(fraction, cold_seed)` picks the cold
    movies among those with training edges that query a validation or test
    pair, removes their edges and the train pairs touching them, and saves the
    reduced graph atomically to WORK_DIR/graph_cold (its cold item list to
@@ -21,7 +21,7 @@ Steps (`pinsage_tf.cold_start` documents the split and the embedding path):
 4. per seed: `python -m trainer.train --graph_dir=WORK_DIR/graph_cold ...`
    (subprocess), then in-process: layer-wise embeddings of all items of the
    reduced graph, and the cold items' rows replaced by
-   - "pinsage_cold_start": `cold_start.embed_inductively` from their features
+   - "pinsage_cold_start": `cold_start_lib.embed_inductively` from their features
      and the pivots (users) whose training edges were removed;
    - "pinsage_features_only": the same with an empty pivot list (features
      only; equal to their layer-wise rows in the reduced graph).
@@ -29,7 +29,7 @@ Steps (`pinsage_tf.cold_start` documents the split and the embedding path):
    as candidates with their cold-start vectors.
 
 Evaluation: the split's item pairs whose QUERY is a cold item
-(`cold_start.cold_query_pairs`), scored by `pinsage_tf.evaluation` exactly as
+(`cold_start_lib.cold_query_pairs`), scored by `pinsage_tf.evaluation` exactly as
 `trainer.evaluate` would: all items ranked, the query masked, self-pairs
 skipped, ties "expected". Metrics: hit-rate@10/50/100, MRR (plus the
 evaluator's scaled MRR and ranks).
@@ -61,7 +61,6 @@ import numpy as np  # noqa: E402
 
 from pinsage_tf import atomic  # noqa: E402
 from pinsage_tf import baselines  # noqa: E402
-from pinsage_tf import cold_start  # noqa: E402
 from pinsage_tf import evaluation  # noqa: E402
 from pinsage_tf import export  # noqa: E402
 from pinsage_tf import graph as graph_lib  # noqa: E402
@@ -69,6 +68,7 @@ from pinsage_tf import inference  # noqa: E402
 from pinsage_tf import model as model_lib  # noqa: E402
 from pinsage_tf import retrieval_exact  # noqa: E402
 from pinsage_tf import training  # noqa: E402
+import cold_start_lib  # noqa: E402  (bench/cold_start_lib.py: split, inductive embedding)
 import quality  # noqa: E402  (bench/quality.py: subprocess runner, mean/std)
 
 _KS = (10, 50, 100)
@@ -94,7 +94,7 @@ def _evaluate(eval_graph: graph_lib.Graph, scorer: baselines.ItemScorer,
   return result
 
 
-def _pinsage_eval(model_dir: str, reduced_dir: str, split: cold_start.ColdStartSplit,
+def _pinsage_eval(model_dir: str, reduced_dir: str, split: cold_start_lib.ColdStartSplit,
                   eval_graph: graph_lib.Graph, config: evaluation.EvalConfig
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Both PinSage variants of one trained model: (results by method, diagnostics)."""
@@ -105,23 +105,23 @@ def _pinsage_eval(model_dir: str, reduced_dir: str, split: cold_start.ColdStartS
   if model.config.item_bias:
     # The cold items would need their own inductive biases as candidates.
     raise ValueError(f"{model_dir}: the cold-start study does not support item_bias models "
-                     "(cold_start.embed_inductively returns embeddings only).")
+                     "(cold_start_lib.embed_inductively returns embeddings only).")
   warm_vectors = inference.layerwise_embeddings(model, tables)
   transformed, _ = export.layer_tables(model, tables)
   cold = split.cold_items
-  with_pivots = cold_start.embed_inductively(model, graph, tables, cold, split.pivot_lists,
-                                             transformed=transformed)
-  features_only = cold_start.embed_inductively(model, graph, tables, cold,
-                                               graph_lib.empty_csr(cold.shape[0]),
-                                               transformed=transformed)
+  with_pivots = cold_start_lib.embed_inductively(model, graph, tables, cold, split.pivot_lists,
+                                                 transformed=transformed)
+  features_only = cold_start_lib.embed_inductively(model, graph, tables, cold,
+                                                   graph_lib.empty_csr(cold.shape[0]),
+                                                   transformed=transformed)
   # Diagnostic: warm items re-embedded from their own pivots vs layer-wise.
   warm = np.flatnonzero(graph.item_degrees() > 0)
   sample = np.sort(np.random.default_rng(0).choice(
       warm, size=min(_WARM_SAMPLE, warm.size), replace=False))
-  warm_again = cold_start.embed_inductively(
+  warm_again = cold_start_lib.embed_inductively(
       model, graph, tables, sample, retrieval_exact.take_rows(graph.item_to_pivot, sample),
       transformed=transformed)
-  warm_cos = cold_start.cosines(warm_again, warm_vectors[sample])
+  warm_cos = cold_start_lib.cosines(warm_again, warm_vectors[sample])
   diagnostics = {
       "warm_items_inductive_vs_layerwise_cosine": {
           "items": int(sample.size), "mean": float(warm_cos.mean()),
@@ -129,7 +129,7 @@ def _pinsage_eval(model_dir: str, reduced_dir: str, split: cold_start.ColdStartS
       "cold_features_only_vs_layerwise_max_abs_diff": float(
           np.max(np.abs(features_only - warm_vectors[cold]))) if cold.size else 0.0,
       "cold_with_vs_without_pivots_cosine_mean": float(
-          cold_start.cosines(with_pivots, features_only).mean()),
+          cold_start_lib.cosines(with_pivots, features_only).mean()),
   }
   results = {}
   for name, rows in (("pinsage_cold_start", with_pivots),
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--cold_seed", type=int, default=0,
                       help="Seed of the cold item draw (fixed across training seeds).")
   parser.add_argument("--train_flag", action="append", default=[],
-                      help="Extra trainer.train flag, repeatable (e.g. --train_flag=--epochs=4).")
+                      help="Extra trainer.train flag, repeatable "
+                           "(e.g. --train_flag=--set=train.epochs=4).")
   parser.add_argument("--prepare_flag", action="append", default=[],
                       help="Extra data.prepare flag, repeatable "
                            "(e.g. --prepare_flag=--train_pair_window=3).")
@@ -195,14 +196,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   # 2. the cold split.
   t0 = time.perf_counter()
   graph = graph_lib.load_graph(graph_dir)
-  split = cold_start.hold_out_items(graph, fraction=args.fraction, seed=args.cold_seed)
+  split = cold_start_lib.hold_out_items(graph, fraction=args.fraction, seed=args.cold_seed)
   graph_lib.save_graph(split.graph, reduced_dir, overwrite=True)
   cold = split.cold_items
   atomic.write_json(os.path.join(work, "cold_items.json"), {
       "source_graph": graph_dir, "fraction": args.fraction, "cold_seed": args.cold_seed,
       "items": cold.tolist(), "item_ids": graph.item_ids[cold].tolist(),
       "num_pivots": split.pivot_lists.degrees().tolist()})
-  eval_graph = cold_start.cold_query_pairs(split.graph, cold, args.split)
+  eval_graph = cold_start_lib.cold_query_pairs(split.graph, cold, args.split)
   wall["split_s"] = round(time.perf_counter() - t0, 2)
   split_enum = evaluation.SPLITS[args.split]
   eval_q, eval_p = eval_graph.pairs.of(split_enum)

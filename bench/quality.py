@@ -4,7 +4,7 @@ r"""Reproducible quality benchmark: prepare -> train -> infer -> evaluate (JSON 
         [--config_json=trainer/configs/movielens.json] [--seeds=0,1,2] \
         [--split=validation|test] [--work_dir=out/quality] \
         [--datasets_dir=../shared/datasets] [--output_json=bench/results/quality_movielens.json] \
-        [--train_flag=--epochs=4 --train_flag=--temperature=0.05 ...] \
+        [--train_flag=--set=train.epochs=4 --train_flag=--set=train.temperature=0.05 ...] \
         [--prepare_flag=--train_pair_window=3 ...] [--graph_dir=EXISTING_GRAPH] \
         [--protocol=auto|item|user] [--max_queries=N] [--baselines=popularity,itemknn,pixie,features] \
         [--eval_flag=--user_query=logsumexp ...] [--evaluate_only | --resume] \
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       help="Comma-separated baselines (default depends on the dataset; "
                            "'' for none).")
   parser.add_argument("--train_flag", action="append", default=[],
-                      help="Extra trainer.train flag, repeatable (e.g. --train_flag=--epochs=4).")
+                      help="Extra trainer.train flag, repeatable "
+                           "(e.g. --train_flag=--set=train.epochs=4).")
   parser.add_argument("--eval_flag", action="append", default=[],
                       help="Extra trainer.evaluate flag for every evaluation (repeatable).")
   parser.add_argument("--evaluate_only", action="store_true",

@@ -16,11 +16,13 @@ _TINY = ["--dataset=synthetic", "--seeds=0", "--split=validation", "--baselines=
          "--threads_per_job=1",
          "--prepare_flag=--num_items=200", "--prepare_flag=--num_boards=60",
          "--prepare_flag=--num_pairs=1500",
-         "--train_flag=--epochs=1", "--train_flag=--steps_per_epoch=3",
-         "--train_flag=--batch_size=32", "--train_flag=--num_negatives=16",
-         "--train_flag=--max_hard_negatives=0", "--train_flag=--num_walks=10",
-         "--train_flag=--hidden_dim=16", "--train_flag=--embedding_dim=8",
-         "--train_flag=--validation_queries=0"]
+         "--train_flag=--set=train.epochs=1", "--train_flag=--set=train.steps_per_epoch=3",
+         "--train_flag=--set=pipeline.batch_size=32",
+         "--train_flag=--set=pipeline.num_negatives=16",
+         "--train_flag=--set=pipeline.max_hard_negatives=0",
+         "--train_flag=--set=neighborhoods.num_walks=10",
+         "--train_flag=--set=model.hidden_dim=16", "--train_flag=--set=model.embedding_dim=8",
+         "--train_flag=--set=train.validation_queries=0"]
 
 
 def _quality(tmp_path, *extra):
@@ -90,7 +92,7 @@ def test_resume_continues_an_interrupted_run(tmp_path):
   checkpoints = tmp_path / "work" / "synthetic" / "seed0" / "model" / "checkpoints"
   assert (checkpoints / "ckpt-3.index").is_file()
   # The same run with one more epoch: training resumes at step 3 (no restart).
-  out = _quality(tmp_path, "--resume", "--train_flag=--epochs=2",
+  out = _quality(tmp_path, "--resume", "--train_flag=--set=train.epochs=2",
                  f"--output_json={tmp_path / 'resumed.json'}")
   assert out.returncode == 0, out.stderr[-3000:]
   resumed = json.loads((tmp_path / "resumed.json").read_text())

@@ -522,7 +522,8 @@ class PixieScorer(ItemScorer):
   """
 
   def __init__(self, graph: Graph, num_steps: int = DEFAULT_PIXIE_STEPS,
-               restart_prob: float = DEFAULT_PIXIE_RESTART_PROB, num_walkers: int = 200, seed: int = 0, name: str = "pixie",
+               restart_prob: float = DEFAULT_PIXIE_RESTART_PROB, num_walkers: int = 200,
+               seed: int = 0, name: str = "pixie",
                max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS):
     """Args:
       graph: the training graph.

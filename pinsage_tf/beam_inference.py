@@ -109,12 +109,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import re
 import tempfile
 import uuid
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
 from pinsage_tf import graph as graph_lib

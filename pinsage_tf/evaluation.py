@@ -10,6 +10,8 @@ Item protocol (PinSage paper): the split's (query, positive) pairs of
 query item itself is masked, and the positive's rank counts give hit-rate@K,
 MRR and the paper's scaled MRR (`pinsage_tf.metrics`, tie policy
 `config.ties`). Pairs whose positive equals the query are skipped and counted.
+When some pair has a query or a positive without graph edges (a new item),
+"segments" repeats the metrics per `EDGE_SEGMENTS` group of pairs.
 With `config.item_exclude="group_items"` (or "auto" on a graph whose
 `metadata["item_protocol_exclude"]` says so, e.g. MovieLens' leave-last split,
 DGL's PinSAGE protocol) each pair's group is a pivot row and that pivot's graph
@@ -56,6 +58,9 @@ from pinsage_tf.graph import CSR, Graph, Split
 PROTOCOLS = ("item", "user", "auto")
 ITEM_EXCLUDES = ("auto", "query", "group_items")
 SPLITS = {"validation": Split.VALIDATION, "test": Split.TEST}
+# Item-protocol pair segments by which side has no graph edge (`edge_segments`).
+EDGE_SEGMENTS = ("both_have_edges", "positive_without_edges", "query_without_edges",
+                 "neither_has_edges")
 
 Progress = Callable[[int, int], None]
 Sink = Callable[[dict], None]
@@ -191,6 +196,29 @@ def item_pairs(graph: Graph, config: EvalConfig
                                          config.seed)]
   return (q[pick], p[pick], None if groups is None else np.asarray(groups)[pick],
           int(np.count_nonzero(~keep)))
+
+
+def edge_segments(graph: Graph, queries: np.ndarray, positives: np.ndarray) -> np.ndarray:
+  """int `[P]`: each pair's index into `EDGE_SEGMENTS` (which side has no graph edge)."""
+  cold = graph.item_degrees() == 0
+  return (cold[positives].astype(np.int64) + 2 * cold[queries].astype(np.int64))
+
+
+def _segment_metrics(graph: Graph, queries: np.ndarray, positives: np.ndarray,
+                     greater: np.ndarray, equal: np.ndarray, config: EvalConfig
+                     ) -> dict[str, Any] | None:
+  """Item metrics per `EDGE_SEGMENTS` segment, or None when every pair is warm."""
+  segment = edge_segments(graph, queries, positives)
+  if not np.any(segment):
+    return None
+  out = {}
+  for s, name in enumerate(EDGE_SEGMENTS):
+    mask = segment == s
+    if np.any(mask):
+      out[name] = {"pairs": int(np.count_nonzero(mask)),
+                   "metrics": metrics.item_metrics(greater[mask], equal[mask], config.ks,
+                                                   config.mrr_scale, config.ties)}
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +365,9 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
       "mrr_scale": config.mrr_scale,
       "item_exclude": "group_items" if by_group else "query",
   }
+  segments = _segment_metrics(graph, queries, positives, greater, equal, config)
+  if segments is not None:
+    result["segments"] = segments
   if keep_values:
     values = metrics.item_metric_values(greater, equal, config.ks, config.mrr_scale,
                                         config.ties)
@@ -558,15 +589,17 @@ def _csr_of_lists(lists: np.ndarray) -> CSR:
   return CSR(indptr=indptr, indices=lists[keep].astype(np.int32))
 
 
-def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-  """A fixed-width text table: one row per method, one column per metric."""
+def format_table(results: Mapping[str, Mapping[str, Any]],
+                 extra_columns: tuple[str, ...] = ("wall_time_s",)) -> str:
+  """A fixed-width text table: one row per method, one column per metric
+  (then one per `extra_columns` key of the method's result)."""
   names = list(results)
   columns: list[str] = []
   for name in names:
     for key in results[name].get("metrics", {}):
       if key not in columns:
         columns.append(key)
-  columns.append("wall_time_s")
+  columns.extend(extra_columns)
   width = max([len("method")] + [len(n) for n in names]) + 2
   header = "method".ljust(width) + "".join(c.rjust(max(12, len(c) + 2)) for c in columns)
   lines = [header, "-" * len(header)]
@@ -578,3 +611,16 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
       row += text.rjust(max(12, len(c) + 2))
     lines.append(row)
   return "\n".join(lines)
+
+
+def format_segments(results: Mapping[str, Mapping[str, Any]]) -> str | None:
+  """Item-protocol metrics per edge segment (one table per segment), or None."""
+  tables = []
+  for segment in EDGE_SEGMENTS:
+    rows = {name: {"metrics": r["segments"][segment]["metrics"]}
+            for name, r in results.items() if segment in r.get("segments", {})}
+    if rows:
+      pairs = next(r["segments"][segment]["pairs"] for r in results.values()
+                   if segment in r.get("segments", {}))
+      tables.append(f"{segment} ({pairs} pairs)\n" + format_table(rows, extra_columns=()))
+  return "\n\n".join(tables) if tables else None

@@ -376,3 +376,32 @@ def test_group_exclusion_needs_groups_that_are_pivot_rows():
     ev.evaluate(bad, scorer, ev.EvalConfig(protocol="item", item_exclude="group_items"))
   with pytest.raises(ValueError, match="item_exclude"):
     ev.EvalConfig(item_exclude="users")
+
+
+def test_item_protocol_segments_by_items_without_edges():
+  # Items 4 (180 deg) and 5 (45 deg) have no graph edge. Ranks (circle scores):
+  # (0, 2) both warm: from 0, 1 then 2 -> rank 2; (0, 5) cold positive: rank 3;
+  # (5, 2) cold query: 2 is closest to 45 deg -> rank 1; (4, 5) both cold:
+  # from 180 deg, 3 (90) then 5 (45) -> rank 2.
+  pairs = ItemPairs(query=np.array([0, 0, 5, 4], np.int32),
+                    positive=np.array([2, 5, 2, 5], np.int32),
+                    split=np.full(4, 2, np.int8))
+  graph = build_graph(
+      name="cold", item_ids=[f"i{i}" for i in range(6)], pivot_ids=["u0", "u1", "u2"],
+      edge_items=np.array([0, 3, 1, 2]), edge_pivots=np.array([0, 1, 2, 2]), pairs=pairs)
+  scorer = baselines.EmbeddingScorer(circle_vectors(), name="circle")
+  result = ev.evaluate(graph, scorer, ev.EvalConfig(protocol="item", ks=(1, 2)))
+  segments = result["segments"]
+  assert list(segments) == list(ev.EDGE_SEGMENTS)
+  assert all(s["pairs"] == 1 for s in segments.values())
+  hit1 = {name: s["metrics"]["hit_rate@1"] for name, s in segments.items()}
+  hit2 = {name: s["metrics"]["hit_rate@2"] for name, s in segments.items()}
+  assert hit1 == {"both_have_edges": 0.0, "positive_without_edges": 0.0,
+                  "query_without_edges": 1.0, "neither_has_edges": 0.0}
+  assert hit2 == {"both_have_edges": 1.0, "positive_without_edges": 0.0,
+                  "query_without_edges": 1.0, "neither_has_edges": 1.0}
+  assert result["metrics"]["hit_rate@2"] == pytest.approx(3 / 4)
+  table = ev.format_segments({"circle": result})
+  assert "positive_without_edges (1 pairs)" in table and "wall_time_s" not in table
+  # A graph whose pairs are all warm reports no segments.
+  assert "segments" not in ev.evaluate(hand_graph(), scorer, ev.EvalConfig(protocol="item"))

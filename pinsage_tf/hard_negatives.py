@@ -48,23 +48,23 @@ the query, and 10 iterations reproduce 99.9% of the converged window (alpha
 Sampling the pool uses a counter-based hash of (seed, query, item) as the
 random key, so the pool does not depend on the block size or evaluation order.
 
-Storage: `<graph_dir>/hard_negatives/<config.key()>/` via
-`neighborhoods.save_derived_table` (atomic, checksummed, tied to the graph
+Storage: `<graph_dir>/hard_negatives/<config.key()>/`, a derived table
+(`pinsage_tf.derived_tables`: atomic, checksummed, tied to the graph
 fingerprint); the query set is stored with the pools.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from pinsage_tf import derived_tables
 from pinsage_tf import graph as graph_lib
-from pinsage_tf import neighborhoods as nb_lib
 
 ALGORITHM_VERSION = 1
 KIND = "hard_negatives"
@@ -162,13 +162,14 @@ class HardNegatives:
   def validate(self, num_items: int) -> None:
     p = self.config.pool_size
     if self.pool.shape != (num_items, p) or self.counts.shape != (num_items,):
-      raise nb_lib.DerivedTableError(f"pool must be [{num_items}, {p}] and counts [{num_items}], "
-                                     f"got {self.pool.shape} and {self.counts.shape}.")
+      raise derived_tables.DerivedTableError(
+          f"pool must be [{num_items}, {p}] and counts [{num_items}], got {self.pool.shape} "
+          f"and {self.counts.shape}.")
     if {self.pool.dtype, self.counts.dtype, self.queries.dtype} != {np.dtype(np.int32)}:
-      raise nb_lib.DerivedTableError("pool, counts and queries must be int32.")
+      raise derived_tables.DerivedTableError("pool, counts and queries must be int32.")
     valid = np.arange(p)[None, :] < np.asarray(self.counts)[:, None]
     if np.any((np.asarray(self.pool) >= 0) != valid) or np.any(self.pool >= num_items):
-      raise nb_lib.DerivedTableError(
+      raise derived_tables.DerivedTableError(
           "pool must hold item ids exactly on the first counts[i] slots.")
 
 
@@ -340,7 +341,7 @@ def save_hard_negatives(graph_dir: str | os.PathLike, hard_negatives: HardNegati
   num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
   hard_negatives.validate(num_items)
   config = hard_negatives.config
-  return nb_lib.save_derived_table(
+  return derived_tables.save(
       graph_dir, KIND, config.key(),
       {"pool": hard_negatives.pool, "counts": hard_negatives.counts,
        "queries": hard_negatives.queries},
@@ -355,19 +356,19 @@ def load_hard_negatives(graph_dir: str | os.PathLike,
 
   Raises:
     FileNotFoundError: not computed yet.
-    StaleTableError: stored for another graph or config.
-    DerivedTableError: corrupt or malformed files (named).
+    derived_tables.StaleTableError: stored for another graph or config.
+    derived_tables.DerivedTableError: corrupt or malformed files (named).
   """
-  arrays, _ = nb_lib.load_derived_table(graph_dir, KIND, config.key(), config.to_json(),
-                                        ("pool", "counts", "queries"), mmap=mmap, verify=verify)
+  arrays, _ = derived_tables.load(graph_dir, KIND, config.key(), config.to_json(),
+                                  ("pool", "counts", "queries"), mmap=mmap, verify=verify)
   table = HardNegatives(pool=arrays["pool"], counts=arrays["counts"], queries=arrays["queries"],
                         config=config)
   num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
   try:
     table.validate(num_items)
-  except nb_lib.DerivedTableError as e:
-    raise nb_lib.DerivedTableError(
-        f"{nb_lib.table_directory(graph_dir, KIND, config.key())}: {e}") from e
+  except derived_tables.DerivedTableError as e:
+    raise derived_tables.DerivedTableError(
+        f"{derived_tables.directory(graph_dir, KIND, config.key())}: {e}") from e
   return table
 
 
@@ -397,7 +398,7 @@ def load_or_compute_hard_negatives(
     logging.info("Recomputing hard negatives: the stored query set differs.")
   except FileNotFoundError:
     pass
-  except nb_lib.StaleTableError as e:
+  except derived_tables.StaleTableError as e:
     logging.info("Recomputing hard negatives: %s", e)
   table = compute_hard_negatives(graph, wanted, config, block_size=block_size, progress=progress)
   save_hard_negatives(graph_dir, table)

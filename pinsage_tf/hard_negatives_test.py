@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from pinsage_tf import derived_tables
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import hard_negatives as hn
-from pinsage_tf import neighborhoods as nb
 
 
 def _chain_graph(num_communities=5, size=4, pairs=(), extra_items=0):
@@ -206,5 +206,5 @@ class TestStorage:
     with open(os.path.join(path, "pool.npy"), "r+b") as f:
       f.seek(-1, os.SEEK_END)
       f.write(b"\x7f")
-    with pytest.raises(nb.DerivedTableError, match="pool.npy: checksum mismatch"):
+    with pytest.raises(derived_tables.DerivedTableError, match="pool.npy: checksum mismatch"):
       hn.load_hard_negatives(directory, config)

@@ -51,52 +51,37 @@ Computation is vectorised over all walks of a chunk of `chunk_size` start items
 (no per-walk Python loop), and chunks run on a thread pool: the heavy numpy
 operations (random number generation, fancy indexing, sorting) release the
 GIL. The randomness of chunk c comes from `np.random.default_rng([seed, 0, c])`
-(`[seed, 1, c]` for new items, `[seed, 2, c]` for pivots), so the table is identical for any number of
-threads.
+(`[seed, 1, c]` for new items, `[seed, 2, c]` for pivots), so the table is
+identical for any number of threads.
 
-Storage: tables derived from a graph live next to it,
-`<graph_dir>/<kind>/<config key>/` (here kind = "neighborhoods", and
-"pivot_neighborhoods" for the graph's pivots), written
-atomically with a manifest that records the config, the fingerprint of the
-graph they were computed from and every array's checksum. `load_*` refuses a
-table of another graph (`StaleTableError`) or a corrupt one
-(`DerivedTableError`). `save_derived_table` / `load_derived_table` implement
-this layout for every derived table (the hard-negative pools use them too).
+Storage: `save_neighborhoods` / `load_neighborhoods` keep a table next to its
+graph as a derived table (`pinsage_tf.derived_tables`) of kind
+"neighborhoods", or "pivot_neighborhoods" for the graph's pivots, keyed by
+`NeighborhoodConfig.key()`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
-import logging
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
+from absl import logging
 import numpy as np
 
-from pinsage_tf import atomic
+from pinsage_tf import derived_tables
 from pinsage_tf import graph as graph_lib
 
 # Bumped when the walk or counting algorithm changes its output for a config,
 # so old cached tables are not reused.
 ALGORITHM_VERSION = 1
-TABLE_FORMAT = "pinsage_tf.derived_table"
-TABLE_FORMAT_VERSION = 1
 KIND = "neighborhoods"
 PIVOT_KIND = "pivot_neighborhoods"
 # Composite sort keys (seed row, count, item) must stay below this to fit int64.
 _COMPOSITE_KEY_LIMIT = 2**62
 
 ProgressFn = Callable[[int, int], None]
-
-
-class DerivedTableError(ValueError):
-  """A derived table on disk is missing, corrupt or malformed."""
-
-
-class StaleTableError(DerivedTableError):
-  """A derived table on disk belongs to another graph or another config."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,25 +170,26 @@ class Neighborhoods:
     return int(self.ids.shape[1])
 
   def validate(self, num_items: int | None = None) -> None:
-    """Raises DerivedTableError when the arrays break the contract above."""
+    """Raises `derived_tables.DerivedTableError` when the arrays break the contract above."""
     n, t = self.ids.shape if self.ids.ndim == 2 else (-1, -1)
     if t != self.config.num_neighbors or (num_items is not None and n != num_items):
-      raise DerivedTableError(
+      raise derived_tables.DerivedTableError(
           f"ids must be [{num_items if num_items is not None else 'N'}, "
           f"{self.config.num_neighbors}], got {self.ids.shape}.")
     if self.weights.shape != (n, t) or self.counts.shape != (n,):
-      raise DerivedTableError(
+      raise derived_tables.DerivedTableError(
           f"weights {self.weights.shape} / counts {self.counts.shape} do not match "
           f"ids {self.ids.shape}.")
     dtypes = (self.ids.dtype, self.weights.dtype, self.counts.dtype)
     if dtypes != (np.int32, np.float32, np.int32):
-      raise DerivedTableError("ids and counts must be int32, weights float32.")
+      raise derived_tables.DerivedTableError("ids and counts must be int32, weights float32.")
     valid = np.arange(t)[None, :] < np.asarray(self.counts)[:, None]
     if np.any((np.asarray(self.ids) >= 0) != valid):
-      raise DerivedTableError("ids must be >= 0 exactly on the first counts[i] slots of each row.")
+      raise derived_tables.DerivedTableError(
+          "ids must be >= 0 exactly on the first counts[i] slots of each row.")
     if np.any(np.where(valid, self.weights, 0) != self.weights) or not np.all(
         np.isfinite(self.weights)):
-      raise DerivedTableError("weights must be finite and 0 on padding.")
+      raise derived_tables.DerivedTableError("weights must be finite and 0 on padding.")
 
 
 class _Adjacency:
@@ -518,86 +504,7 @@ def compute_pivot_neighborhoods(
                      progress=progress)
 
 
-# --- Storage of derived tables ------------------------------------------------
-
-
-def table_directory(graph_dir: str | os.PathLike, kind: str, key: str) -> str:
-  """`<graph_dir>/<kind>/<key>`: where a derived table of a graph lives."""
-  return os.path.join(os.fspath(graph_dir), kind, key)
-
-
-def save_derived_table(graph_dir: str | os.PathLike, kind: str, key: str,
-                       arrays: Mapping[str, np.ndarray], config: Mapping[str, Any],
-                       extra: Mapping[str, Any] | None = None) -> str:
-  """Atomically writes arrays + manifest to `<graph_dir>/<kind>/<key>/`.
-
-  The manifest records `config`, the fingerprint of the graph in `graph_dir`,
-  each array's shape, dtype and SHA-256, and `extra` (JSON). An existing
-  table with the same key is replaced as a whole.
-
-  Returns:
-    The table directory.
-  """
-  dest = table_directory(graph_dir, kind, key)
-  fingerprint = graph_lib.graph_fingerprint(graph_dir)
-  with atomic.atomic_directory(dest, overwrite=True) as tmp:
-    files = {name: atomic.save_npy(tmp, name, array) for name, array in arrays.items()}
-    atomic.write_json(os.path.join(tmp, "manifest.json"), {
-        "format": TABLE_FORMAT, "format_version": TABLE_FORMAT_VERSION, "kind": kind,
-        "key": key, "config": dict(config), "graph_fingerprint": fingerprint,
-        "extra": dict(extra or {}), "files": files})
-  return dest
-
-
-def load_derived_table(graph_dir: str | os.PathLike, kind: str, key: str,
-                       config: Mapping[str, Any], names: Sequence[str], *,
-                       mmap: bool = True, verify: bool = True
-                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """Loads a table written by `save_derived_table` and checks it belongs here.
-
-  Args:
-    graph_dir: the graph directory.
-    kind, key: the table's sub-directory.
-    config: the config the caller expects (must equal the stored one).
-    names: arrays to load.
-    mmap: memory-map the arrays read-only.
-    verify: check SHA-256 checksums.
-
-  Returns:
-    (arrays by name, manifest).
-
-  Raises:
-    FileNotFoundError: no table at that path.
-    StaleTableError: the table was computed for another graph or config.
-    DerivedTableError: naming the corrupt or malformed file.
-  """
-  directory = table_directory(graph_dir, kind, key)
-  path = os.path.join(directory, "manifest.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no {kind} table for key {key!r}.")
-  try:
-    with open(path) as f:
-      manifest = json.load(f)
-  except json.JSONDecodeError as e:
-    raise DerivedTableError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from e
-  if (manifest.get("format"), manifest.get("format_version")) != (TABLE_FORMAT,
-                                                                  TABLE_FORMAT_VERSION):
-    raise DerivedTableError(f"{path}: not a {TABLE_FORMAT} v{TABLE_FORMAT_VERSION} manifest.")
-  if manifest.get("kind") != kind or manifest.get("config") != dict(config):
-    raise StaleTableError(f"{path}: table config {manifest.get('config')} differs from the "
-                          f"requested {dict(config)}.")
-  fingerprint = graph_lib.graph_fingerprint(graph_dir)
-  if manifest.get("graph_fingerprint") != fingerprint:
-    raise StaleTableError(f"{path}: computed for another graph (fingerprint "
-                          f"{str(manifest.get('graph_fingerprint'))[:12]}..., graph has "
-                          f"{fingerprint[:12]}...); recompute it.")
-  arrays = {}
-  for name in names:
-    entry = manifest.get("files", {}).get(name)
-    if entry is None:
-      raise DerivedTableError(f"{path}: no entry for array {name!r}.")
-    arrays[name] = atomic.load_npy(directory, entry, mmap=mmap, verify=verify, error=DerivedTableError)
-  return arrays, manifest
+# --- Storage ------------------------------------------------------------------
 
 
 def _rows_of(graph_dir: str | os.PathLike, kind: str) -> int:
@@ -619,7 +526,7 @@ def save_neighborhoods(graph_dir: str | os.PathLike, neighborhoods: Neighborhood
   """
   neighborhoods.validate(_rows_of(graph_dir, kind))
   config = neighborhoods.config
-  return save_derived_table(
+  return derived_tables.save(
       graph_dir, kind, config.key(),
       {"ids": neighborhoods.ids, "weights": neighborhoods.weights, "counts": neighborhoods.counts},
       config.to_json(), extra={"algorithm_version": ALGORITHM_VERSION})
@@ -633,18 +540,19 @@ def load_neighborhoods(graph_dir: str | os.PathLike,
 
   Raises:
     FileNotFoundError: not computed yet.
-    StaleTableError: stored for another graph (fingerprint) or config.
-    DerivedTableError: corrupt or malformed files (named).
+    derived_tables.StaleTableError: stored for another graph (fingerprint) or config.
+    derived_tables.DerivedTableError: corrupt or malformed files (named).
   """
   rows = _rows_of(graph_dir, kind)
-  arrays, _ = load_derived_table(graph_dir, kind, config.key(), config.to_json(),
-                                 ("ids", "weights", "counts"), mmap=mmap, verify=verify)
+  arrays, _ = derived_tables.load(graph_dir, kind, config.key(), config.to_json(),
+                                  ("ids", "weights", "counts"), mmap=mmap, verify=verify)
   table = Neighborhoods(ids=arrays["ids"], weights=arrays["weights"], counts=arrays["counts"],
                         config=config)
   try:
     table.validate(rows)
-  except DerivedTableError as e:
-    raise DerivedTableError(f"{table_directory(graph_dir, kind, config.key())}: {e}") from e
+  except derived_tables.DerivedTableError as e:
+    raise derived_tables.DerivedTableError(
+        f"{derived_tables.directory(graph_dir, kind, config.key())}: {e}") from e
   return table
 
 
@@ -659,8 +567,8 @@ def load_or_compute_neighborhoods(
   """Returns the cached table of `config`, computing and saving it when absent.
 
   A table stored for an older version of the graph (fingerprint mismatch) is
-  recomputed and replaced; a corrupt table raises `DerivedTableError` (delete
-  its directory to recompute) rather than being silently overwritten.
+  recomputed and replaced; a corrupt table raises `derived_tables.DerivedTableError`
+  (delete its directory to recompute) rather than being silently overwritten.
 
   Args:
     graph_dir: the graph directory (the cache lives inside it).
@@ -689,7 +597,7 @@ def _load_or_compute(graph_dir, graph, config, kind, compute, num_threads, progr
     return load_neighborhoods(graph_dir, config, kind=kind)
   except FileNotFoundError:
     pass
-  except StaleTableError as e:
+  except derived_tables.StaleTableError as e:
     logging.info("Recomputing %s: %s", kind, e)
   if graph is None:
     graph = graph_lib.load_graph(graph_dir)

@@ -32,10 +32,17 @@ Contract:
   `strategy.distribute_datasets_from_function`: each input pipeline reads its
   shard of the pairs and batches `global_batch / num_replicas` pairs; the
   `num_negatives` shared negatives are shared *within one replica's batch*.
+* Items without graph edges (`content_neighbors`): their empty importance
+  neighborhood is replaced by their most content-similar items with edges
+  (`pinsage_tf.content_neighborhoods`); with `content_dropout` = p, each
+  target of a batch is presented with probability p as such an item would be
+  (content neighbors at every hop, log degree 0), so the model learns to place
+  items from their look-alikes.
 * Leakage (`mask_pair_leakage`, on by default): a pair's positive is not in
   its query's neighbors, nor the query in the positive's, nor a pivot pair's
   positive in the pivot's neighbors (`minibatch` docstring), as for a
-  held-out pair, whose edge is not in the graph.
+  held-out pair, whose edge is not in the graph. Content neighbors do not
+  come from edges and are not masked.
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ _PURE_TF_FORBIDDEN_OPS = frozenset({
 })
 
 
+NEGATIVE_SAMPLING = ("uniform", "degree", "edges")
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """How minibatches are built.
@@ -68,13 +78,19 @@ class PipelineConfig:
     max_hard_negatives: H, the fixed width of the hard-negative slot per query;
       the curriculum decides how many of them are active in an epoch.
     num_layers: K, the number of convolutions (hops to expand).
-    negative_sampling: "uniform" over items, or "degree" (probability
-      proportional to (item degree + 1) ** 0.75, word2vec style).
+    negative_sampling: "uniform" over items, "degree" (probability
+      proportional to (item degree + 1) ** 0.75, word2vec style), or "edges"
+      (uniform over the items with at least one graph edge: items without
+      edges are never pushed away, as they are never positives either).
     shuffle_buffer: pairs held by the shuffle buffer (after the full per-epoch
       permutation; it reshuffles repeated passes).
     max_sparse_length: sparse id lists are truncated to this many ids.
     mask_pair_leakage: drop a pair's positive from its query's (or pivot's)
       neighbors and the query from the positive's (module docstring).
+    content_neighbors: items without graph edges get their content neighbors
+      as their neighborhood (needs item features; module docstring).
+    content_dropout: probability that a batch target is presented as an item
+      without edges (needs `content_neighbors`; module docstring).
     seed: base seed of shuffling and sampling.
     deterministic: keep the map output order (slower; tests and debugging).
   """
@@ -88,6 +104,8 @@ class PipelineConfig:
   shuffle_buffer: int = 100_000
   max_sparse_length: int = 32
   mask_pair_leakage: bool = True
+  content_neighbors: bool = False
+  content_dropout: float = 0.0
   seed: int = 0
   deterministic: bool = False
 
@@ -101,8 +119,13 @@ class PipelineConfig:
     for name in ("num_negatives", "max_hard_negatives", "max_sparse_length"):
       if getattr(self, name) < 0:
         raise ValueError(f"PipelineConfig.{name} must be >= 0, got {getattr(self, name)}.")
-    if self.negative_sampling not in ("uniform", "degree"):
-      raise ValueError("PipelineConfig.negative_sampling must be 'uniform' or 'degree', "
+    if not 0.0 <= self.content_dropout < 1.0:
+      raise ValueError(f"PipelineConfig.content_dropout must be in [0, 1), got "
+                       f"{self.content_dropout}.")
+    if self.content_dropout and not self.content_neighbors:
+      raise ValueError("PipelineConfig.content_dropout needs content_neighbors=True.")
+    if self.negative_sampling not in NEGATIVE_SAMPLING:
+      raise ValueError(f"PipelineConfig.negative_sampling must be one of {NEGATIVE_SAMPLING}, "
                        f"got {self.negative_sampling!r}.")
 
 
@@ -119,11 +142,16 @@ class SamplingTables:
     sparse: int32 `[N, L_f]` per sparse feature, -1 padded.
     hard_pool: int32 `[N, P]` hard-negative candidates, -1 padded (P may be 0).
     hard_counts: int32 `[N]` valid candidates per item.
-    negative_logits: float32 `[N]` log-probabilities for "degree" sampling.
+    negative_logits: float32 `[N]` log-probabilities of the shared negatives
+      under `negative_sampling` (-inf for items never drawn).
+    negative_sampling: the `PipelineConfig.negative_sampling` the logits are for.
     pivot_neighbor_ids: int32 `[M, Tp]` importance neighbors of the pivots
       (`M = 0` without pivot pairs); padding replaced by the row's first
       neighbor (item 0 for an empty row), with weight 0.
     pivot_neighbor_weights: float32 `[M, Tp]`, 0 on padding.
+    content_neighbor_ids: int32 `[N, T]` content neighbors of every item
+      (`N = 0` without content dropout), padded like `neighbor_ids`.
+    content_neighbor_weights: float32 `[N, T]`, 0 on padding.
   """
 
   neighbor_ids: np.ndarray
@@ -134,9 +162,14 @@ class SamplingTables:
   hard_pool: np.ndarray
   hard_counts: np.ndarray
   negative_logits: np.ndarray
+  negative_sampling: str = "degree"
   pivot_neighbor_ids: np.ndarray = dataclasses.field(
       default_factory=lambda: np.zeros((0, 1), np.int32))
   pivot_neighbor_weights: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((0, 1), np.float32))
+  content_neighbor_ids: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((0, 1), np.int32))
+  content_neighbor_weights: np.ndarray = dataclasses.field(
       default_factory=lambda: np.zeros((0, 1), np.float32))
 
   @property
@@ -166,6 +199,9 @@ class SamplingTables:
       max_sparse_length: int = 32,
       pivot_neighbor_ids: np.ndarray | None = None,
       pivot_neighbor_weights: np.ndarray | None = None,
+      content_neighbor_ids: np.ndarray | None = None,
+      content_neighbor_weights: np.ndarray | None = None,
+      negative_sampling: str = "degree",
   ) -> "SamplingTables":
     """Builds the tables from a graph and its neighborhood table.
 
@@ -178,6 +214,11 @@ class SamplingTables:
       pivot_neighbor_ids, pivot_neighbor_weights: optional `[M, Tp]` pivot
         neighborhood table (`neighborhoods.compute_pivot_neighborhoods`),
         needed for pivot pairs.
+      content_neighbor_ids, content_neighbor_weights: optional `[N, T]`
+        content neighbors of every item (-1 padded), needed for
+        `content_dropout`.
+      negative_sampling: the distribution of `negative_logits`
+        (`PipelineConfig.negative_sampling`).
     """
     n = graph.num_items
     neighbor_ids = np.asarray(neighbor_ids)
@@ -186,9 +227,17 @@ class SamplingTables:
                        "was the neighborhood table computed for another graph?")
     if neighbor_weights.shape != neighbor_ids.shape:
       raise ValueError("neighbor_weights must have the shape of neighbor_ids.")
-    self_ids = np.arange(n, dtype=np.int32)[:, None]
-    ids = np.where(neighbor_ids >= 0, neighbor_ids, self_ids).astype(np.int32)
-    weights = np.where(neighbor_ids >= 0, neighbor_weights, 0.0).astype(np.float32)
+    ids, weights = _self_padded(neighbor_ids, neighbor_weights)
+    if content_neighbor_ids is None:
+      content_ids = np.zeros((0, neighbor_ids.shape[1]), np.int32)
+      content_weights = np.zeros((0, neighbor_ids.shape[1]), np.float32)
+    else:
+      if (np.shape(content_neighbor_ids) != neighbor_ids.shape
+          or np.shape(content_neighbor_weights) != neighbor_ids.shape):
+        raise ValueError(f"content_neighbor_ids and content_neighbor_weights must have the "
+                         f"shape of neighbor_ids {neighbor_ids.shape}.")
+      content_ids, content_weights = _self_padded(np.asarray(content_neighbor_ids),
+                                                  np.asarray(content_neighbor_weights))
     sparse = tuple(
         s.values.to_padded(max(1, min(max_sparse_length, int(s.values.degrees().max(initial=0)))))
         for s in graph.features.sparse)
@@ -200,7 +249,18 @@ class SamplingTables:
     # Candidates are stored left-aligned; count them so sampling stays in range.
     hard_counts = np.count_nonzero(hard_pool >= 0, axis=1).astype(np.int32)
     degree = graph.item_degrees().astype(np.float64)
-    probs = (degree + 1.0) ** 0.75
+    if negative_sampling == "degree":
+      probs = (degree + 1.0) ** 0.75
+    elif negative_sampling == "edges":
+      if not np.any(degree > 0):
+        raise ValueError(f"negative_sampling='edges' needs items with edges; graph "
+                         f"{graph.name!r} has none.")
+      probs = (degree > 0).astype(np.float64)
+    elif negative_sampling == "uniform":
+      probs = np.ones(n)
+    else:
+      raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got "
+                       f"{negative_sampling!r}.")
     if pivot_neighbor_ids is None:
       pivot_ids = np.zeros((0, 1), np.int32)
       pivot_weights = np.zeros((0, 1), np.float32)
@@ -214,10 +274,26 @@ class SamplingTables:
         sparse=sparse,
         hard_pool=np.where(hard_pool >= 0, hard_pool, 0).astype(np.int32),
         hard_counts=hard_counts,
-        negative_logits=np.log(probs / probs.sum()).astype(np.float32),
+        negative_logits=_log(probs / probs.sum()),
+        negative_sampling=negative_sampling,
         pivot_neighbor_ids=pivot_ids,
         pivot_neighbor_weights=pivot_weights,
+        content_neighbor_ids=content_ids,
+        content_neighbor_weights=content_weights,
     )
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+  """float32 log with log(0) = -inf and no warning."""
+  with np.errstate(divide="ignore"):
+    return np.log(p).astype(np.float32)
+
+
+def _self_padded(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """A neighbor table with padding (-1) replaced by the row's own item, weight 0."""
+  self_ids = np.arange(ids.shape[0], dtype=np.int32)[:, None]
+  return (np.where(ids >= 0, ids, self_ids).astype(np.int32),
+          np.where(ids >= 0, weights, 0.0).astype(np.float32))
 
 
 def _pivot_tables(graph: graph_lib.Graph, ids: np.ndarray, weights: np.ndarray | None
@@ -277,6 +353,8 @@ def table_constants(tables: SamplingTables) -> dict[str, tf.Tensor]:
       "negative_logits": tf.constant(tables.negative_logits[None, :]),
       "pivot_neighbor_ids": tf.constant(tables.pivot_neighbor_ids),
       "pivot_neighbor_weights": tf.constant(tables.pivot_neighbor_weights),
+      "content_neighbor_ids": tf.constant(tables.content_neighbor_ids),
+      "content_neighbor_weights": tf.constant(tables.content_neighbor_weights),
   }
 
 
@@ -307,6 +385,14 @@ class MinibatchBuilder:
     if num_hard_negatives and tables.hard_pool.shape[1] == 0:
       raise ValueError("hard negatives requested but the tables have no hard_pool; "
                        "pass hard_pool= to SamplingTables.build.")
+    if config.content_dropout and tables.content_neighbor_ids.shape[0] != tables.num_items:
+      raise ValueError("content_dropout needs the content neighbors of every item; "
+                       "pass content_neighbor_ids= to SamplingTables.build.")
+    if config.negative_sampling != "uniform" and (
+        tables.negative_sampling != config.negative_sampling):
+      raise ValueError(f"negative_sampling={config.negative_sampling!r} but the tables' "
+                       f"negative_logits are for {tables.negative_sampling!r}; pass "
+                       "negative_sampling= to SamplingTables.build.")
     if replica_pivot_batch_size and tables.num_pivots == 0:
       raise ValueError("pivot pairs requested but the tables have no pivot neighborhoods; "
                        "pass pivot_neighbor_ids= to SamplingTables.build.")
@@ -379,6 +465,13 @@ class MinibatchBuilder:
     targets = tf.concat([query, positive, pivot_positive, negative, tf.reshape(hard, [-1])],
                         axis=0)
     nodes, target_pos = tf.unique(targets)  # level K
+    # Targets presented as items without edges. unique() keeps each level's
+    # own nodes first, so positions 0..c_K-1 are the targets at every level.
+    num_targets = tf.shape(nodes)[0]
+    as_cold = None
+    if cfg.content_dropout:
+      cold_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 1)
+      as_cold = tf.random.stateless_uniform([num_targets], cold_seed) < cfg.content_dropout
     sizes = self.level_sizes
     num_nodes = [tf.shape(nodes)[0]]
     hops = []
@@ -387,10 +480,16 @@ class MinibatchBuilder:
       count = tf.shape(nodes)[0]
       nbr = tf.gather(c["neighbor_ids"], nodes)  # (c_k, T)
       w = tf.gather(c["neighbor_weights"], nodes)  # (c_k, T)
+      if k == cfg.num_layers and cfg.mask_pair_leakage and b:
+        w = _mask_pairs(nodes, nbr, w, query, positive, n)
+      if as_cold is not None:
+        # Content neighbors do not come from edges, so a held-out pair can
+        # meet its partner there too: they are never masked.
+        cold = tf.pad(as_cold, [[0, count - num_targets]])[:, None]  # (c_k, 1)
+        nbr = tf.where(cold, tf.gather(c["content_neighbor_ids"], nodes), nbr)
+        w = tf.where(cold, tf.gather(c["content_neighbor_weights"], nodes), w)
       parts = [nodes, tf.reshape(nbr, [-1])]
       if k == cfg.num_layers:
-        if cfg.mask_pair_leakage and b:
-          w = _mask_pairs(nodes, nbr, w, query, positive, n)
         parts.append(tf.reshape(pivot_nbr, [-1]))
       # The level's own nodes come first, so unique() keeps them at positions
       # 0..c_k-1 of level k-1 and self_index is the identity.
@@ -408,6 +507,9 @@ class MinibatchBuilder:
     num_nodes.reverse()
     level0 = _pad_to(nodes, sizes[0])
     inputs = gather_node_inputs(self._tables, level0, c)
+    if as_cold is not None:
+      cold = tf.pad(as_cold, [[0, sizes[0] - num_targets]])
+      inputs = inputs._replace(log_degree=tf.where(cold, 0.0, inputs.log_degree))
     k_pos = target_pos
     nn = cfg.num_negatives
     return minibatch.Minibatch(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -339,3 +341,98 @@ class TestPivotPairs:
       seen.extend(top[batch.pivot_positive.numpy()].tolist())
     # Every pivot pair once per epoch.
     assert sorted(seen) == sorted(pairs.pivot_positive.tolist())
+
+
+def test_content_dropout_presents_targets_as_items_without_edges():
+  g, ids, weights, _ = _random_setup()
+  n = g.num_items
+  # A content table unlike the importance table: i -> (i+1, i+2) weighted 0.6 / 0.4.
+  content_ids = np.stack([(np.arange(n) + 1) % n, (np.arange(n) + 2) % n,
+                          np.full(n, -1), np.full(n, -1)], axis=1).astype(np.int32)
+  content_w = np.tile(np.array([0.6, 0.4, 0, 0], np.float32), (n, 1))
+  tables = pipeline.SamplingTables.build(g, ids, weights, content_neighbor_ids=content_ids,
+                                         content_neighbor_weights=content_w)
+  query, positive = list(range(20, 36)), list(range(40, 56))
+  cfg = pipeline.PipelineConfig(batch_size=16, num_negatives=8, mask_pair_leakage=False,
+                                content_neighbors=True, content_dropout=0.5)
+  batch = pipeline.MinibatchBuilder(tables, cfg, 16)(
+      tf.constant([3, 4], tf.int64), tf.constant(query, tf.int32), tf.constant(positive, tf.int32))
+  levels = _levels(batch)
+  real = batch.num_nodes.numpy()
+  targets = levels[-1][:real[-1]]
+  position0 = {item: i for i, item in enumerate(levels[0][:real[0]])}
+  log_degree = batch.inputs.log_degree.numpy()
+  as_cold = []
+  for k, hop in enumerate(batch.hops, start=1):
+    below, here = levels[k - 1], levels[k]
+    nbr_items = below[hop.neighbor_index.numpy()]
+    w = hop.neighbor_weight.numpy()
+    for row, item in enumerate(here[:real[k]]):
+      cold = row < len(targets) and np.allclose(w[row], content_w[item])
+      if cold:
+        np.testing.assert_array_equal(nbr_items[row][:2], content_ids[item][:2])
+        assert log_degree[position0[item]] == 0
+      else:
+        np.testing.assert_allclose(w[row], weights[item], rtol=1e-6)
+        valid = ids[item] >= 0
+        np.testing.assert_array_equal(nbr_items[row][valid], ids[item][valid])
+      if row < len(targets):
+        as_cold.append((k, item, cold))
+  # The same targets are cold at both hops, and about half of them are.
+  by_hop = [{item for kk, item, c in as_cold if kk == k and c} for k in (1, 2)]
+  assert by_hop[0] == by_hop[1]
+  assert 0.2 * len(targets) < len(by_hop[1]) < 0.8 * len(targets)
+  warm = [position0[t] for t in targets if t not in by_hop[1]]
+  np.testing.assert_allclose(log_degree[warm], g.features.log_degree[levels[0][warm]])
+  # Content neighbors are not leakage-masked: with positive = query + 1 (the
+  # query's first content neighbor), a cold query keeps weight 0.6 on it.
+  masked = pipeline.MinibatchBuilder(tables, dataclasses.replace(cfg, mask_pair_leakage=True),
+                                     16)(tf.constant([3, 4], tf.int64),
+                                         tf.constant(query, tf.int32),
+                                         tf.constant([q + 1 for q in query], tf.int32))
+  top_hop = masked.hops[-1]
+  kept = 0
+  for row, item in enumerate(_levels(masked)[-1][:masked.num_nodes.numpy()[-1]]):
+    if item in query and np.allclose(top_hop.neighbor_weight.numpy()[row], content_w[item]):
+      kept += 1
+  assert kept > 0
+  # Without dropout the content table changes nothing.
+  plain = pipeline.MinibatchBuilder(pipeline.SamplingTables.build(g, ids, weights),
+                                    pipeline.PipelineConfig(batch_size=16, num_negatives=8), 16)
+  again = pipeline.MinibatchBuilder(tables, pipeline.PipelineConfig(
+      batch_size=16, num_negatives=8, content_neighbors=True), 16)
+  args = (tf.constant([3, 4], tf.int64), tf.constant(query, tf.int32),
+          tf.constant(positive, tf.int32))
+  for a, b in zip(plain(*args).hops, again(*args).hops):
+    np.testing.assert_array_equal(a.neighbor_index.numpy(), b.neighbor_index.numpy())
+  with pytest.raises(ValueError, match="content_neighbor_ids"):
+    pipeline.MinibatchBuilder(pipeline.SamplingTables.build(g, ids, weights), cfg, 16)
+  with pytest.raises(ValueError, match="content_neighbors=True"):
+    pipeline.PipelineConfig(content_dropout=0.3)
+  with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    pipeline.PipelineConfig(content_neighbors=True, content_dropout=1.0)
+
+
+def test_edges_negative_sampling_never_draws_items_without_edges():
+  # Items 0-49 have edges, 50-99 none.
+  rng = np.random.default_rng(3)
+  g = graph_lib.build_graph(
+      name="half", item_ids=[f"i{i}" for i in range(100)], pivot_ids=[f"p{i}" for i in range(10)],
+      edge_items=np.arange(50).repeat(2), edge_pivots=rng.integers(0, 10, 100),
+      dense=rng.normal(size=(100, 2)).astype(np.float32), dense_names=("a", "b"))
+  ids = np.full((100, 3), -1, np.int32)
+  weights = np.zeros((100, 3), np.float32)
+  tables = pipeline.SamplingTables.build(g, ids, weights, negative_sampling="edges")
+  np.testing.assert_allclose(np.exp(tables.negative_logits[:50]), 1 / 50, rtol=1e-6)
+  assert np.all(np.isneginf(tables.negative_logits[50:]))
+  cfg = pipeline.PipelineConfig(batch_size=4, num_negatives=400, negative_sampling="edges")
+  batch = pipeline.MinibatchBuilder(tables, cfg, 4)(
+      tf.constant([1, 2], tf.int64), tf.constant([0, 1, 2, 3], tf.int32),
+      tf.constant([4, 5, 6, 7], tf.int32))
+  negatives = _levels(batch)[-1][batch.negative.numpy()]
+  assert negatives.max() < 50 and len(set(negatives)) > 40
+  # Tables built for another distribution are refused.
+  with pytest.raises(ValueError, match="negative_logits are for 'degree'"):
+    pipeline.MinibatchBuilder(pipeline.SamplingTables.build(g, ids, weights), cfg, 4)
+  with pytest.raises(ValueError, match="negative_sampling"):
+    pipeline.SamplingTables.build(g, ids, weights, negative_sampling="zipf")

@@ -42,7 +42,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from absl import logging
 import numpy as np
@@ -50,6 +50,9 @@ import tensorflow as tf
 
 from pinsage_tf import atomic
 from pinsage_tf import baselines
+from pinsage_tf import config_overrides
+from pinsage_tf import content_neighborhoods as content_lib
+from pinsage_tf import distribute
 from pinsage_tf import evaluation
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import hard_negatives as hard_lib
@@ -131,6 +134,9 @@ class TrainConfig:
       raise ValueError("TrainConfig.steps_per_epoch must be >= 1 or None.")
     if self.learning_rate <= 0:
       raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}.")
+    if self.clip_norm is not None and not self.clip_norm > 0:
+      raise ValueError(f"TrainConfig.clip_norm must be > 0, or None to disable clipping, got "
+                       f"{self.clip_norm!r}.")
     for name in ("in_batch_negatives", "logq_correction"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"TrainConfig.{name} must be a bool, got {getattr(self, name)!r}.")
@@ -144,7 +150,13 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-  """Everything a training run depends on; saved as `experiment.json`."""
+  """Everything a training run depends on; saved as `experiment.json`.
+
+  Two settings span two sections and must agree (checked here): K is both
+  `model.num_layers` and `pipeline.num_layers`, and the pivot objective is
+  both `pipeline.pivot_batch_size > 0` and `positives.pivot_pairs`.
+  `with_overrides` keeps them together when one side is overridden.
+  """
 
   neighborhoods: nb_lib.NeighborhoodConfig = dataclasses.field(
       default_factory=nb_lib.NeighborhoodConfig)
@@ -161,10 +173,16 @@ class ExperimentConfig:
   num_cpu_devices: int = 1
 
   def __post_init__(self):
+    if self.strategy not in distribute.STRATEGIES:
+      raise ValueError(f"ExperimentConfig.strategy must be one of {distribute.STRATEGIES}, "
+                       f"got {self.strategy!r}.")
+    if not isinstance(self.num_cpu_devices, int) or self.num_cpu_devices < 1:
+      raise ValueError(f"ExperimentConfig.num_cpu_devices must be an int >= 1, got "
+                       f"{self.num_cpu_devices!r}.")
     if self.model.num_layers != self.pipeline.num_layers:
       raise ValueError(
           f"model.num_layers={self.model.num_layers} differs from pipeline.num_layers="
-          f"{self.pipeline.num_layers}; set both from one flag.")
+          f"{self.pipeline.num_layers}; both are K, give them the same value.")
     if bool(self.pipeline.pivot_batch_size) != self.positives.pivot_pairs:
       raise ValueError(
           f"pipeline.pivot_batch_size={self.pipeline.pivot_batch_size} but positives."
@@ -191,25 +209,63 @@ class ExperimentConfig:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ExperimentConfig":
-    values = dict(values)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"ExperimentConfig: unknown keys {unknown}.")
-    pivot_nb = values.get("pivot_neighborhoods")
-    return cls(
-        neighborhoods=nb_lib.NeighborhoodConfig(**values.get("neighborhoods", {})),
-        # Partial pivot settings override this class's pivot defaults.
-        pivot_neighborhoods=nb_lib.NeighborhoodConfig(
-            **{**cls().pivot_neighborhoods.to_json(), **(pivot_nb or {})}),
-        hard_negatives=hard_lib.HardNegativeConfig(**values.get("hard_negatives", {})),
-        positives=positives_lib.PositivesConfig(**values.get("positives", {})),
-        pipeline=pipeline.PipelineConfig(**values.get("pipeline", {})),
-        model=model_lib.PinSageConfig.from_dict(values.get("model", {})),
-        train=TrainConfig(**values.get("train", {})),
-        strategy=values.get("strategy", "mirrored"),
-        num_cpu_devices=int(values.get("num_cpu_devices", 1)),
-    )
+    """Inverse of `to_dict`; absent keys keep the defaults of `ExperimentConfig()`.
+
+    A partial section replaces only the fields it names (so a partial
+    `pivot_neighborhoods` keeps this class's pivot defaults, not
+    `NeighborhoodConfig`'s). Raises ValueError naming unknown keys.
+    """
+    default = cls()
+    _check_keys(cls, values, "ExperimentConfig")
+    kwargs = {}
+    for name, value in values.items():
+      current = getattr(default, name)
+      if not dataclasses.is_dataclass(current):
+        kwargs[name] = value
+        continue
+      if not isinstance(value, Mapping):
+        raise ValueError(f"ExperimentConfig.{name}: expected an object of fields, got "
+                         f"{value!r}.")
+      if name == "model":
+        kwargs[name] = model_lib.PinSageConfig.from_dict(value)
+      else:
+        _check_keys(type(current), value, f"ExperimentConfig.{name}")
+        kwargs[name] = dataclasses.replace(current, **value)
+    return cls(**kwargs)
+
+  def with_overrides(self, overrides: Iterable[str]) -> "ExperimentConfig":
+    """A copy with `section.field=value` overrides applied (`config_overrides`).
+
+    E.g. `["train.keep_checkpoints=3", "model.encoder.use_id_embedding=false"]`.
+    Overriding one side of a two-section setting also sets the other unless
+    it is overridden too: `model.num_layers` and `pipeline.num_layers` take
+    the same K, and `pipeline.pivot_batch_size` sets `positives.pivot_pairs`
+    to whether it is > 0.
+
+    Raises:
+      ValueError: one line naming the key: unknown (with the valid keys of
+        its section), a value of the wrong type, or one the section rejects.
+    """
+    values = config_overrides.parse(type(self), overrides)
+    for key, other in (("model.num_layers", "pipeline.num_layers"),
+                       ("pipeline.num_layers", "model.num_layers")):
+      if key in values:
+        values.setdefault(other, values[key])
+    if "pipeline.pivot_batch_size" in values:
+      values.setdefault("positives.pivot_pairs", values["pipeline.pivot_batch_size"] > 0)
+    return config_overrides.apply(self, values)
+
+  def with_seed(self, seed: int) -> "ExperimentConfig":
+    """A copy with every seed set to `seed`.
+
+    The seeds of both neighborhood tables' walks, the hard-negative pools,
+    the epoch pairs and the batches (model initialisation is not seeded).
+    A later `hard_negatives.seed` override can decouple the pools, so runs
+    of several seeds share one cached pool.
+    """
+    return self.with_overrides(
+        f"{section}.seed={seed}" for section in (
+            "neighborhoods", "pivot_neighborhoods", "hard_negatives", "positives", "pipeline"))
 
   def save(self, model_dir: str | os.PathLike) -> None:
     atomic.write_json(os.path.join(os.fspath(model_dir), EXPERIMENT_FILE), self.to_dict())
@@ -222,6 +278,13 @@ class ExperimentConfig:
                               "`python -m trainer.train`?")
     with open(path) as f:
       return cls.from_dict(json.load(f))
+
+
+def _check_keys(cls: type, values: Mapping[str, Any], where: str) -> None:
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(known)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +305,9 @@ def prepare_inputs(graph_dir: str, config: ExperimentConfig,
 
   `hard_negatives=False` skips the hard-negative pools (inference needs only
   the neighborhood tables). The pivot table is loaded when the experiment
-  learns pivots.
+  learns pivots. With `config.pipeline.content_neighbors`, items without
+  edges get content neighbors in the table (`content_neighborhoods`), and
+  with `content_dropout` the tables carry every item's content neighbors.
   """
   graph = graph_lib.load_graph(graph_dir)
   if config.model.encoder.num_items not in (0, graph.num_items):
@@ -260,12 +325,24 @@ def prepare_inputs(graph_dir: str, config: ExperimentConfig,
   if hard_negatives and config.pipeline.max_hard_negatives > 0:
     hard = hard_lib.load_or_compute_hard_negatives(graph_dir, graph, config.hard_negatives,
                                                    progress=report("hard negatives"))
+  ids, weights = np.asarray(nb.ids), np.asarray(nb.weights)
+  content = None
+  if config.pipeline.content_neighbors:
+    if config.pipeline.content_dropout:
+      content = content_lib.content_neighbors(graph, np.arange(graph.num_items),
+                                              nb.num_neighbors,
+                                              progress=report("content neighbors"))
+    ids, weights = content_lib.fill_edgeless(graph, ids, weights, content=content,
+                                             progress=report("content neighbors"))
   tables = pipeline.SamplingTables.build(
-      graph, np.asarray(nb.ids), np.asarray(nb.weights),
+      graph, ids, weights,
       hard_pool=None if hard is None else np.asarray(hard.pool),
       max_sparse_length=config.pipeline.max_sparse_length,
       pivot_neighbor_ids=None if pivot_nb is None else np.asarray(pivot_nb.ids),
-      pivot_neighbor_weights=None if pivot_nb is None else np.asarray(pivot_nb.weights))
+      pivot_neighbor_weights=None if pivot_nb is None else np.asarray(pivot_nb.weights),
+      content_neighbor_ids=None if content is None else content[0],
+      content_neighbor_weights=None if content is None else content[1],
+      negative_sampling=config.pipeline.negative_sampling)
   return TrainingInputs(graph, nb, hard, tables, pivot_nb)
 
 
@@ -337,7 +414,7 @@ def candidate_log_counts(tables: pipeline.SamplingTables, train_positive: np.nda
                          batch_size: int | None = None) -> np.ndarray:
   """float32 `[N]`: log of each item's expected count among a replica batch's negatives.
 
-  The shared negatives contribute `Nn * p(i)` (`p` uniform or the "degree"
+  The shared negatives contribute `Nn * p(i)` (`p` uniform or the
   distribution of `tables.negative_logits`); with `in_batch_negatives` the
   batch's `B` positives add `B * f(i)`, `f` the item's share of
   `train_positive` (the positives of the objective: item pairs' or pivot
@@ -503,7 +580,8 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
   if steps_per_epoch < 1:
     raise ValueError(f"{first_pairs.query.shape[0]} item pairs / {first_pairs.pivot.shape[0]} "
                      f"pivot pairs do not fill one batch of {pc.batch_size} / "
-                     f"{pc.pivot_batch_size}; lower batch_size (or pivot_batch_size).")
+                     f"{pc.pivot_batch_size}; lower pipeline.batch_size (or "
+                     "pipeline.pivot_batch_size).")
   examples_per_step = pc.batch_size + pc.pivot_batch_size
 
   with strategy.scope():
@@ -565,7 +643,8 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
         raise TrainingDivergedError(
             f"loss={loss_value} grad_norm={norm_value} at step {step} (epoch {epoch}); "
             f"training stopped without saving, the last good checkpoint "
-            f"({manager.latest_checkpoint}) is kept. Lower --learning_rate or set --clip_norm.")
+            f"({manager.latest_checkpoint}) is kept. Lower train.learning_rate or set "
+            "train.clip_norm.")
       window_examples += examples_per_step
       if step % tc.log_every_steps == 0 or i + 1 == steps_per_epoch:
         elapsed = time.perf_counter() - window_start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from data import synthetic
 from pinsage_tf import baselines
+from pinsage_tf import config_overrides
 from pinsage_tf import distribute
 from pinsage_tf import evaluation
 from pinsage_tf import graph as graph_lib
@@ -347,3 +349,128 @@ def test_pivot_objective_config_must_agree():
   partial = training.ExperimentConfig.from_dict({"pivot_neighborhoods": {"num_neighbors": 8}})
   assert partial.pivot_neighborhoods.num_neighbors == 8
   assert partial.pivot_neighborhoods.max_hops == training.ExperimentConfig().pivot_neighborhoods.max_hops
+
+
+def test_content_neighbors_fill_items_without_edges_and_train(small_graph_dir, tmp_path):
+  base = _small_config()
+  config = dataclasses.replace(base, pipeline=dataclasses.replace(
+      base.pipeline, content_neighbors=True, content_dropout=0.3, negative_sampling="edges"))
+  plain = training.prepare_inputs(small_graph_dir, base, hard_negatives=False)
+  inputs = training.prepare_inputs(small_graph_dir, config, hard_negatives=False)
+  cold = inputs.graph.item_degrees() == 0
+  assert cold.sum() > 10  # the synthetic generator leaves some items without edges
+  # Edge-less rows were empty and now pool content neighbors (all with edges);
+  # every other row is the importance table's.
+  assert np.all(plain.tables.neighbor_weights[cold] == 0)
+  assert np.all(inputs.tables.neighbor_weights[cold].sum(axis=1) > 0.99)
+  assert not np.any(cold[inputs.tables.neighbor_ids[cold][inputs.tables.neighbor_weights[cold] > 0]])
+  np.testing.assert_array_equal(inputs.tables.neighbor_ids[~cold], plain.tables.neighbor_ids[~cold])
+  assert inputs.tables.content_neighbor_ids.shape == inputs.tables.neighbor_ids.shape
+  assert plain.tables.content_neighbor_ids.shape[0] == 0
+  assert np.all(np.isneginf(inputs.tables.negative_logits[cold]))
+  result = training.train(small_graph_dir, str(tmp_path / "m"), config,
+                          distribute.get_strategy("one_device"), verbose=False)
+  assert np.isfinite(result.final_loss)
+  # experiment.json keeps the options, so inference rebuilds the same tables.
+  again = training.ExperimentConfig.load(str(tmp_path / "m"))
+  assert again.pipeline.content_dropout == 0.3 and again.pipeline.negative_sampling == "edges"
+
+
+def _leaves(config, prefix=""):
+  """(dotted key, value) of every non-dataclass field below `config`."""
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      yield from _leaves(value, f"{prefix}{field.name}.")
+    else:
+      yield f"{prefix}{field.name}", value
+
+
+def test_overrides_reach_every_field():
+  config = training.ExperimentConfig()
+  leaves = dict(_leaves(config))
+  assert {"train.keep_checkpoints", "train.log_every_steps", "model.encoder.use_id_embedding",
+          "pivot_neighborhoods.chunk_size", "strategy", "num_cpu_devices"} <= set(leaves)
+  # Every field takes its own value back in override syntax.
+  same = config.with_overrides(f"{key}={config_overrides.format_value(value)}"
+                               for key, value in leaves.items())
+  assert same == config
+  changed = config.with_overrides([
+      "train.keep_checkpoints=5", "train.log_every_steps=10", "pipeline.batch_size=256",
+      "model.encoder.use_id_embedding=false", "train.clip_norm=none", "strategy=one_device",
+      "num_cpu_devices=2", "hard_negatives.window_start=5", "hard_negatives.window_end=50"])
+  assert (changed.train.keep_checkpoints, changed.train.log_every_steps) == (5, 10)
+  assert changed.pipeline.batch_size == 256 and changed.model.encoder.use_id_embedding is False
+  assert changed.train.clip_norm is None
+  assert (changed.strategy, changed.num_cpu_devices) == ("one_device", 2)
+  assert changed.hard_negatives.window(1000) == (5, 50)
+  assert dataclasses.replace(changed, train=config.train, pipeline=config.pipeline,
+                             model=config.model, hard_negatives=config.hard_negatives,
+                             strategy="mirrored", num_cpu_devices=1) == config
+
+
+def test_override_errors_name_the_key():
+  config = training.ExperimentConfig()
+  with pytest.raises(ValueError, match=r"^unknown key 'train.keep_checkpoint': train has "
+                                       r"checkpoint_every_steps, .*keep_checkpoints, "):
+    config.with_overrides(["train.keep_checkpoint=3"])
+  with pytest.raises(ValueError, match=r"^train.keep_checkpoints: expected an int, got 'x'.$"):
+    config.with_overrides(["train.keep_checkpoints=x"])
+  with pytest.raises(ValueError, match=r"^train.keep_checkpoints=0: TrainConfig.keep_checkpoints"):
+    config.with_overrides(["train.keep_checkpoints=0"])
+  with pytest.raises(ValueError, match=r"^strategy=tpu: ExperimentConfig.strategy must be one of"):
+    config.with_overrides(["strategy=tpu"])
+  # Pooling is the model's: the error lists what the pipeline section has.
+  with pytest.raises(ValueError, match=r"^unknown key 'pipeline.pooling': pipeline has "
+                                       r"batch_size, "):
+    config.with_overrides(["pipeline.pooling=mean"])
+
+
+def test_overrides_keep_two_section_settings_together():
+  config = training.ExperimentConfig()
+  one = config.with_overrides(["pipeline.num_layers=1"])
+  assert one.model.num_layers == one.pipeline.num_layers == 1
+  three = config.with_overrides(["model.num_layers=3"])
+  assert three.model.num_layers == three.pipeline.num_layers == 3
+  with pytest.raises(ValueError, match="both are K"):
+    config.with_overrides(["model.num_layers=3", "pipeline.num_layers=2"])
+  pivots = config.with_overrides(["pipeline.pivot_batch_size=16"])
+  assert pivots.positives.pivot_pairs and pivots.learns_pivots
+  assert not pivots.with_overrides(["pipeline.pivot_batch_size=0"]).positives.pivot_pairs
+  with pytest.raises(ValueError, match="pivot objective"):
+    config.with_overrides(["pipeline.pivot_batch_size=16", "positives.pivot_pairs=false"])
+
+
+def test_with_seed_sets_every_seed_and_a_later_override_decouples_one():
+  config = training.ExperimentConfig().with_seed(3)
+  seeds = {key: value for key, value in _leaves(config) if key.endswith(".seed")}
+  assert seeds == {"neighborhoods.seed": 3, "pivot_neighborhoods.seed": 3,
+                   "hard_negatives.seed": 3, "positives.seed": 3, "pipeline.seed": 3}
+  shared_pool = config.with_overrides(["hard_negatives.seed=0"])
+  assert shared_pool.hard_negatives.seed == 0 and shared_pool.pipeline.seed == 3
+
+
+def test_experiment_json_round_trips_exactly(small_graph_dir, tmp_path):
+  config = training.ExperimentConfig().with_seed(2).with_overrides([
+      "neighborhoods.restart_prob=0.3", "neighborhoods.degree_exponent=0.5",
+      "pivot_neighborhoods.num_neighbors=7", "hard_negatives.window_start=5",
+      "hard_negatives.window_end=40", "pipeline.pivot_batch_size=16",
+      "positives.item_pairs=walks", "pipeline.negative_sampling=degree",
+      "model.neighbor_dim=24", "model.item_bias=true", "model.encoder.use_id_embedding=true",
+      "train.clip_norm=none", "train.loss=sampled_softmax", "train.keep_checkpoints=2",
+      "strategy=one_device"])
+  # As saved by `train`: the encoder schema filled from the graph.
+  config = training.resolve_model_config(config, graph_lib.load_graph(small_graph_dir))
+  config.save(tmp_path)
+  assert training.ExperimentConfig.load(tmp_path) == config
+  with open(tmp_path / training.EXPERIMENT_FILE) as f:
+    assert training.ExperimentConfig.from_dict(json.load(f)) == config
+
+
+def test_from_dict_errors_name_the_section():
+  with pytest.raises(ValueError, match=r"ExperimentConfig.train: unknown keys \['epoch'\]"):
+    training.ExperimentConfig.from_dict({"train": {"epoch": 3}})
+  with pytest.raises(ValueError, match=r"ExperimentConfig.train: expected an object"):
+    training.ExperimentConfig.from_dict({"train": 3})
+  # Absent keys keep the defaults of the dataclasses.
+  assert training.ExperimentConfig.from_dict({}) == training.ExperimentConfig()

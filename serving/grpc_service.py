@@ -7,14 +7,14 @@ unchanged):
   signature_name ("" = serving_default)}, `inputs` {alias: TensorProto},
   `output_filter`. The response carries `model_spec` {name, version,
   signature_name} of the version that ran and the outputs as TensorProtos
-  (`tf.make_tensor_proto`).
+  laid out as TF Serving's (`proto_codec.array_to_tensor_proto`).
 * `PredictionService.GetModelMetadata`: `metadata_field` must be
   ["signature_def"]; the SignatureDefMap is packed in an Any, as TF Serving.
 * `ModelService.GetModelStatus`.
 
 Classify, Regress, MultiInference and HandleReloadConfigRequest answer
 UNIMPLEMENTED. Errors use TF Serving's status codes and messages (see
-`tensor_codec` / `model_manager`); request messages over the size limit get
+`errors` / `model_manager`); request messages over the size limit get
 gRPC's own RESOURCE_EXHAUSTED.
 """
 
@@ -29,9 +29,11 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from serving import errors
 from serving import model_manager as model_manager_lib
-from serving import tensor_codec
-from serving.tensor_codec import ServingError
+from serving import proto_codec
+from serving import validation
+from serving.errors import ServingError
 
 _SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -56,11 +58,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
   def Predict(self, request, context):  # pylint: disable=invalid-name
     try:
       if not request.HasField("model_spec"):
-        raise tensor_codec.invalid_argument("Missing ModelSpec")
+        raise errors.invalid_argument("Missing ModelSpec")
       servable = self._manager.get_servable(*_model_spec_args(request.model_spec))
       signature = servable.signature(request.model_spec.signature_name)
-      tensor_codec.check_signature_is_runnable(signature)
-      inputs = {alias: tensor_codec.tensor_proto_to_array(alias, proto)
+      validation.check_signature_is_runnable(signature)
+      inputs = {alias: proto_codec.tensor_proto_to_array(alias, proto)
                 for alias, proto in request.inputs.items()}
       outputs = self._manager.predict(servable, signature.name, inputs,
                                       list(request.output_filter))
@@ -69,7 +71,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       response.model_spec.version.value = servable.version
       response.model_spec.signature_name = signature.name
       for alias, array in outputs.items():
-        response.outputs[alias].CopyFrom(tensor_codec.array_to_tensor_proto(array))
+        response.outputs[alias].CopyFrom(proto_codec.array_to_tensor_proto(array))
       return response
     except ServingError as e:
       _abort(context, e)
@@ -81,13 +83,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
   def GetModelMetadata(self, request, context):  # pylint: disable=invalid-name
     try:
       if not request.HasField("model_spec"):
-        raise tensor_codec.invalid_argument("Missing ModelSpec")
+        raise errors.invalid_argument("Missing ModelSpec")
       if not request.metadata_field:
-        raise tensor_codec.invalid_argument(
+        raise errors.invalid_argument(
             "GetModelMetadataRequest must specify at least one metadata_field")
       for field in request.metadata_field:
         if field != _SIGNATURE_DEF_FIELD:
-          raise tensor_codec.invalid_argument(f"Metadata field {field} is not supported")
+          raise errors.invalid_argument(f"Metadata field {field} is not supported")
       return self._manager.get_model_metadata(*_model_spec_args(request.model_spec))
     except ServingError as e:
       _abort(context, e)
@@ -102,7 +104,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
   def GetModelStatus(self, request, context):  # pylint: disable=invalid-name
     try:
       if not request.HasField("model_spec"):
-        raise tensor_codec.invalid_argument("Missing ModelSpec")
+        raise errors.invalid_argument("Missing ModelSpec")
       return self._manager.get_model_status(*_model_spec_args(request.model_spec))
     except ServingError as e:
       _abort(context, e)

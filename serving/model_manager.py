@@ -1,31 +1,26 @@
-"""Loads SavedModel versions, keeps the right ones serving, and runs requests.
+"""Keeps the configured versions of each model loaded and answers requests on them.
 
-This is the server's core, the role `ServerCore` plays in TF Serving:
+This is the role `ServerCore` plays in TF Serving. Contract:
 
-* Layout: each model has a base path `BASE/NAME/` whose integer-named
-  subdirectories are versions (`BASE/NAME/1/saved_model.pb`). Other entries
-  (e.g. `.tmp-2` while an exporter is still writing) are ignored, so exporters
-  must build a version elsewhere and rename it into place.
-* Version policy (per model, from `ModelConfig`): `latest` (the N highest
-  versions, default 1), `all`, or `specific` versions. A version that failed
-  to load is left out of the choice, so with `latest` the previous version
-  keeps serving; the failure is logged and shown in the model's status
-  (state END, the load error's code and message). It is retried only after its
-  directory changes.
-* Hot swap: `poll_once()` (called every `--file_system_poll_wait_seconds` by
-  `start_polling`) loads new versions first and then publishes a new immutable
-  {version: Servable} map with one assignment. A request looks the map up once
-  and keeps a reference to its `Servable`, so it finishes on the version it
-  started with even if that version is unloaded meanwhile; nothing is dropped.
-* Requests: `predict()` bounds concurrency (at most `max_concurrent_requests`
-  running, at most `max_queued_requests` waiting, others get
-  RESOURCE_EXHAUSTED) and optionally a deadline (DEADLINE_EXCEEDED).
-* Status and metadata answers are the TF Serving protos
-  (`GetModelStatusResponse`, `GetModelMetadataResponse` with the MetaGraphDef's
-  SignatureDefMap packed in an Any under "signature_def").
+* Layout: each model's base path holds integer-named version directories
+  (`BASE/NAME/1/saved_model.pb`); other entries (e.g. `.tmp-2`) are ignored.
+* `poll_once()` (every `interval_seconds` after `start_polling`) loads the
+  versions the model's `VersionPolicy` chooses among the loadable ones, then
+  publishes the new {version: Servable} map with one assignment. A version
+  that failed to load is left out of the choice (with `latest`, the previous
+  version keeps serving), shows state END with its error in the status, and
+  is retried only after its directory changes.
+* `get_servable(name, version | label)` returns the `Servable` a request
+  should keep for its lifetime; unloading a version never breaks a request
+  that holds it.
+* `predict(servable, ...)` runs within `ServingLimits` (admission control,
+  batch bound) and an optional deadline.
+* `get_model_status` / `get_model_metadata` answer with TF Serving's protos
+  (`GetModelStatusResponse`; `GetModelMetadataResponse` with the SignatureDefMap
+  packed in an Any under "signature_def").
 
-All request errors are `tensor_codec.ServingError` with TF Serving's codes and
-messages ("Servable not found for request: Latest(name)", ...).
+Every request error is an `errors.ServingError` with TF Serving's code and
+message ("Servable not found for request: Latest(name)", ...).
 """
 
 from __future__ import annotations
@@ -37,381 +32,26 @@ import os
 import re
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 import grpc
 import numpy as np
 
-import pinsage_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf
-from google.protobuf import message as protobuf_message
-from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
-from tensorflow_serving.config import model_server_config_pb2
 
-from serving import tensor_codec
-from serving.tensor_codec import ServingError
+from serving import admission
+from serving import errors
+from serving import servable as servable_lib
+from serving import server_config
+from serving.errors import ServingError
 
 _VERSION_DIR = re.compile(r"^\d+$")
 _State = get_model_status_pb2.ModelVersionStatus.State
 
-
-def import_custom_ops() -> bool:
-  """Registers ScaNN's TF ops, which SavedModels with ScaNN retrieval need.
-
-  Returns:
-    True if scann was imported; False (logged) if it is not installed, in which
-    case only models without ScaNN ops load.
-  """
-  try:
-    import scann  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError as e:
-    logging.warning("scann is not importable (%s); SavedModels using ScaNN ops "
-                    "will fail to load.", e)
-    return False
-  return True
-
-
-# ---------------------------------------------------------------------------
-# Configuration.
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionPolicy:
-  """Which versions on disk to serve (TF Serving's ServableVersionPolicy).
-
-  Attributes:
-    kind: "latest", "all" or "specific".
-    num_versions: for "latest", how many of the highest versions.
-    versions: for "specific", the version numbers.
-  """
-  kind: str = "latest"
-  num_versions: int = 1
-  versions: tuple[int, ...] = ()
-
-  def __post_init__(self):
-    if self.kind not in ("latest", "all", "specific"):
-      raise ValueError(f"version policy kind {self.kind!r}; pass 'latest', 'all' or 'specific'.")
-    if self.kind == "latest" and self.num_versions < 1:
-      raise ValueError(f"latest num_versions={self.num_versions}; pass 1 or more.")
-    if self.kind == "specific" and not self.versions:
-      raise ValueError("a 'specific' version policy needs at least one version number.")
-
-  def choose(self, candidates: Iterable[int]) -> set[int]:
-    """The versions to serve among loadable versions on disk."""
-    ordered = sorted(set(candidates))
-    if self.kind == "latest":
-      return set(ordered[-self.num_versions:])
-    if self.kind == "all":
-      return set(ordered)
-    return set(ordered) & set(self.versions)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """One served model.
-
-  Attributes:
-    name: model name used in requests.
-    base_path: directory holding the integer version subdirectories.
-    version_policy: which versions to serve.
-    version_labels: label -> version, for `/labels/L` and
-      `ModelSpec.version_label`.
-  """
-  name: str
-  base_path: str
-  version_policy: VersionPolicy = dataclasses.field(default_factory=VersionPolicy)
-  version_labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
-
-  def __post_init__(self):
-    if not self.name or "/" in self.name or ":" in self.name:
-      raise ValueError(f"model name {self.name!r}; pass a non-empty name without '/' or ':'.")
-    if not self.base_path:
-      raise ValueError(f"model {self.name!r} has no base_path; pass the directory "
-                       "that holds its integer version subdirectories.")
-
-
-def model_configs_from_text(text: str, source: str = "<model_config>") -> list[ModelConfig]:
-  """Parses a text-format ModelServerConfig (`model_config_list { config {...} }`).
-
-  Args:
-    text: the file contents.
-    source: file name used in error messages.
-
-  Raises:
-    ValueError: naming `source` (and the line, for syntax errors) if the text
-      does not parse, uses a custom_model_config, a platform other than
-      tensorflow, or repeats a model name.
-  """
-  config = model_server_config_pb2.ModelServerConfig()
-  try:
-    text_format.Parse(text, config)
-  except text_format.ParseError as e:
-    raise ValueError(f"{source}: not a text-format ModelServerConfig: {e}") from None
-  if config.WhichOneof("config") != "model_config_list":
-    raise ValueError(f"{source}: expected a model_config_list {{ config {{ ... }} }} block.")
-  configs = []
-  for model in config.model_config_list.config:
-    if model.model_platform not in ("", "tensorflow"):
-      raise ValueError(f"{source}: model {model.name!r} has model_platform "
-                       f"{model.model_platform!r}; only 'tensorflow' is served.")
-    policy = model.model_version_policy
-    which = policy.WhichOneof("policy_choice")
-    if which == "all":
-      version_policy = VersionPolicy("all")
-    elif which == "specific":
-      version_policy = VersionPolicy("specific", versions=tuple(policy.specific.versions))
-    else:
-      version_policy = VersionPolicy("latest", num_versions=max(1, policy.latest.num_versions))
-    # Like TF Serving, a relative base_path is relative to the working directory.
-    base_path = os.path.abspath(model.base_path) if model.base_path else ""
-    try:
-      configs.append(ModelConfig(model.name, base_path, version_policy,
-                                 dict(model.version_labels)))
-    except ValueError as e:
-      raise ValueError(f"{source}: {e}") from None
-  names = [c.name for c in configs]
-  duplicates = sorted({n for n in names if names.count(n) > 1})
-  if duplicates:
-    raise ValueError(f"{source}: model names repeated: {duplicates}")
-  if not configs:
-    raise ValueError(f"{source}: the model_config_list has no config entries.")
-  return configs
-
-
-@dataclasses.dataclass(frozen=True)
-class ServingLimits:
-  """Bounds on inference work.
-
-  Attributes:
-    max_concurrent_requests: predict calls running at once (REST + gRPC).
-    max_queued_requests: calls allowed to wait for a slot; beyond that a
-      request fails fast with RESOURCE_EXHAUSTED.
-    max_batch_size: largest batch (dimension 0) accepted; 0 = unbounded.
-  """
-  max_concurrent_requests: int = 64
-  max_queued_requests: int = 64
-  max_batch_size: int = 1024
-
-  def __post_init__(self):
-    if self.max_concurrent_requests < 1:
-      raise ValueError(f"max_concurrent_requests={self.max_concurrent_requests}; pass >= 1.")
-    if self.max_queued_requests < 0:
-      raise ValueError(f"max_queued_requests={self.max_queued_requests}; pass >= 0.")
-    if self.max_batch_size < 0:
-      raise ValueError(f"max_batch_size={self.max_batch_size}; pass >= 0 (0 = unbounded).")
-
-
-# ---------------------------------------------------------------------------
-# One loaded version.
-
-
-def _clean_tf_message(message: str) -> str:
-  """Drops eager-runtime decoration so the message reads like TF Serving's."""
-  message = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", message)
-  lines = message.split("\n")
-  if lines and lines[0].startswith("Graph execution error:"):
-    lines = lines[1:]
-    while lines and not lines[0].strip():
-      lines = lines[1:]
-    if lines and lines[0].startswith("Detected at node"):
-      lines = lines[1:]
-      while lines and (lines[0].startswith(" ") or lines[0] == "<stack traces unavailable>"):
-        lines = lines[1:]
-  return "\n".join(lines).strip() or message
-
-
-def _error_from_exception(e: BaseException) -> ServingError:
-  if isinstance(e, ServingError):
-    return e
-  if isinstance(e, tf.errors.OpError):
-    return ServingError(tensor_codec.status_code_from_number(e.error_code),
-                        _clean_tf_message(e.message))
-  if isinstance(e, (ValueError, TypeError)):
-    return tensor_codec.invalid_argument(str(e))
-  return ServingError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-
-
-class Servable:
-  """One loaded version of a model.
-
-  Attributes:
-    name: model name.
-    version: version number.
-    path: the version directory.
-    signatures: every SignatureDef of the served MetaGraphDef, by name.
-    signature_def_map: the same as a `tensorflow.serving.SignatureDefMap` proto.
-  """
-
-  def __init__(self, name: str, version: int, path: str, tags: Sequence[str]):
-    self.name = name
-    self.version = version
-    self.path = path
-    meta_graph = read_meta_graph(path, tags)
-    self.signature_def_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, signature_def in meta_graph.signature_def.items():
-      self.signature_def_map.signature_def[key].CopyFrom(signature_def)
-    self.signatures = {
-        key: tensor_codec.signature_from_proto(key, signature_def)
-        for key, signature_def in meta_graph.signature_def.items()
-    }
-    self._loaded = tf.saved_model.load(path, tags=list(tags))
-    self._functions = dict(self._loaded.signatures.items())
-
-  def signature(self, name: str) -> tensor_codec.Signature:
-    """The named signature ("" -> serving_default) for gRPC requests.
-
-    Raises:
-      ServingError: FAILED_PRECONDITION 'Serving signature key "X" not found.'
-    """
-    key = name or tensor_codec.DEFAULT_SIGNATURE
-    if key not in self.signatures:
-      raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                         f'Serving signature key "{key}" not found.')
-    return self.signatures[key]
-
-  def rest_signature(self, name: str) -> tensor_codec.Signature:
-    """Like `signature`, with the REST API's INVALID_ARGUMENT message."""
-    key = name or tensor_codec.DEFAULT_SIGNATURE
-    if key not in self.signatures:
-      raise tensor_codec.invalid_argument(
-          f'Serving signature name: "{key}" not found in signature def')
-    return self.signatures[key]
-
-  def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-              output_filter: Sequence[str] = (), max_batch_size: int = 0
-              ) -> dict[str, np.ndarray]:
-    """Validates the inputs and runs the signature.
-
-    Args:
-      signature_name: "" means serving_default.
-      inputs: alias -> array ([B, ...] for batched inputs).
-      output_filter: aliases to return; empty = all outputs.
-      max_batch_size: see `tensor_codec.validate_inputs`.
-
-    Returns:
-      alias -> output array (DT_STRING outputs as object arrays of bytes).
-
-    Raises:
-      ServingError: validation failures, and errors raised by the graph itself
-        (e.g. tf.debugging assertions -> INVALID_ARGUMENT with their message).
-    """
-    signature = self.signature(signature_name)
-    tensor_codec.check_signature_is_runnable(signature)
-    tensor_codec.validate_inputs(signature, inputs, max_batch_size=max_batch_size)
-    aliases = tensor_codec.check_output_filter(signature, output_filter)
-    function = self._functions.get(signature.name)
-    if function is None:
-      raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                         f'Serving signature key "{signature.name}" is not callable.')
-    try:
-      feeds = {alias: tf.constant(array, dtype=signature.inputs[alias].dtype)
-               for alias, array in inputs.items()}
-      results = function(**feeds)
-      return {alias: results[alias].numpy() for alias in aliases}
-    except Exception as e:  # pylint: disable=broad-except
-      raise _error_from_exception(e) from None
-
-
-def read_meta_graph(path: str, tags: Sequence[str]) -> Any:
-  """The MetaGraphDef in `path` (saved_model.pb or .pbtxt) whose tag set equals `tags`.
-
-  Raises:
-    ServingError: NOT_FOUND if there is no SavedModel file or no such tag set,
-      DATA_LOSS if the file does not parse.
-  """
-  saved_model = saved_model_pb2.SavedModel()
-  pb_path = os.path.join(path, "saved_model.pb")
-  pbtxt_path = os.path.join(path, "saved_model.pbtxt")
-  try:
-    if os.path.exists(pb_path):
-      with open(pb_path, "rb") as f:
-        saved_model.ParseFromString(f.read())
-    elif os.path.exists(pbtxt_path):
-      with open(pbtxt_path, encoding="utf-8") as f:
-        text_format.Parse(f.read(), saved_model)
-    else:
-      raise ServingError(grpc.StatusCode.NOT_FOUND,
-                         f"SavedModel file does not exist at: {pb_path}")
-  except (protobuf_message.DecodeError, text_format.ParseError, UnicodeDecodeError) as e:
-    raise ServingError(grpc.StatusCode.DATA_LOSS,
-                       f"Can't parse the SavedModel in {path}: {e}") from None
-  wanted = set(tags)
-  for meta_graph in saved_model.meta_graphs:
-    if set(meta_graph.meta_info_def.tags) == wanted:
-      return meta_graph
-  available = [sorted(m.meta_info_def.tags) for m in saved_model.meta_graphs]
-  raise ServingError(
-      grpc.StatusCode.NOT_FOUND,
-      f"Could not find meta graph def matching supplied tags: {{ {' '.join(sorted(wanted))} }}. "
-      f"Available tag sets: {available}")
-
-
-# ---------------------------------------------------------------------------
-# Admission control.
-
-
-class _Admission:
-  """At most `limit` holders; at most `max_waiting` threads wait for a slot."""
-
-  def __init__(self, limit: int, max_waiting: int):
-    self._limit = limit
-    self._max_waiting = max_waiting
-    self._in_flight = 0
-    self._waiting = 0
-    self._cond = threading.Condition()
-
-  def acquire(self, deadline: float | None) -> None:
-    with self._cond:
-      if self._in_flight < self._limit:
-        self._in_flight += 1
-        return
-      if self._waiting >= self._max_waiting:
-        raise ServingError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"Server is at its limit of {self._limit} concurrent requests with "
-            f"{self._waiting} more queued; retry later.")
-      self._waiting += 1
-      try:
-        while self._in_flight >= self._limit:
-          remaining = None if deadline is None else deadline - time.monotonic()
-          if remaining is not None and remaining <= 0:
-            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               "Deadline exceeded while queued for a free request slot.")
-          self._cond.wait(remaining)
-        self._in_flight += 1
-      finally:
-        self._waiting -= 1
-
-  def release(self) -> None:
-    with self._cond:
-      self._in_flight -= 1
-      self._cond.notify_all()
-
-  def wait_idle(self, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    with self._cond:
-      while self._in_flight or self._waiting:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-          return False
-        self._cond.wait(remaining)
-    return True
-
-  @property
-  def in_flight(self) -> int:
-    return self._in_flight
-
-  @property
-  def waiting(self) -> int:
-    return self._waiting
-
-
-# ---------------------------------------------------------------------------
-# The manager.
+# Builds a Servable from (model name, version, version directory, tags).
+ServableLoader = Callable[[str, int, str, Sequence[str]], servable_lib.Servable]
 
 
 @dataclasses.dataclass
@@ -441,10 +81,10 @@ def _dir_fingerprint(path: str) -> tuple:
 class ModelManager:
   """Serves the configured models; see the module docstring for the contract."""
 
-  def __init__(self, configs: Sequence[ModelConfig], *,
+  def __init__(self, configs: Sequence[server_config.ModelConfig], *,
                saved_model_tags: Sequence[str] = ("serve",),
-               limits: ServingLimits | None = None,
-               loader: Callable[[str, int, str, Sequence[str]], Servable] = Servable):
+               limits: server_config.ServingLimits | None = None,
+               loader: ServableLoader = servable_lib.Servable):
     """Creates the manager; nothing is loaded until `poll_once()`.
 
     Args:
@@ -458,24 +98,24 @@ class ModelManager:
       raise ValueError(f"model names must be unique, got {names}")
     self._configs = {c.name: c for c in configs}
     self._tags = tuple(saved_model_tags)
-    self._limits = limits or ServingLimits()
+    self._limits = limits or server_config.ServingLimits()
     self._loader = loader
     # name -> {version: Servable}; replaced as a whole, never mutated.
-    self._serving: Mapping[str, Mapping[int, Servable]] = {c.name: {} for c in configs}
+    self._serving: Mapping[str, Mapping[int, servable_lib.Servable]] = {c.name: {} for c in configs}
     self._status: dict[str, dict[int, _VersionStatus]] = {c.name: {} for c in configs}
     self._failed: dict[str, dict[int, tuple]] = {c.name: {} for c in configs}
     self._lock = threading.Lock()
     self._poll_lock = threading.Lock()
     self._stop = threading.Event()
     self._poller: threading.Thread | None = None
-    self._admission = _Admission(self._limits.max_concurrent_requests,
-                                 self._limits.max_queued_requests)
+    self._admission = admission.Admission(self._limits.max_concurrent_requests,
+                                          self._limits.max_queued_requests)
     self._executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=self._limits.max_concurrent_requests, thread_name_prefix="inference")
     self._warned_empty: set[str] = set()
 
   @property
-  def limits(self) -> ServingLimits:
+  def limits(self) -> server_config.ServingLimits:
     return self._limits
 
   @property
@@ -494,7 +134,7 @@ class ModelManager:
 
   # -- loading --------------------------------------------------------------
 
-  def _versions_on_disk(self, config: ModelConfig) -> dict[int, str]:
+  def _versions_on_disk(self, config: server_config.ModelConfig) -> dict[int, str]:
     try:
       entries = os.listdir(config.base_path)
     except OSError:
@@ -518,7 +158,7 @@ class ModelManager:
     with self._lock:
       self._status[name][version] = _VersionStatus(state, code, message)
 
-  def _poll_model(self, config: ModelConfig) -> None:
+  def _poll_model(self, config: server_config.ModelConfig) -> None:
     name = config.name
     on_disk = self._versions_on_disk(config)
     failed = self._failed[name]
@@ -541,7 +181,7 @@ class ModelManager:
       try:
         loaded[version] = self._loader(name, version, path, self._tags)
       except Exception as e:  # pylint: disable=broad-except
-        error = _error_from_exception(e)
+        error = errors.error_from_exception(e)
         if error.code == grpc.StatusCode.OK:
           error = ServingError(grpc.StatusCode.UNKNOWN, str(e))
         failed[version] = _dir_fingerprint(path)
@@ -604,11 +244,11 @@ class ModelManager:
     config = self._configs.get(name)
     labels = config.version_labels if config else {}
     if label not in labels:
-      raise tensor_codec.invalid_argument(f"Unrecognized servable version label: {label}")
+      raise errors.invalid_argument(f"Unrecognized servable version label: {label}")
     return labels[label]
 
   def get_servable(self, name: str, version: int | None = None,
-                   label: str | None = None) -> Servable:
+                   label: str | None = None) -> servable_lib.Servable:
     """The loaded version a request should use.
 
     Args:
@@ -622,7 +262,7 @@ class ModelManager:
         version and label.
     """
     if version is not None and label is not None:
-      raise tensor_codec.invalid_argument(
+      raise errors.invalid_argument(
           f"Both model version ({version}) and model version label ({label}) "
           "cannot be supplied.")
     if label is not None:
@@ -681,7 +321,7 @@ class ModelManager:
 
   # -- inference ----------------------------------------------------------------
 
-  def predict(self, servable: Servable, signature_name: str,
+  def predict(self, servable: servable_lib.Servable, signature_name: str,
               inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = (),
               timeout_seconds: float | None = None) -> dict[str, np.ndarray]:
     """Runs `servable.predict` within the concurrency bound and the deadline.
@@ -699,8 +339,11 @@ class ModelManager:
     """
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     self._admission.acquire(deadline)
-    run = lambda: servable.predict(signature_name, inputs, output_filter,
-                                   self._limits.max_batch_size)
+
+    def run() -> dict[str, np.ndarray]:
+      return servable.predict(signature_name, inputs, output_filter,
+                              self._limits.max_batch_size)
+
     if deadline is None:
       try:
         return run()

@@ -37,9 +37,10 @@ import grpc
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from serving import errors
+from serving import json_codec
 from serving import model_manager as model_manager_lib
-from serving import tensor_codec
-from serving.tensor_codec import ServingError
+from serving.errors import ServingError
 
 _API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
 _PREDICT_PATH = re.compile(
@@ -56,7 +57,7 @@ def _parse_version(text: str | None) -> int | None:
     return None
   version = int(text)
   if version > _INT64_MAX:
-    raise tensor_codec.invalid_argument(f"Failed to convert version: {text} to numeric.")
+    raise errors.invalid_argument(f"Failed to convert version: {text} to numeric.")
   return version
 
 
@@ -80,18 +81,18 @@ class RestApi:
     try:
       return 200, self._dispatch(method, path, body)
     except ServingError as e:
-      status = e.http_status or tensor_codec.http_status(e.code)
+      status = e.http_status or errors.http_status(e.code)
       if status >= 500:
         logging.warning("REST %s %s failed: %s", method, path, e)
-      return status, tensor_codec.error_json(e.message)
+      return status, json_codec.error_json(e.message)
     except Exception as e:  # pylint: disable=broad-except
       logging.exception("REST %s %s: internal error", method, path)
-      return 500, tensor_codec.error_json(f"Internal error: {type(e).__name__}: {e}")
+      return 500, json_codec.error_json(f"Internal error: {type(e).__name__}: {e}")
 
   def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
     if not _API_PATH.fullmatch(path):
       raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {method} {path}")
-    malformed = tensor_codec.invalid_argument(f"Malformed request: {method} {path}")
+    malformed = errors.invalid_argument(f"Malformed request: {method} {path}")
     if method == "POST":
       match = _PREDICT_PATH.fullmatch(path)
       if not match:
@@ -111,7 +112,7 @@ class RestApi:
         raise malformed
       name, version_text, label, metadata = match.groups()
       if not name:
-        raise tensor_codec.invalid_argument("Missing model name in request.")
+        raise errors.invalid_argument("Missing model name in request.")
       name = urllib.parse.unquote(name)
       version = _parse_version(version_text)
       label = urllib.parse.unquote(label) if label else None
@@ -125,10 +126,10 @@ class RestApi:
                body: bytes) -> bytes:
     # One handle for the whole request: parsing and running see the same version.
     servable = self._manager.get_servable(name, version, label)
-    request = tensor_codec.parse_json_predict(body, servable.rest_signature)
+    request = json_codec.parse_json_predict(body, servable.rest_signature)
     outputs = self._manager.predict(servable, request.signature_name, request.inputs,
                                     timeout_seconds=self._timeout)
-    return tensor_codec.outputs_to_json(outputs, request.format)
+    return json_codec.outputs_to_json(outputs, request.format)
 
   def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
     response = self._manager.get_model_metadata(name, version, label)
@@ -175,7 +176,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
           size = int(size_line.split(b";")[0].strip(), 16)
         except ValueError:
-          raise tensor_codec.invalid_argument("Malformed chunked request body.") from None
+          raise errors.invalid_argument("Malformed chunked request body.") from None
         if size == 0:
           while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
             pass
@@ -192,9 +193,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     try:
       length = int(length_text)
     except ValueError:
-      raise tensor_codec.invalid_argument(f"Bad Content-Length: {length_text!r}") from None
+      raise errors.invalid_argument(f"Bad Content-Length: {length_text!r}") from None
     if length < 0:
-      raise tensor_codec.invalid_argument(f"Bad Content-Length: {length_text!r}")
+      raise errors.invalid_argument(f"Bad Content-Length: {length_text!r}")
     if length > limit:
       # The body is not read, so the connection cannot be reused.
       self.close_connection = True
@@ -207,8 +208,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     try:
       body = self._read_body() if self.command == "POST" else b""
     except ServingError as e:
-      self._reply(e.http_status or tensor_codec.http_status(e.code),
-                  tensor_codec.error_json(e.message))
+      self._reply(e.http_status or errors.http_status(e.code),
+                  json_codec.error_json(e.message))
       return
     server.begin_request()
     try:
@@ -255,7 +256,7 @@ class _HttpServer(http.server.ThreadingHTTPServer):
     super().process_request(request, client_address)
 
   def _refuse(self, request: socket.socket) -> None:
-    body = tensor_codec.error_json("Too many open connections; retry later.")
+    body = json_codec.error_json("Too many open connections; retry later.")
     try:
       request.settimeout(1.0)
       request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"

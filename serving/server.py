@@ -28,9 +28,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from trainer import startup  # noqa: F401  (TensorFlow's log level; before TF loads)
 from serving import grpc_service
 from serving import model_manager as model_manager_lib
 from serving import rest
+from serving import servable as servable_lib
+from serving import server_config
 
 _PORT = flags.DEFINE_integer("port", 8500, "Port for the gRPC API.")
 _REST_API_PORT = flags.DEFINE_integer(
@@ -71,7 +74,7 @@ _SHUTDOWN_GRACE_SECONDS = flags.DEFINE_float(
     "shutdown_grace_seconds", 30.0, "How long shutdown waits for in-flight requests.")
 
 
-def model_configs_from_flags() -> list[model_manager_lib.ModelConfig]:
+def model_configs_from_flags() -> list[server_config.ModelConfig]:
   """The served models from --model_config_file or --model_name/--model_base_path."""
   if _MODEL_CONFIG_FILE.value and _MODEL_BASE_PATH.value:
     raise app.UsageError("Pass either --model_config_file or --model_base_path, not both.")
@@ -83,14 +86,14 @@ def model_configs_from_flags() -> list[model_manager_lib.ModelConfig]:
     except OSError as e:
       raise app.UsageError(f"--model_config_file={path}: {e}") from None
     try:
-      return model_manager_lib.model_configs_from_text(text, source=path)
+      return server_config.model_configs_from_text(text, source=path)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
   if not _MODEL_BASE_PATH.value:
     raise app.UsageError("Pass --model_base_path (with --model_name) or --model_config_file.")
   try:
-    return [model_manager_lib.ModelConfig(_MODEL_NAME.value,
-                                          os.path.abspath(_MODEL_BASE_PATH.value))]
+    return [server_config.ModelConfig(_MODEL_NAME.value,
+                                      os.path.abspath(_MODEL_BASE_PATH.value))]
   except ValueError as e:
     raise app.UsageError(str(e)) from None
 
@@ -100,7 +103,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   configs = model_configs_from_flags()
   try:
-    limits = model_manager_lib.ServingLimits(
+    limits = server_config.ServingLimits(
         max_concurrent_requests=_MAX_CONCURRENT_REQUESTS.value,
         max_queued_requests=_MAX_QUEUED_REQUESTS.value,
         max_batch_size=_MAX_BATCH_SIZE.value)
@@ -113,7 +116,7 @@ def main(argv: list[str]) -> None:
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-  model_manager_lib.import_custom_ops()
+  servable_lib.import_custom_ops()
   manager = model_manager_lib.ModelManager(configs, saved_model_tags=tags, limits=limits)
   manager.poll_once()  # Every model's first load happens before the ports open.
   if stop.is_set():

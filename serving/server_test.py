@@ -36,7 +36,7 @@ import pinsage_tf  # noqa: F401
 import tensorflow as tf
 
 from serving import client
-from serving import model_manager
+from serving import servable as servable_lib
 from serving import toy_models
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
@@ -164,7 +164,7 @@ _CASES = {
 @pytest.fixture(scope="module")
 def expected(models):
   """Outputs of each case computed by tf.saved_model.load in this process."""
-  model_manager.import_custom_ops()  # the ScaNN model needs its ops registered
+  servable_lib.import_custom_ops()  # the ScaNN model needs its ops registered
   results = {}
   for case, (model, signature, inputs) in _CASES.items():
     loaded = tf.saved_model.load(str(models / model / "1"))

@@ -44,6 +44,7 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
+from trainer import startup  # noqa: F401  (TensorFlow's log level; before TF loads)
 import pinsage_tf  # noqa: F401  (must precede any TensorFlow import, e.g. by scann)
 
 from absl import app
@@ -338,6 +339,9 @@ def main(argv: Sequence[str]) -> None:
   counts = ", ".join(f"{k}={v}" for k, v in output["counts"].items())
   print(f"{output['dataset']}: {output['protocol']} protocol, {output['split']} split ({counts})")
   print(evaluation.format_table(output["methods"]))
+  segments = evaluation.format_segments(output["methods"])
+  if segments:
+    print("\nBy which side of the pair has no graph edge:\n" + segments)
   for name, r in output["methods"].items():
     if "scann" in r:
       s = r["scann"]

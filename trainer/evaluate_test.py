@@ -75,7 +75,7 @@ def test_cli_end_to_end_item_protocol(workdir):
   assert result["dataset"] == "tiny" and result["protocol"] == "item"
   assert result["split"] == "test" and result["config"]["mrr_scale"] == 3
   assert set(result["methods"]) == {"pinsage", "alt", "popularity", "itemknn", "pixie", "features"}
-  for name, r in result["methods"].items():
+  for r in result["methods"].values():
     assert set(r["metrics"]) >= {"hit_rate@1", "hit_rate@5", "hit_rate@10", "mrr", "scaled_mrr"}
     assert r["wall_time_s"] >= 0 and r["counts"]["pairs"] <= 20
   assert result["methods"]["pinsage"]["source"].endswith("emb_a")

@@ -47,6 +47,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from trainer import startup  # noqa: F401  (TensorFlow's log level; before TF loads)
 import pinsage_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
 from pinsage_tf import embeddings_io
 from pinsage_tf import export as export_lib

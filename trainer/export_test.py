@@ -69,10 +69,12 @@ def trained(tmp_path_factory):
   g, m, e = str(root / "graph"), str(root / "model"), str(root / "emb")
   _run("data.prepare", "--dataset=synthetic", f"--output_dir={g}", "--num_items=300",
        "--num_boards=80", "--num_communities=5", "--num_pairs=2000")
-  _run("trainer.train", f"--graph_dir={g}", f"--model_dir={m}", "--epochs=1",
-       "--steps_per_epoch=3", "--batch_size=32", "--pivot_batch_size=32", "--num_negatives=16",
-       "--num_neighbors=5", "--pivot_neighbors=6", "--num_walks=10", "--hidden_dim=16",
-       "--embedding_dim=8", "--validation_queries=0", "--quiet")
+  _run("trainer.train", f"--graph_dir={g}", f"--model_dir={m}", "--set=train.epochs=1",
+       "--set=train.steps_per_epoch=3", "--set=pipeline.batch_size=32",
+       "--set=pipeline.pivot_batch_size=32", "--set=pipeline.num_negatives=16",
+       "--set=neighborhoods.num_neighbors=5", "--set=pivot_neighborhoods.num_neighbors=6",
+       "--set=neighborhoods.num_walks=10", "--set=model.hidden_dim=16",
+       "--set=model.embedding_dim=8", "--set=train.validation_queries=0", "--quiet")
   _run("trainer.infer", f"--graph_dir={g}", f"--model_dir={m}", f"--output_dir={e}")
   embeddings = embeddings_io.load_embeddings(e, g)
   assert training.ExperimentConfig.load(m).learns_pivots

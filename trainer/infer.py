@@ -38,6 +38,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from trainer import startup  # noqa: F401  (TensorFlow's log level; before TF loads)
 import pinsage_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
 from pinsage_tf import embeddings_io
 from pinsage_tf import graph as graph_lib
@@ -132,6 +133,9 @@ def embed(graph_dir: str, model_dir: str, runner: str = "local", batch_size: int
 
   tables = pivot_tables(inputs, config) if config.learns_pivots else {}
   pivot_vectors: dict[str, np.ndarray] = {}
+  if runner == "beam" and config.pipeline.content_neighbors:
+    raise ValueError("--runner=beam does not build content neighborhoods "
+                     "(pipeline.content_neighbors); use --runner=local.")
   if runner == "beam":
     from pinsage_tf import beam_inference  # pylint: disable=g-import-not-at-top
     # Workers rebuild the model from weights_dir and read the graph and its

@@ -31,9 +31,11 @@ def trained(tmp_path_factory):
               "--num_pairs=2000"])
   assert out.returncode == 0, out.stderr[-2000:]
   out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
-              "--epochs=1", "--steps_per_epoch=3", "--batch_size=32", "--num_negatives=16",
-              "--num_neighbors=5", "--num_walks=10", "--hidden_dim=16", "--embedding_dim=8",
-              "--validation_queries=0", "--quiet"])
+              "--set=train.epochs=1", "--set=train.steps_per_epoch=3",
+              "--set=pipeline.batch_size=32", "--set=pipeline.num_negatives=16",
+              "--set=neighborhoods.num_neighbors=5", "--set=neighborhoods.num_walks=10",
+              "--set=model.hidden_dim=16", "--set=model.embedding_dim=8",
+              "--set=train.validation_queries=0", "--quiet"])
   assert out.returncode == 0, out.stderr[-2000:]
   return graph_dir, model_dir
 
@@ -150,9 +152,12 @@ def test_item_bias_model_writes_its_biases_beside_the_embeddings(trained, tmp_pa
   graph_dir, _ = trained
   model_dir = str(tmp_path / "biased")
   out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
-              "--epochs=1", "--steps_per_epoch=3", "--batch_size=32", "--num_negatives=16",
-              "--num_neighbors=5", "--num_walks=10", "--hidden_dim=16", "--embedding_dim=8",
-              "--validation_queries=0", "--quiet", "--item_bias", "--learning_rate=0.01"])
+              "--set=train.epochs=1", "--set=train.steps_per_epoch=3",
+              "--set=pipeline.batch_size=32", "--set=pipeline.num_negatives=16",
+              "--set=neighborhoods.num_neighbors=5", "--set=neighborhoods.num_walks=10",
+              "--set=model.hidden_dim=16", "--set=model.embedding_dim=8",
+              "--set=train.validation_queries=0", "--quiet", "--set=model.item_bias=true",
+              "--set=train.learning_rate=0.01"])
   assert out.returncode == 0, out.stderr[-2000:]
   target = str(tmp_path / "emb")
   out = _run(["trainer.infer", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",

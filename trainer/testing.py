@@ -17,10 +17,11 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
 
-TINY_PIVOT_TRAIN_FLAGS = (
-    "--epochs=1", "--steps_per_epoch=3", "--batch_size=16", "--pivot_batch_size=16",
-    "--num_negatives=8", "--num_neighbors=4", "--num_walks=10", "--pivot_neighbors=6",
-    "--hidden_dim=16", "--embedding_dim=8", "--item_bias", "--loss=sampled_softmax", "--quiet")
+TINY_PIVOT_TRAIN_FLAGS = tuple(f"--set={override}" for override in (
+    "train.epochs=1", "train.steps_per_epoch=3", "pipeline.batch_size=16",
+    "pipeline.pivot_batch_size=16", "pipeline.num_negatives=8", "neighborhoods.num_neighbors=4",
+    "neighborhoods.num_walks=10", "pivot_neighborhoods.num_neighbors=6", "model.hidden_dim=16",
+    "model.embedding_dim=8", "model.item_bias=true", "train.loss=sampled_softmax")) + ("--quiet",)
 
 
 def run_module(args, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -52,6 +53,7 @@ def train_tiny_pivot_model(root, *, user_without_items: bool = False,
                     f"--output_dir={graph_dir}", "--val_fraction=0.2"])
   assert out.returncode == 0, out.stderr[-2000:]
   out = run_module(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
-                    *TINY_PIVOT_TRAIN_FLAGS, f"--validation_queries={validation_queries}"])
+                    *TINY_PIVOT_TRAIN_FLAGS,
+                    f"--set=train.validation_queries={validation_queries}"])
   assert out.returncode == 0, out.stderr[-2000:]
   return graph_dir, model_dir, out

@@ -35,8 +35,13 @@ def graph_dir(tmp_path_factory):
   return path
 
 
-SMALL = ["--num_neighbors=5", "--num_walks=20", "--batch_size=32", "--num_negatives=32",
-         "--hidden_dim=32", "--embedding_dim=16", "--validation_queries=100", "--quiet"]
+def _sets(*overrides: str) -> list[str]:
+  return [f"--set={override}" for override in overrides]
+
+
+SMALL = _sets("neighborhoods.num_neighbors=5", "neighborhoods.num_walks=20",
+              "pipeline.batch_size=32", "pipeline.num_negatives=32", "model.hidden_dim=32",
+              "model.embedding_dim=16", "train.validation_queries=100") + ["--quiet"]
 
 
 def _last_json(stdout: str) -> dict:
@@ -48,8 +53,8 @@ def _last_json(stdout: str) -> dict:
 def test_sigkill_mid_run_then_rerun_resumes_from_checkpoint(graph_dir, tmp_path):
   model_dir = str(tmp_path / "m")
   args = ["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}", *SMALL,
-          "--epochs=2", "--steps_per_epoch=200", "--checkpoint_every_steps=20",
-          "--max_hard_negatives=1"]
+          *_sets("train.epochs=2", "train.steps_per_epoch=200",
+                 "train.checkpoint_every_steps=20", "pipeline.max_hard_negatives=1")]
   proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(model_dir, "checkpoints")
@@ -104,8 +109,9 @@ def test_multi_worker_two_local_processes(graph_dir, tmp_path):
                                           "task": {"type": "worker", "index": index}}))
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "trainer.train", f"--graph_dir={graph_dir}",
-         f"--model_dir={model_dir}", *SMALL, "--strategy=multi_worker_mirrored", "--epochs=1",
-         "--steps_per_epoch=4", "--validation_queries=0"],
+         f"--model_dir={model_dir}", *SMALL,
+         *_sets("strategy=multi_worker_mirrored", "train.epochs=1", "train.steps_per_epoch=4",
+                "train.validation_queries=0")],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   outputs = []
   try:
@@ -124,26 +130,96 @@ def test_multi_worker_two_local_processes(graph_dir, tmp_path):
   assert os.path.isdir(os.path.join(model_dir, "workers", "worker_1", "checkpoints"))
 
 
-def test_bad_flags_fail_clearly(graph_dir, tmp_path):
+def _error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_bad_inputs_fail_clearly(graph_dir, tmp_path):
   out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={tmp_path}/m",
-              "--batch_size=100000", "--quiet"])
-  assert out.returncode != 0
-  assert "lower --batch_size" in out.stderr or "lower batch_size" in out.stderr
+              "--set=pipeline.batch_size=100000", "--quiet"])
+  assert out.returncode == 2
+  assert "lower pipeline.batch_size" in out.stderr
   out = _run(["trainer.train", f"--graph_dir={tmp_path}/missing", f"--model_dir={tmp_path}/m"])
-  assert out.returncode != 0
+  assert out.returncode == 2
   assert "no graph manifest" in out.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set=train.keep_checkpoint=3"],
+     "error: unknown key 'train.keep_checkpoint': train has checkpoint_every_steps, clip_norm, "),
+    (["--set=train.keep_checkpoints=three"],
+     "error: train.keep_checkpoints: expected an int, got 'three'."),
+    (["--set=model.encoder.use_id_embedding=auto"],
+     "error: model.encoder.use_id_embedding: expected true/false/1/0 or none, got 'auto'."),
+    (["--set=train.loss=hinge"], "error: train.loss=hinge: TrainConfig.loss must be one of "),
+    (["--set=epochs=3"], "error: unknown key 'epochs': valid top-level keys are "
+                         "hard_negatives.*, model.*, "),
+    (["train.epochs=3"], "error: unexpected arguments ['train.epochs=3']; a config override is "
+                         "--set=section.field=value."),
+])
+def test_bad_override_is_one_line_naming_the_key(tmp_path, args, message):
+  # The config is checked before the graph is read: no graph needed.
+  out = _run(["trainer.train", f"--graph_dir={tmp_path}/g", f"--model_dir={tmp_path}/m",
+              *args])
+  assert out.returncode == 2, out.stderr[-2000:]
+  errors = _error_lines(out.stderr)
+  assert len(errors) == 1 and errors[0].startswith(message), out.stderr[-2000:]
+  assert not os.path.exists(f"{tmp_path}/m")
+
+
+def test_bad_config_json_names_the_file(tmp_path):
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps({"train": {"epoch": 3}}))
+  out = _run(["trainer.train", f"--graph_dir={tmp_path}/g", f"--model_dir={tmp_path}/m",
+              f"--config_json={path}"])
+  assert out.returncode == 2
+  assert _error_lines(out.stderr) == [
+      f"error: {path}: ExperimentConfig.train: unknown keys ['epoch']; expected a subset of "
+      "['checkpoint_every_steps', 'clip_norm', 'decay_rate', 'decay_steps', 'epochs', "
+      "'in_batch_negatives', 'keep_checkpoints', 'learning_rate', 'log_every_steps', "
+      "'logq_correction', 'loss', 'margin', 'pivot_loss_weight', 'steps_per_epoch', "
+      "'temperature', 'validation_queries', 'warmup_steps']."]
+
+
+def test_overrides_reach_fields_without_flags_and_experiment_json_round_trips(graph_dir,
+                                                                            tmp_path):
+  first, second = str(tmp_path / "first"), str(tmp_path / "second")
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={first}", *SMALL,
+              *_sets("train.epochs=1", "train.steps_per_epoch=3", "train.keep_checkpoints=1",
+                     "train.checkpoint_every_steps=1", "train.log_every_steps=1",
+                     "model.encoder.use_id_embedding=false", "model.num_layers=1",
+                     "pipeline.negative_sampling=degree", "train.validation_queries=0",
+                     "strategy=one_device")])
+  assert out.returncode == 0, out.stderr[-2000:]
+  # keep_checkpoints reached the checkpoint manager: of ckpt-1..3 only the last is kept.
+  kept = sorted(n for n in os.listdir(os.path.join(first, "checkpoints")) if n.endswith(".index"))
+  assert kept == ["ckpt-3.index"]
+  with open(os.path.join(first, "experiment.json")) as f:
+    saved = json.load(f)
+  assert saved["train"]["keep_checkpoints"] == 1 and saved["train"]["log_every_steps"] == 1
+  assert saved["model"]["encoder"]["use_id_embedding"] is False
+  assert saved["model"]["num_layers"] == saved["pipeline"]["num_layers"] == 1
+  assert saved["strategy"] == "one_device"
+  # The saved config reproduces the run's config exactly.
+  out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={second}",
+              f"--config_json={first}/experiment.json", "--quiet"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(os.path.join(second, "experiment.json")) as f:
+    assert json.load(f) == saved
+  assert _last_json(out.stdout)["steps"] == 3
 
 
 def test_hard_negative_seed_decouples_the_pool_from_the_training_seed(graph_dir, tmp_path):
   model_dir = f"{tmp_path}/m"
   out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
-              "--seed=3", "--hard_negative_seed=0", "--max_hard_negatives=1", "--epochs=2",
-              "--steps_per_epoch=2", *SMALL])
+              "--seed=3", "--set=hard_negatives.seed=0", "--set=pipeline.max_hard_negatives=1",
+              "--set=train.epochs=2", "--set=train.steps_per_epoch=2", *SMALL])
   assert out.returncode == 0, out.stderr[-2000:]
   with open(os.path.join(model_dir, "experiment.json")) as f:
     config = json.load(f)
   assert config["hard_negatives"]["seed"] == 0
-  assert config["pipeline"]["seed"] == 3
+  assert config["pipeline"]["seed"] == config["neighborhoods"]["seed"] == 3
+  assert config["positives"]["seed"] == config["pivot_neighborhoods"]["seed"] == 3
   pools = os.listdir(os.path.join(graph_dir, "hard_negatives"))
   assert any(p.endswith("-s0") for p in pools), pools
 
@@ -151,8 +227,9 @@ def test_hard_negative_seed_decouples_the_pool_from_the_training_seed(graph_dir,
 def test_in_batch_negatives_with_logq_correction_trains_and_is_recorded(graph_dir, tmp_path):
   model_dir = f"{tmp_path}/m"
   out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
-              "--loss=sampled_softmax", "--in_batch_negatives", "--logq_correction",
-              "--epochs=1", "--steps_per_epoch=3", *SMALL])
+              *_sets("train.loss=sampled_softmax", "train.in_batch_negatives=true",
+                     "train.logq_correction=true", "train.epochs=1", "train.steps_per_epoch=3"),
+              *SMALL])
   assert out.returncode == 0, out.stderr[-2000:]
   assert _last_json(out.stdout)["steps"] == 3
   with open(os.path.join(model_dir, "experiment.json")) as f:
@@ -160,7 +237,7 @@ def test_in_batch_negatives_with_logq_correction_trains_and_is_recorded(graph_di
   assert train["in_batch_negatives"] is True and train["logq_correction"] is True
   # The paper's max-margin loss has no logQ correction: refused before training.
   out = _run(["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={tmp_path}/m2",
-              "--loss=max_margin", "--logq_correction", *SMALL])
+              "--set=train.loss=max_margin", "--set=train.logq_correction=true", *SMALL])
   assert out.returncode != 0
   assert "logq_correction applies to loss='sampled_softmax' only" in out.stderr
   assert not os.path.exists(os.path.join(f"{tmp_path}/m2", "checkpoints"))

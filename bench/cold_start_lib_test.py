@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ import pinsage_tf  # noqa: F401
 import tensorflow as tf
 
 from data import synthetic
-from pinsage_tf import cold_start
 from pinsage_tf import export
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import inference
@@ -26,6 +26,9 @@ from pinsage_tf import model as model_lib
 from pinsage_tf import neighborhoods as nb_lib
 from pinsage_tf import pipeline
 from pinsage_tf import retrieval_exact as rx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cold_start_lib  # noqa: E402
 
 _T, _V, _S = graph_lib.Split.TRAIN, graph_lib.Split.VALIDATION, graph_lib.Split.TEST
 
@@ -52,8 +55,8 @@ def _rows(csr: graph_lib.CSR) -> list[list[int]]:
 
 def test_hold_out_on_a_hand_made_graph():
   graph = _hand_graph()
-  np.testing.assert_array_equal(cold_start.eligible_items(graph), [2, 3])
-  split = cold_start.hold_out_items(graph, fraction=0.9, seed=0)  # round(0.9 * 2) = 2 items
+  np.testing.assert_array_equal(cold_start_lib.eligible_items(graph), [2, 3])
+  split = cold_start_lib.hold_out_items(graph, fraction=0.9, seed=0)  # round(0.9 * 2) = 2 items
   reduced = split.graph
   np.testing.assert_array_equal(split.cold_items, [2, 3])
   assert split.cold_items.dtype == np.int32
@@ -78,19 +81,19 @@ def test_hold_out_on_a_hand_made_graph():
   # The input graph is not modified.
   assert graph.num_edges == 6 and graph.pairs.count(_T) == 5
   # One item (round(0.4 * 2) = 1) is one of the eligible two.
-  one = cold_start.hold_out_items(graph, fraction=0.4, seed=3)
+  one = cold_start_lib.hold_out_items(graph, fraction=0.4, seed=3)
   assert one.cold_items.shape == (1,) and int(one.cold_items[0]) in (2, 3)
 
 
 def test_cold_query_pairs_keeps_the_splits_pairs_with_cold_queries():
   graph = _hand_graph()
-  val = cold_start.cold_query_pairs(graph, np.array([2, 3]), "validation")
+  val = cold_start_lib.cold_query_pairs(graph, np.array([2, 3]), "validation")
   assert list(zip(val.pairs.query.tolist(), val.pairs.positive.tolist())) == [(2, 1)]
-  test = cold_start.cold_query_pairs(graph, np.array([2, 3]), "test")
+  test = cold_start_lib.cold_query_pairs(graph, np.array([2, 3]), "test")
   assert list(zip(test.pairs.query.tolist(), test.pairs.positive.tolist())) == [(3, 2)]
   assert test.num_edges == graph.num_edges
   with pytest.raises(ValueError, match="split must be one of"):
-    cold_start.cold_query_pairs(graph, np.array([2]), "train")
+    cold_start_lib.cold_query_pairs(graph, np.array([2]), "train")
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -103,7 +106,7 @@ def test_cold_query_pairs_keeps_the_splits_pairs_with_cold_queries():
 ])
 def test_hold_out_rejects_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    cold_start.hold_out_items(_hand_graph(), **kwargs)
+    cold_start_lib.hold_out_items(_hand_graph(), **kwargs)
 
 
 def test_hold_out_needs_evaluable_items():
@@ -111,14 +114,14 @@ def test_hold_out_needs_evaluable_items():
   only_train = dataclasses.replace(graph, pairs=graph_lib.ItemPairs(
       graph.pairs.query[:5], graph.pairs.positive[:5], graph.pairs.split[:5]))
   with pytest.raises(ValueError, match="no item with training edges"):
-    cold_start.hold_out_items(only_train)
+    cold_start_lib.hold_out_items(only_train)
 
 
 @pytest.fixture(scope="module")
 def synth():
   graph = synthetic.generate(synthetic.SyntheticConfig(
       num_items=400, num_boards=120, num_communities=8, num_pairs=3000, seed=1))
-  split = cold_start.hold_out_items(graph, fraction=0.1, seed=0)
+  split = cold_start_lib.hold_out_items(graph, fraction=0.1, seed=0)
   reduced = split.graph
   nb = nb_lib.compute_neighborhoods(
       reduced, nb_lib.NeighborhoodConfig(num_neighbors=5, num_walks=20), num_threads=1)
@@ -138,7 +141,7 @@ def synth():
 def test_hold_out_invariants_on_synthetic(synth):
   graph, split = synth["graph"], synth["split"]
   reduced, cold = split.graph, split.cold_items
-  eligible = cold_start.eligible_items(graph)
+  eligible = cold_start_lib.eligible_items(graph)
   assert cold.shape == (round(0.1 * eligible.size),) and np.all(np.diff(cold) > 0)
   assert np.isin(cold, eligible).all()
   is_cold = np.zeros(graph.num_items, bool)
@@ -165,17 +168,18 @@ def test_hold_out_invariants_on_synthetic(synth):
     for a, b in zip(reduced.pairs.of(s), graph.pairs.of(s)):
       np.testing.assert_array_equal(a, b)
   # Every cold item can be evaluated.
-  val, test = (cold_start.cold_query_pairs(reduced, cold, name) for name in ("validation", "test"))
+  val, test = (cold_start_lib.cold_query_pairs(reduced, cold, name)
+               for name in ("validation", "test"))
   queries = np.concatenate([val.pairs.query, test.pairs.query])
   assert set(cold.tolist()) <= set(queries.tolist())
 
 
 def test_hold_out_is_deterministic_per_seed(synth):
   graph = synth["graph"]
-  again = cold_start.hold_out_items(graph, fraction=0.1, seed=0)
+  again = cold_start_lib.hold_out_items(graph, fraction=0.1, seed=0)
   np.testing.assert_array_equal(again.cold_items, synth["split"].cold_items)
   assert again.graph.summary() == synth["split"].graph.summary()
-  other = cold_start.hold_out_items(graph, fraction=0.1, seed=1)
+  other = cold_start_lib.hold_out_items(graph, fraction=0.1, seed=1)
   assert not np.array_equal(other.cold_items, synth["split"].cold_items)
 
 
@@ -188,7 +192,7 @@ def test_saved_reduced_graph_round_trips(synth, tmp_path):
 
 
 def _embed(synth, items, pivot_lists):
-  return cold_start.embed_inductively(
+  return cold_start_lib.embed_inductively(
       synth["model"], synth["split"].graph, synth["tables"], items, pivot_lists,
       transformed=synth["transformed"], batch_size=7)  # several batches
 
@@ -207,7 +211,7 @@ def test_pivots_change_the_cold_embeddings(synth):
   with_pivots = _embed(synth, split.cold_items, split.pivot_lists)
   np.testing.assert_allclose(np.linalg.norm(with_pivots, axis=1), 1.0, atol=1e-5)
   without = synth["vectors"][split.cold_items]
-  assert np.all(cold_start.cosines(with_pivots, without) < 1 - 1e-4)
+  assert np.all(cold_start_lib.cosines(with_pivots, without) < 1 - 1e-4)
   # Deterministic: no sampling anywhere on this path.
   np.testing.assert_array_equal(_embed(synth, split.cold_items, split.pivot_lists), with_pivots)
 
@@ -217,7 +221,7 @@ def test_warm_items_are_close_to_their_layer_wise_embedding(synth):
   vectors = synth["vectors"]
   warm = np.flatnonzero(reduced.item_degrees() > 0)
   z = _embed(synth, warm, rx.take_rows(reduced.item_to_pivot, warm))
-  cos = cold_start.cosines(z, vectors[warm])
+  cos = cold_start_lib.cosines(z, vectors[warm])
   # Close (one-hop neighborhood incl. the item itself vs the random-walk
   # table), not equal. Seeded random weights: mean 0.98, median 0.99.
   assert cos.mean() > 0.95 and np.median(cos) > 0.97, cos
@@ -227,7 +231,7 @@ def test_warm_items_are_close_to_their_layer_wise_embedding(synth):
   others = (z @ vectors[warm].T)[~np.eye(warm.shape[0], dtype=bool)]
   assert cos.mean() > others.mean() + 0.08
   bare = _embed(synth, warm, graph_lib.empty_csr(warm.shape[0]))
-  assert cos.mean() > cold_start.cosines(bare, vectors[warm]).mean() + 0.1
+  assert cos.mean() > cold_start_lib.cosines(bare, vectors[warm]).mean() + 0.1
 
 
 def test_equals_layer_wise_when_training_used_first_traversal_neighborhoods(synth):
@@ -243,7 +247,7 @@ def test_equals_layer_wise_when_training_used_first_traversal_neighborhoods(synt
   tables = pipeline.SamplingTables.build(reduced, ids.numpy(), weights.numpy())
   vectors = inference.layerwise_embeddings(model, tables)
   items = np.arange(reduced.num_items)
-  z = cold_start.embed_inductively(model, reduced, tables, items, reduced.item_to_pivot)
+  z = cold_start_lib.embed_inductively(model, reduced, tables, items, reduced.item_to_pivot)
   np.testing.assert_allclose(z, vectors, atol=1e-5)
 
 
@@ -275,7 +279,7 @@ def test_embed_inductively_rejects_bad_inputs(synth):
     args = dict(model=synth["model"], graph=reduced, tables=tables, items=cold,
                 pivot_lists=split.pivot_lists, transformed=synth["transformed"])
     args.update(overrides)
-    return cold_start.embed_inductively(**args)
+    return cold_start_lib.embed_inductively(**args)
 
   with pytest.raises(ValueError, match="one \\(possibly empty\\) pivot list per item"):
     embed(items=cold[:-1])

@@ -241,7 +241,8 @@ def embed_inductively(
   if not export.is_inductive(model):
     raise ValueError("the model learns a per-item id embedding, so an item held out of "
                      "training has no input representation; train with item features and "
-                     "--id_embedding=off (or auto) for a cold-start study.")
+                     "--set=model.encoder.use_id_embedding=false (or none) for a cold-start "
+                     "study.")
   n = graph.num_items
   if tables.num_items != n:
     raise ValueError(f"tables hold {tables.num_items} items but the graph has {n}; build "

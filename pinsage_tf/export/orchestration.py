@@ -1,0 +1,475 @@
+"""`export_models`: builds, checks and atomically publishes one version of each model.
+
+Every model is built and checked in a temporary directory TF Serving ignores
+(`EXPORT_BASE/<model>/.tmp-<version>-*`); all of them are renamed to their
+integer version only once every requested model passed its checks, then the
+model server config files are rewritten. A failure publishes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from pinsage_tf import atomic
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import pipeline
+from pinsage_tf import retrieval_exact
+from pinsage_tf import scann_index
+from pinsage_tf.export import checks
+from pinsage_tf.export import config as config_lib
+from pinsage_tf.export import embedder
+from pinsage_tf.export import ops
+from pinsage_tf.export import retrieval
+from pinsage_tf.export import signatures as signatures_lib
+from pinsage_tf.export import versions
+from pinsage_tf.export import warmup
+
+# (signature name, {input alias: array}) pairs replayed when a version loads.
+_Requests = Sequence[tuple[str, Mapping[str, np.ndarray]]]
+
+
+def export_models(
+    export_base: str | os.PathLike,
+    *,
+    model,
+    graph: graph_lib.Graph,
+    tables: pipeline.SamplingTables,
+    embeddings: np.ndarray,
+    config: config_lib.ExportConfig = config_lib.ExportConfig(),
+    version: int | None = None,
+    source: Mapping[str, Any] | None = None,
+    item_bias: np.ndarray | None = None,
+    pivot_embeddings: np.ndarray | None = None,
+) -> dict[str, Any]:
+  """Builds, checks and atomically publishes one version of each requested model.
+
+  Args:
+    export_base: EXPORT_BASE (created if needed).
+    model: the trained `PinSageModel`.
+    graph: its graph (item and pivot ids, pivot -> item CSR).
+    tables: the graph's `SamplingTables` (the training neighborhood table).
+    embeddings: float32 `[N, dim]` the inference job's output, row i = item i.
+    config: what to export.
+    version: the version number; None = `next_version`. Must not exist yet
+      for any requested model.
+    source: JSON-serialisable provenance recorded in every report.
+    item_bias: float32 `[N]` item biases of the embeddings (required when
+      the model has `item_bias`, refused otherwise); the retrieval models add
+      them to every score.
+    pivot_embeddings: float32 `[M, dim]`, row p = graph pivot p embedded
+      from its graph items (the embeddings directory's
+      `pivot_embeddings_graph.npy`). Pass it for a model trained with the
+      pivot objective (`ExperimentConfig.learns_pivots`): the retrieval
+      models then also get `items_for_pivot` and `items_for_item_set`.
+
+  Returns:
+    A summary: version, each model's path and report, the config files.
+
+  Raises:
+    FileExistsError: `version` already exists.
+    ValueError: inconsistent inputs.
+    ExportError: a built model failed its checks.
+    Nothing is published in any failure case.
+  """
+  started = time.perf_counter()
+  export_base = os.path.abspath(os.fspath(export_base))
+  inputs = _validated_inputs(model, graph, tables, embeddings, config, item_bias,
+                             pivot_embeddings)
+  models = tuple(m for m in config_lib.ALL_MODELS if m in config.models)
+  os.makedirs(export_base, exist_ok=True)
+  version = _new_version(export_base, models, version)
+  with _Staging(export_base, version, inputs, source) as staging:
+    staging.item_vocab_file()  # bad item ids fail before anything is computed
+    pivots = _NO_PIVOTS
+    retrieval_models = {config_lib.RETRIEVAL, config_lib.RETRIEVAL_EXACT} & set(models)
+    if inputs.pivot_vectors is not None and retrieval_models:
+      pivots = _prepare_pivots(staging)
+    if config_lib.RETRIEVAL_EXACT in models:
+      _build_exact_retrieval(staging, pivots)
+    if config_lib.EMBEDDER in models:
+      _build_embedder(staging)
+    if config_lib.RETRIEVAL in models:
+      _build_scann_retrieval(staging, pivots)
+    published = staging.publish()
+  served = versions.write_models_config(export_base)
+  return {
+      "version": version,
+      "models": {name: {"path": path, "report": staging.reports[name]}
+                 for name, path in published.items()},
+      "models_config": os.path.join(export_base, versions.MODELS_CONFIG),
+      "models_stock_config": os.path.join(export_base, versions.MODELS_STOCK_CONFIG),
+      "served": served,
+      "seconds": round(time.perf_counter() - started, 1),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+  """The validated arguments of `export_models` and the item samples of its checks.
+
+  Attributes:
+    model, graph, tables, config: as given to `export_models`.
+    item_ids: unicode `[N]` raw item ids.
+    vectors: float32 `[N, dim]` item embeddings.
+    bias: float32 `[N]` item biases, or None.
+    pivot_vectors: float32 `[M, dim]` pivot embeddings, or None.
+    recall_sample: int32 items whose recall@k is measured (empty when
+      `config.recall_queries` is 0).
+    check_sample: int32 items the exact model and the embedder are checked
+      on (a few even when `recall_sample` is empty).
+  """
+
+  model: Any
+  graph: graph_lib.Graph
+  tables: pipeline.SamplingTables
+  config: config_lib.ExportConfig
+  item_ids: np.ndarray
+  vectors: np.ndarray
+  bias: np.ndarray | None
+  pivot_vectors: np.ndarray | None
+  recall_sample: np.ndarray
+  check_sample: np.ndarray
+
+  @property
+  def k(self) -> int:
+    return self.config.num_neighbors
+
+
+def _validated_inputs(model, graph: graph_lib.Graph, tables: pipeline.SamplingTables,
+                      embeddings: np.ndarray, config: config_lib.ExportConfig,
+                      item_bias: np.ndarray | None, pivot_embeddings: np.ndarray | None
+                      ) -> _Inputs:
+  """Checks that the arguments of `export_models` fit together (ValueError otherwise)."""
+  vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+  n = graph.num_items
+  if vectors.ndim != 2 or vectors.shape[0] != n:
+    raise ValueError(f"embeddings must be [{n}, dim] (one row per graph item), got "
+                     f"{vectors.shape}.")
+  if tables.num_items != n:
+    raise ValueError(f"tables hold {tables.num_items} items, the graph {n}.")
+  if model.config.embedding_dim != vectors.shape[1]:
+    raise ValueError(f"embeddings have dim {vectors.shape[1]} but the model's embedding_dim is "
+                     f"{model.config.embedding_dim}.")
+  bias = None
+  if bool(getattr(model.config, "item_bias", False)) != (item_bias is not None):
+    raise ValueError("the model was trained with item_bias but no item biases were given"
+                     if item_bias is None else
+                     "item biases were given but the model has no item_bias.")
+  if item_bias is not None:
+    bias = np.asarray(item_bias, np.float32)
+    if bias.shape != (n,) or not np.all(np.isfinite(bias)):
+      raise ValueError(f"item_bias must be [{n}] finite floats, got shape {bias.shape}.")
+  k = config.num_neighbors
+  if not 0 < k < n:
+    raise ValueError(f"num_neighbors={k} must lie in [1, {n - 1}] for {n} items.")
+  pivot_vectors = None
+  if pivot_embeddings is not None:
+    pivot_vectors = np.ascontiguousarray(pivot_embeddings, dtype=np.float32)
+    if (pivot_vectors.shape != (graph.num_pivots, vectors.shape[1])
+        or not np.all(np.isfinite(pivot_vectors))):
+      raise ValueError(f"pivot_embeddings must be [{graph.num_pivots}, {vectors.shape[1]}] finite "
+                       f"floats (one row per graph pivot), got {pivot_vectors.shape}.")
+  recall_sample = _sample(n, config.recall_queries, config.seed)
+  return _Inputs(model=model, graph=graph, tables=tables, config=config,
+                 item_ids=np.asarray(graph.item_ids), vectors=vectors, bias=bias,
+                 pivot_vectors=pivot_vectors, recall_sample=recall_sample,
+                 check_sample=recall_sample if recall_sample.size else _sample(n, 64, config.seed))
+
+
+def _new_version(export_base: str, models: Sequence[str], version: int | None) -> int:
+  """`version`, or the next one when None; it must not exist for any of `models`."""
+  if version is None:
+    version = versions.next_version(export_base, models)
+  if not isinstance(version, int) or version < 1:
+    raise ValueError(f"version must be a positive int, got {version!r}.")
+  for name in models:
+    dest = os.path.join(export_base, name, str(version))
+    if os.path.exists(dest):
+      raise FileExistsError(
+          f"{dest} already exists; versions are immutable, pass another --version or omit it "
+          f"(next: {versions.next_version(export_base, models)}).")
+  return version
+
+
+class _Staging:
+  """The temporary directories of one export and what its models share.
+
+  A context manager: entering creates `EXPORT_BASE/.staging-*` (the id
+  vocabularies); `build` saves a model into `EXPORT_BASE/<model>/.tmp-<version>-*`;
+  `publish` renames every built model to its version. On exit whatever was
+  not published is deleted.
+  """
+
+  def __init__(self, export_base: str, version: int, inputs: _Inputs,
+               source: Mapping[str, Any] | None):
+    self.export_base = export_base
+    self.version = version
+    self.inputs = inputs
+    self.reports: dict[str, dict[str, Any]] = {}
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    self._common_report = {
+        "format": "pinsage_tf.export", "version": version, "created": created,
+        "num_items": inputs.graph.num_items, "embedding_dim": int(inputs.vectors.shape[1]),
+        "num_neighbors": inputs.k, "item_bias": inputs.bias is not None,
+        "source": dict(source or {})}
+    self._built: dict[str, str] = {}
+    self._dir = ""
+    self._layers: tuple[list[np.ndarray], np.ndarray, float] | None = None
+
+  def __enter__(self) -> _Staging:
+    self._dir = tempfile.mkdtemp(prefix=".staging-", dir=self.export_base)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for tmp in self._built.values():
+      shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(self._dir, ignore_errors=True)
+
+  def item_vocab_file(self) -> str:
+    """The raw item ids, one per line (written on first use)."""
+    path = os.path.join(self._dir, "item_ids.txt")
+    if not os.path.exists(path):
+      _write_vocab(path, self.inputs.item_ids, "item id", forbid_empty=True)
+    return path
+
+  def pivot_vocab_file(self) -> str:
+    """The raw pivot ids, one per line (written on first use)."""
+    path = os.path.join(self._dir, "pivot_ids.txt")
+    if not os.path.exists(path):
+      _write_vocab(path, self.inputs.graph.pivot_ids, "pivot id", forbid_empty=True)
+    return path
+
+  def layer_tables(self) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """`embedder.layer_tables` of the model and the consistency diff, computed once.
+
+    The embeddings are checked against them first (`checks.check_consistency`).
+
+    Returns:
+      (transformed: K float32 `[N, neighbor_dim]`, h^{K-1} `[N, hidden]`,
+      the largest absolute difference of the recomputed embeddings).
+    """
+    if self._layers is None:
+      inputs, config = self.inputs, self.inputs.config
+      transformed, h_last = embedder.layer_tables(inputs.model, inputs.tables,
+                                                  batch_size=config.batch_size)
+      diff = checks.check_consistency(
+          inputs.model, inputs.tables, transformed, h_last, inputs.vectors,
+          _sample(inputs.graph.num_items, config.consistency_sample, config.seed + 1),
+          config.consistency_tolerance)
+      self._layers = (transformed, h_last, diff)
+    return self._layers
+
+  def build(self, name: str, module: tf.Module, options: tf.saved_model.SaveOptions | None,
+            extra: Mapping[str, Any], requests: _Requests) -> str:
+    """Saves `module` as a temporary version of model `name`, with warm-up `requests`.
+
+    Records the model's report: the common fields, `extra`, its signatures
+    and the custom ops it uses.
+
+    Returns:
+      The temporary version directory.
+    """
+    signatures = module.signatures()
+    parent = os.path.join(self.export_base, name)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{self.version}-", dir=parent)
+    self._built[name] = tmp
+    os.chmod(tmp, versions.DIR_MODE)  # mkdtemp's 0700 would hide it from a server user
+    t0 = time.perf_counter()
+    tf.saved_model.save(module, tmp, signatures=dict(signatures), options=options)
+    warmup.write_warmup_requests(tmp, name, requests)
+    self.reports[name] = {
+        **self._common_report, "model": name, **extra,
+        "signatures": {key: {**signatures_lib.SIGNATURES[key],
+                             "input_specs": signatures_lib.input_specs(fn)}
+                       for key, fn in signatures.items()
+                       if key != signatures_lib.DEFAULT_SIGNATURE},
+        "default_signature": signatures_lib.default_signature_key(signatures),
+        "custom_ops": ops.custom_ops(ops.saved_model_ops(tmp)),
+        "save_seconds": round(time.perf_counter() - t0, 2)}
+    return tmp
+
+  def publish(self) -> dict[str, str]:
+    """Writes each built model's report, then renames all of them to their version.
+
+    Returns:
+      Model name -> published version directory.
+    """
+    for name, tmp in self._built.items():
+      path = os.path.join(tmp, versions.REPORT_FILE)
+      atomic.write_json(path, self.reports[name])
+      os.chmod(path, versions.FILE_MODE)
+    published = versions.publish(self._built, self.export_base, self.version)
+    self._built.clear()
+    return published
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pivots:
+  """What a model trained with the pivot objective adds to the retrieval models.
+
+  Attributes:
+    tables: what the pivot signatures serve from (None: no pivot signatures).
+    expected: the expected answers of sampled pivots (None: not checked).
+    report: {"pivots": the report's pivot entry}, or {}.
+  """
+
+  tables: retrieval.PivotTables | None
+  expected: checks.PivotChecks | None
+  report: Mapping[str, Any]
+
+
+_NO_PIVOTS = _Pivots(tables=None, expected=None, report={})
+
+
+def _prepare_pivots(staging: _Staging) -> _Pivots:
+  """Checks the stored pivot embeddings and samples the pivots to check the signatures on."""
+  inputs = staging.inputs
+  model, graph, tables, config = inputs.model, inputs.graph, inputs.tables, inputs.config
+  transformed, h_last, _ = staging.layer_tables()
+  vocab_file = staging.pivot_vocab_file()
+  diff = checks.check_pivot_consistency(
+      model, tables, transformed[-1], h_last, inputs.pivot_vectors,
+      _sample(graph.num_pivots, config.consistency_sample, config.seed + 2),
+      config.consistency_tolerance)
+  pivot_tables = retrieval.PivotTables(model=model, vocab_file=vocab_file,
+                                       vectors=inputs.pivot_vectors,
+                                       pivot_to_item=graph.pivot_to_item, last_inputs=h_last)
+  with_items = np.flatnonzero(graph.pivot_to_item.degrees() > 0)
+  sample = with_items[_sample(with_items.size, config.recall_queries or 64, config.seed + 3)]
+  expected = None
+  cosine = np.zeros(0)
+  if sample.size:
+    expected = checks.pivot_checks(model, tables, graph, h_last, inputs.pivot_vectors,
+                                   inputs.vectors, inputs.bias, config.num_neighbors, sample,
+                                   config.batch_size)
+    cosine = expected.set_cosine_to_stored
+  report = {"pivots": {
+      "num_pivots": graph.num_pivots,
+      "item_set_weights": "uniform over the given (non-padding) item ids",
+      "stored_pivot_consistency_max_abs_diff": diff,
+      # How close a known pivot's graph items (uniform weights) come to its
+      # stored embedding (walk-based neighborhood).
+      "item_set_cosine_to_stored_mean": float(cosine.mean()) if cosine.size else None,
+      "item_set_cosine_to_stored_min": float(cosine.min()) if cosine.size else None}}
+  return _Pivots(tables=pivot_tables, expected=expected, report=report)
+
+
+def _build_exact_retrieval(staging: _Staging, pivots: _Pivots) -> None:
+  """`pinsage_retrieval_exact`: must return numpy's exact top-k on the check sample."""
+  inputs = staging.inputs
+  module = retrieval.RetrievalModule(
+      inputs.item_ids, inputs.vectors, staging.item_vocab_file(), inputs.k, None,
+      inputs.config.exact_block_size, bias=inputs.bias, pivots=pivots.tables)
+  tmp = staging.build(config_lib.RETRIEVAL_EXACT, module, None,
+                      {"search": {"algorithm": "exact", "block_size": module.block_size},
+                       **pivots.report},
+                      _retrieval_warmup(inputs, pivots))
+  staging.reports[config_lib.RETRIEVAL_EXACT]["check"] = checks.check_retrieval(
+      tmp, inputs.item_ids, inputs.vectors, inputs.k, inputs.check_sample, exact=True,
+      bias=inputs.bias, pivots=pivots.expected)
+  logging.info("%s: built and checked", config_lib.RETRIEVAL_EXACT)
+
+
+def _build_embedder(staging: _Staging) -> None:
+  """`pinsage_embedder`, with `embed_new_items` when the model is inductive."""
+  inputs = staging.inputs
+  model, graph, tables = inputs.model, inputs.graph, inputs.tables
+  inductive = embedder.is_inductive(model)
+  extra: dict[str, Any] = {"embed_new_items": inductive}
+  requests = [("embed_items", {"item_ids": _warm_item_ids(inputs)})]
+  if inductive:
+    transformed, _, diff = staging.layer_tables()
+    extra.update(cold_start={
+        "neighborhood": "first-traversal visit distribution, top-T",
+        "num_neighbors": tables.num_neighbors, "num_layers": model.config.num_layers,
+        "consistency_max_abs_diff": diff})
+    module = embedder.EmbedderModule(
+        staging.item_vocab_file(), inputs.vectors, model=model, transformed=transformed,
+        graph=graph, pivot_vocab_file=staging.pivot_vocab_file(),
+        num_neighbors=tables.num_neighbors)
+    requests.append(("embed_new_items", embedder.existing_item_inputs(graph, tables,
+                                                                      np.arange(1))))
+  else:
+    extra["embed_new_items_reason"] = (
+        "the model learns a per-item id embedding (a graph without item features), so a "
+        "new item has no input representation; only embed_items is exported.")
+    module = embedder.EmbedderModule(staging.item_vocab_file(), inputs.vectors)
+  tmp = staging.build(config_lib.EMBEDDER, module, None, extra, requests)
+  staging.reports[config_lib.EMBEDDER]["check"] = checks.check_embedder(
+      tmp, graph, tables, inputs.vectors, inputs.check_sample[:256], inductive)
+  logging.info("%s: built and checked", config_lib.EMBEDDER)
+
+
+def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
+  """`pinsage_retrieval`: a ScaNN index; its recall@k is measured on the recall sample."""
+  inputs = staging.inputs
+  k = inputs.k
+  scann_config = scann_index.resolve_config(inputs.graph.num_items, k + 1, inputs.config.scann)
+  t0 = time.perf_counter()
+  state = scann_index.build_state(retrieval_exact.biased_corpus(inputs.vectors, inputs.bias),
+                                  scann_config, k + 1)
+  build_seconds = time.perf_counter() - t0
+  module = retrieval.RetrievalModule(
+      inputs.item_ids, inputs.vectors, staging.item_vocab_file(), k, state, bias=inputs.bias,
+      pivots=pivots.tables, scann_reorder=scann_config.reorder_num_neighbors)
+  tmp = staging.build(config_lib.RETRIEVAL, module, scann_index.SAVE_OPTIONS,
+                      {"search": {"algorithm": "scann", "scann": scann_config.to_json(),
+                                  "index_build_seconds": round(build_seconds, 2)},
+                       **pivots.report},
+                      _retrieval_warmup(inputs, pivots))
+  sample = inputs.recall_sample
+  # Like related_items' recall, the pivot signatures' is measured only with
+  # recall_queries > 0.
+  check = checks.check_retrieval(tmp, inputs.item_ids, inputs.vectors, k, sample, exact=False,
+                                 bias=inputs.bias,
+                                 pivots=pivots.expected if sample.size else None)
+  staging.reports[config_lib.RETRIEVAL]["check"] = check
+  if check["queries"]:
+    logging.info("%s: recall@%d = %.4f on %d queries", config_lib.RETRIEVAL, k,
+                 check[f"recall@{k}"], check["queries"])
+
+
+def _warm_item_ids(inputs: _Inputs) -> np.ndarray:
+  """The first two raw item ids (bytes), what the warm-up requests ask about."""
+  return np.char.encode(inputs.item_ids[:2].astype(str), "utf-8").astype(object)
+
+
+def _retrieval_warmup(inputs: _Inputs, pivots: _Pivots) -> _Requests:
+  """One warm-up request per retrieval signature."""
+  warm_ids = _warm_item_ids(inputs)
+  requests = [("related_items", {"item_ids": warm_ids}),
+              ("related_items_by_embedding", {"embeddings": inputs.vectors[:2]})]
+  if pivots.tables is not None:
+    warm_sets = np.array([[warm_ids[0], warm_ids[-1]], [warm_ids[-1], b""]], object)
+    requests += [
+        ("items_for_pivot", {"pivot_ids": np.array(
+            [str(p).encode("utf-8") for p in inputs.graph.pivot_ids[:2]], object)}),
+        ("items_for_item_set", {"item_ids": warm_sets})]
+  return requests
+
+
+def _write_vocab(path: str, ids: np.ndarray, what: str, forbid_empty: bool) -> None:
+  with open(path, "w", encoding="utf-8", newline="\n") as f:
+    for i, raw in enumerate(np.asarray(ids).tolist()):
+      raw = str(raw)
+      if "\n" in raw or "\r" in raw or (forbid_empty and raw == ""):
+        raise ValueError(f"{what} {i} ({raw!r}) is empty or contains a newline; it cannot be "
+                         "served (\"\" is the padding of pivot_ids).")
+      f.write(raw + "\n")
+
+
+def _sample(n: int, size: int, seed: int) -> np.ndarray:
+  """`min(size, n)` distinct rows of `range(n)` drawn with `seed`, ascending int32."""
+  size = min(size, n)
+  return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)).astype(np.int32)

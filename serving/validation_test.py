@@ -1,0 +1,69 @@
+"""Tests for serving.validation: the checks run before a signature runs."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+import pinsage_tf  # noqa: F401
+import tensorflow as tf
+
+from serving import signatures as sig
+from serving import validation
+from serving.errors import ServingError
+
+_STR_IDS = sig.Signature(
+    name="serving_default", method_name=sig.PREDICT_METHOD,
+    inputs={"item_ids": sig.TensorSpecInfo("item_ids", tf.string, (None,))},
+    outputs={"ids": sig.TensorSpecInfo("ids", tf.string, (None, 2)),
+             "scores": sig.TensorSpecInfo("scores", tf.float32, (None, 2))})
+_FLOAT_X = sig.Signature(
+    name="serving_default", method_name=sig.PREDICT_METHOD,
+    inputs={"x": sig.TensorSpecInfo("x", tf.float32, (None, 3))},
+    outputs={"y": sig.TensorSpecInfo("y", tf.float32, (None,))})
+
+
+def test_validate_inputs_messages():
+  good = {"x": np.zeros([2, 3], np.float32)}
+  validation.validate_inputs(_FLOAT_X, good, max_batch_size=2)
+  cases = [
+      ({"x": np.zeros([2, 3], np.float64)}, "has dtype double but signature "
+       "'serving_default' expects float"),
+      ({"x": np.zeros([2, 4], np.float32)}, "has shape [2,4] but signature "
+       "'serving_default' expects [-1,3]"),
+      ({"x": np.zeros([0, 3], np.float32)}, "empty batch"),
+      ({"x": np.zeros([3, 3], np.float32)}, "--max_batch_size=2"),
+      ({"x": good["x"], "z": good["x"]}, "Sent extra: {z}. Missing but required: {}."),
+      ({"z": good["x"]}, "input tensor alias not found in signature: z."),
+      ({}, "Missing but required: {x}."),
+  ]
+  for inputs, expected in cases:
+    with pytest.raises(ServingError) as info:
+      validation.validate_inputs(_FLOAT_X, inputs, max_batch_size=2)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in info.value.message
+
+
+def test_output_filter():
+  assert validation.check_output_filter(_STR_IDS, []) == ["ids", "scores"]
+  assert validation.check_output_filter(_STR_IDS, ["scores"]) == ["scores"]
+  with pytest.raises(ServingError, match="output tensor alias not found in signature: z"):
+    validation.check_output_filter(_STR_IDS, ["z"])
+  with pytest.raises(ServingError, match="duplicate output tensor alias: ids"):
+    validation.check_output_filter(_STR_IDS, ["ids", "ids"])
+
+
+def test_signature_method_name_check():
+  init_op = sig.Signature("__saved_model_init_op", "", {}, {})
+  with pytest.raises(ServingError) as info:
+    validation.check_signature_is_runnable(init_op)
+  assert info.value.code == grpc.StatusCode.INTERNAL
+  assert info.value.message == (
+      "Expected prediction signature method_name to be one of {tensorflow/serving/predict, "
+      "tensorflow/serving/classify, tensorflow/serving/regress}. Was: ")
+
+
+@pytest.mark.parametrize("method", [sig.PREDICT_METHOD, sig.CLASSIFY_METHOD, sig.REGRESS_METHOD])
+def test_predict_classify_and_regress_signatures_run(method):
+  validation.check_signature_is_runnable(sig.Signature("s", method, {}, {}))
