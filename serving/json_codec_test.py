@@ -14,19 +14,13 @@ import tensorflow as tf
 from serving import errors
 from serving import json_codec
 from serving import signatures as sig
+from serving import testing
 from serving.errors import ServingError
 
 _ROW = json_codec.RequestFormat.ROW
 _COLUMNAR = json_codec.RequestFormat.COLUMNAR
-_STR_IDS = sig.Signature(
-    name="serving_default", method_name=sig.PREDICT_METHOD,
-    inputs={"item_ids": sig.TensorSpecInfo("item_ids", tf.string, (None,))},
-    outputs={"ids": sig.TensorSpecInfo("ids", tf.string, (None, 2)),
-             "scores": sig.TensorSpecInfo("scores", tf.float32, (None, 2))})
-_FLOAT_X = sig.Signature(
-    name="serving_default", method_name=sig.PREDICT_METHOD,
-    inputs={"x": sig.TensorSpecInfo("x", tf.float32, (None, 3))},
-    outputs={"y": sig.TensorSpecInfo("y", tf.float32, (None,))})
+_STR_IDS = testing.STR_IDS
+_FLOAT_X = testing.FLOAT_X
 _MULTI = sig.Signature(
     name="multi", method_name=sig.PREDICT_METHOD,
     inputs={"a": sig.TensorSpecInfo("a", tf.float32, (None, 2)),

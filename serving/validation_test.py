@@ -7,21 +7,14 @@ import numpy as np
 import pytest
 
 import pinsage_tf  # noqa: F401
-import tensorflow as tf
 
 from serving import signatures as sig
+from serving import testing
 from serving import validation
 from serving.errors import ServingError
 
-_STR_IDS = sig.Signature(
-    name="serving_default", method_name=sig.PREDICT_METHOD,
-    inputs={"item_ids": sig.TensorSpecInfo("item_ids", tf.string, (None,))},
-    outputs={"ids": sig.TensorSpecInfo("ids", tf.string, (None, 2)),
-             "scores": sig.TensorSpecInfo("scores", tf.float32, (None, 2))})
-_FLOAT_X = sig.Signature(
-    name="serving_default", method_name=sig.PREDICT_METHOD,
-    inputs={"x": sig.TensorSpecInfo("x", tf.float32, (None, 3))},
-    outputs={"y": sig.TensorSpecInfo("y", tf.float32, (None,))})
+_STR_IDS = testing.STR_IDS
+_FLOAT_X = testing.FLOAT_X
 
 
 def test_validate_inputs_messages():
