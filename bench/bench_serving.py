@@ -1,25 +1,36 @@
-r"""Load test of serving.server over REST and gRPC, against the in-process model.
+r"""Serving latency and throughput: in-process vs REST (keep-alive, new connection) vs gRPC.
 
-Starts `python -m serving.server` in a subprocess on free 127.0.0.1 ports,
-serving either a toy lookup model (built in a temp dir) or the SavedModel
-version directory given by --saved_model_dir, then for each protocol runs
---concurrency client threads (each with its own keep-alive HTTP connection /
-gRPC channel) until --num_requests requests have been answered. The same
-request is sent every time (REST body and PredictRequest built once, as a tuned
-client would). The in-process baseline calls the loaded signature function
-directly, sequentially and with the same concurrency.
+Starts `python -m serving.server` in a subprocess on free 127.0.0.1 ports and,
+in one run, measures for each client count of --clients (default 1, 8, 32):
 
-Prints one JSON object:
-  {"rest": {"requests", "errors", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "qps"},
-   "grpc": {...},
-   "in_process": {"sequential": {...}, "concurrent": {...}},
-   "overhead_ms": {"rest_p50", "grpc_p50", ...}  # served minus in-process (same concurrency)
-   ...}
+* `in_process`: the loaded signature called directly in this process;
+* `rest_keepalive`: each client thread keeps one HTTP/1.1 connection open;
+* `rest_new_connection`: a new TCP connection per request;
+* `grpc`: each client thread has its own channel, stock stubs.
+
+Every client sends the same request (built once, as a tuned client would).
+Served overhead = served latency minus in-process latency at the same client
+count. Besides: `first_request_ms`, the first request on the freshly loaded
+version (what warm-up replay is for), and `amplification`: one gRPC request of
+a few bytes declaring a [2e6, ...] tensor with a single value (to
+related_items_by_embedding when the model has it), with the server's answer,
+its wall time and the server's resident-memory growth. --server_root runs
+another checkout's server (before/after comparisons in one run of the client).
+
+The model is a pinsage_retrieval export (--export_base, signature
+related_items, one id per request), a SavedModel with a request body
+(--saved_model_dir, --request_json), or the toy lookup model.
+
+Prints one JSON object (and writes it to --output):
+  {"model", "signature_name", "request_bytes", "first_request_ms",
+   "levels": [{"clients": C, "in_process": {...}, "rest_keepalive": {...},
+               "rest_new_connection": {...}, "grpc": {...},
+               "overhead_ms": {"rest_keepalive_p50", "rest_new_connection_p50", "grpc_p50", ...}}],
+   "amplification": {...}, "server_exit_code_after_sigterm", "machine"}
+each protocol entry {"requests", "errors", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "qps"}.
 Exits 1 if any request failed.
 
-  python bench/bench_serving.py
-  python bench/bench_serving.py --saved_model_dir=exports/pinsage/3 \
-      --request_json=request.json --signature_name=serving_default
+  python bench/bench_serving.py --export_base=out/synthetic/exports --output=bench/results/serving.json
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pinsage_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from pinsage_tf import atomic  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.core.framework import tensor_pb2  # noqa: E402
 
 from serving import client  # noqa: E402
 from serving import json_codec  # noqa: E402
@@ -53,16 +65,19 @@ from serving import toy_models  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
+_EXPORT_BASE = flags.DEFINE_string(
+    "export_base", "", "An export base (trainer.export --export_base): serve the latest "
+    "pinsage_retrieval version, related_items of one id per request.")
 _SAVED_MODEL_DIR = flags.DEFINE_string(
-    "saved_model_dir", "", "A SavedModel version directory; empty = build the toy lookup model.")
+    "saved_model_dir", "", "A SavedModel version directory (with --request_json).")
 _REQUEST_JSON = flags.DEFINE_string(
-    "request_json", "",
-    "File with the REST predict body to send (required with --saved_model_dir).")
-_SIGNATURE_NAME = flags.DEFINE_string("signature_name", "", "Signature; empty = serving_default.")
-_NUM_REQUESTS = flags.DEFINE_integer("num_requests", 10000, "Measured requests per protocol.")
-_CONCURRENCY = flags.DEFINE_integer("concurrency", 32, "Concurrent client threads.")
-_WARMUP_REQUESTS = flags.DEFINE_integer("warmup_requests", 300, "Unmeasured requests first.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Query ids per request (toy model only).")
+    "request_json", "", "File with the REST predict body to send (with --saved_model_dir).")
+_CLIENTS = flags.DEFINE_list("clients", ["1", "8", "32"], "Client counts, each measured.")
+_SECONDS = flags.DEFINE_float("seconds", 5.0, "Measured seconds per protocol and client count.")
+_WARMUP_SECONDS = flags.DEFINE_float("warmup_seconds", 1.0, "Unmeasured load first.")
+_SERVER_ROOT = flags.DEFINE_string(
+    "server_root", "", "Checkout whose serving.server runs (default: this one), e.g. an older "
+    "commit's worktree for a before/after comparison.")
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the JSON here (atomically).")
 
 _MODEL_NAME = "bench"
@@ -76,32 +91,27 @@ def _free_port() -> int:
 
 def _summary(latencies: list[float], errors: int, seconds: float) -> dict:
   ms = np.array(latencies) * 1000.0
-  return {
-      "requests": len(latencies) + errors,
-      "errors": errors,
-      "p50_ms": round(float(np.percentile(ms, 50)), 3) if len(ms) else None,
-      "p90_ms": round(float(np.percentile(ms, 90)), 3) if len(ms) else None,
-      "p99_ms": round(float(np.percentile(ms, 99)), 3) if len(ms) else None,
-      "mean_ms": round(float(ms.mean()), 3) if len(ms) else None,
-      "qps": round(len(latencies) / seconds, 1),
-  }
+  pct = lambda q: round(float(np.percentile(ms, q)), 3) if len(ms) else None  # noqa: E731
+  return {"requests": len(latencies) + errors, "errors": errors, "p50_ms": pct(50),
+          "p90_ms": pct(90), "p99_ms": pct(99),
+          "mean_ms": round(float(ms.mean()), 3) if len(ms) else None,
+          "qps": round(len(latencies) / seconds, 1)}
 
 
-def _load(make_call, total: int, concurrency: int) -> dict:
-  """Runs `total` calls over `concurrency` threads; each thread gets make_call()."""
+def _load(make_call, seconds: float, clients: int) -> dict:
+  """Runs `clients` threads for `seconds`; each thread gets its call from make_call()."""
   latencies: list[float] = []
   errors: list[str] = []
   lock = threading.Lock()
-  counter = iter(range(total))
+  start_barrier = threading.Barrier(clients + 1)
+  stop_at = [0.0]
 
   def worker():
     call, close = make_call()
     local, local_errors = [], []
     try:
-      while True:
-        with lock:
-          if next(counter, None) is None:
-            break
+      start_barrier.wait()
+      while time.perf_counter() < stop_at[0]:
         start = time.perf_counter()
         try:
           call()
@@ -114,10 +124,12 @@ def _load(make_call, total: int, concurrency: int) -> dict:
         latencies.extend(local)
         errors.extend(local_errors)
 
-  threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-  started = time.perf_counter()
+  threads = [threading.Thread(target=worker) for _ in range(clients)]
   for thread in threads:
     thread.start()
+  stop_at[0] = time.perf_counter() + seconds
+  started = time.perf_counter()
+  start_barrier.wait()
   for thread in threads:
     thread.join()
   result = _summary(latencies, len(errors), time.perf_counter() - started)
@@ -126,18 +138,35 @@ def _load(make_call, total: int, concurrency: int) -> dict:
   return result
 
 
-def _rest_caller(port: int, path: str, body: bytes):
+def _check(status: int, payload: bytes) -> None:
+  if status != 200:
+    raise RuntimeError(f"HTTP {status}: {payload[:200]!r}")
+
+
+def _rest_keepalive(port: int, path: str, body: bytes):
   def make():
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def call():
-      connection.request("POST", path, body=body,
-                         headers={"Content-Type": "application/json"})
+      connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
       response = connection.getresponse()
-      payload = response.read()
-      if response.status != 200:
-        raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+      _check(response.status, response.read())
     return call, connection.close
+  return make
+
+
+def _rest_new_connection(port: int, path: str, body: bytes):
+  def make():
+    def call():
+      connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+      try:
+        connection.request("POST", path, body=body,
+                           headers={"Content-Type": "application/json", "Connection": "close"})
+        response = connection.getresponse()
+        _check(response.status, response.read())
+      finally:
+        connection.close()
+    return call, lambda: None
   return make
 
 
@@ -149,33 +178,80 @@ def _grpc_caller(port: int, request):
   return make
 
 
-def _prepare_model(workdir: str) -> tuple[str, bytes]:
-  """(version dir, REST body) for the toy model or the flags' SavedModel."""
+def _prepare_model(workdir: str) -> tuple[str, bytes, str]:
+  """(version dir, REST body, description) for the model the flags choose."""
+  if _EXPORT_BASE.value:
+    base = os.path.join(_EXPORT_BASE.value, "pinsage_retrieval")
+    versions = sorted(int(v) for v in os.listdir(base) if v.isdigit())
+    if not versions:
+      raise app.UsageError(f"no versions under {base}")
+    version_dir = os.path.join(base, str(versions[-1]))
+    with open(os.path.join(version_dir, "assets", "item_ids.txt"), encoding="utf-8") as f:
+      first_id = f.readline().strip()
+    body = json.dumps({"signature_name": "related_items", "instances": [first_id]}).encode()
+    return os.path.abspath(version_dir), body, f"{version_dir} related_items, 1 id"
   if _SAVED_MODEL_DIR.value:
     if not _REQUEST_JSON.value:
       raise app.UsageError("--saved_model_dir needs --request_json (a REST predict body).")
     with open(_REQUEST_JSON.value, "rb") as f:
       body = f.read()
-    return os.path.abspath(_SAVED_MODEL_DIR.value), body
+    return os.path.abspath(_SAVED_MODEL_DIR.value), body, _SAVED_MODEL_DIR.value
   version_dir = toy_models.build_lookup_model(os.path.join(workdir, "toy", "1"))
-  vocab = toy_models.LOOKUP_VOCAB
-  ids = [vocab[i % len(vocab)] for i in range(_BATCH_SIZE.value)]
-  payload = {"instances": ids}
-  if _SIGNATURE_NAME.value:
-    payload["signature_name"] = _SIGNATURE_NAME.value
-  return version_dir, json.dumps(payload).encode()
+  return version_dir, json.dumps({"instances": ["a"]}).encode(), "toy lookup model"
+
+
+def _rss_mb(pid: int) -> float:
+  with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) / 1024.0
+  return float("nan")
+
+
+def _amplification(port: int, pid: int, signature: signatures_lib.Signature) -> dict:
+  """One small request declaring a [2e6, ...] tensor: answer, time, server memory growth."""
+  alias = sorted(signature.inputs)[0]
+  spec = signature.inputs[alias]
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = _MODEL_NAME
+  request.model_spec.signature_name = signature.name
+  proto = tensor_pb2.TensorProto(dtype=spec.dtype.as_datatype_enum)
+  dims = [2_000_000] + [64 if d is None else d for d in (spec.shape or (None,))[1:]]
+  for size in dims:
+    proto.tensor_shape.dim.add(size=size)
+  if spec.dtype == tf.string:
+    proto.string_val.append(b"x")
+  else:
+    proto.CopyFrom(tf.make_tensor_proto(np.zeros([1], spec.dtype.as_numpy_dtype)))
+    del proto.tensor_shape.dim[:]
+    for size in dims:
+      proto.tensor_shape.dim.add(size=size)
+  request.inputs[alias].CopyFrom(proto)
+  rss_before = _rss_mb(pid)
+  with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    started = time.perf_counter()
+    try:
+      stub.Predict(request, timeout=60)
+      code, details = "OK", ""
+    except grpc.RpcError as e:
+      code, details = e.code().name, e.details()
+    seconds = time.perf_counter() - started
+  return {"request_bytes": request.ByteSize(), "declared_shape": dims, "code": code,
+          "details": details[:300], "seconds": round(seconds, 4),
+          "server_rss_growth_mb": round(_rss_mb(pid) - rss_before, 1)}
 
 
 def main(argv: list[str]) -> None:
   del argv
-  concurrency, total = _CONCURRENCY.value, _NUM_REQUESTS.value
+  levels = [int(c) for c in _CLIENTS.value]
   with tempfile.TemporaryDirectory(prefix="bench_serving_") as workdir:
-    version_dir, body = _prepare_model(workdir)
+    version_dir, body, description = _prepare_model(workdir)
     base = os.path.join(workdir, "base", _MODEL_NAME)
     os.makedirs(base)
     os.symlink(version_dir, os.path.join(base, "1"))
 
-    # The same request as arrays, for gRPC and the in-process baseline.
+    servable_lib.import_custom_ops()  # a ScaNN export needs ScaNN's ops
     loaded = tf.saved_model.load(version_dir)
     signatures = {
         k: signatures_lib.signature_from_proto(k, v)
@@ -193,26 +269,24 @@ def main(argv: list[str]) -> None:
     for alias, array in request.inputs.items():
       grpc_request.inputs[alias].CopyFrom(tf.make_tensor_proto(array))
 
-    def in_process_caller():
+    def in_process():
       return (lambda: {k: v.numpy() for k, v in function(**feeds).items()}), (lambda: None)
 
-    _load(in_process_caller, _WARMUP_REQUESTS.value, 1)
-    in_process = {
-        "sequential": _load(in_process_caller, min(total, 3000), 1),
-        "concurrent": _load(in_process_caller, total, concurrency),
-    }
-
+    server_root = os.path.abspath(_SERVER_ROOT.value or
+                                  os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     rest_port, grpc_port = _free_port(), _free_port()
     log = open(os.path.join(workdir, "server.log"), "wb")
+    top = max(levels)
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.server", f"--model_name={_MODEL_NAME}",
          f"--model_base_path={base}", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-         "--file_system_poll_wait_seconds=0", f"--max_concurrent_requests={concurrency * 2}",
-         f"--rest_api_num_threads={concurrency}", f"--grpc_max_threads={concurrency}"],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        stdout=log, stderr=subprocess.STDOUT)
+         "--file_system_poll_wait_seconds=0", f"--max_concurrent_requests={top * 2}",
+         f"--max_queued_requests={top * 2}", f"--rest_api_num_threads={top}",
+         f"--grpc_max_threads={top}"],
+        cwd=server_root, stdout=log, stderr=subprocess.STDOUT)
+    path = f"/v1/models/{_MODEL_NAME}:predict"
     try:
-      deadline = time.monotonic() + 180
+      deadline = time.monotonic() + 300
       while True:
         try:
           client.rest_status(f"127.0.0.1:{rest_port}", _MODEL_NAME, timeout=5)
@@ -220,43 +294,49 @@ def main(argv: list[str]) -> None:
         except (OSError, client.RestError):
           if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("server did not start; see its log") from None
-          time.sleep(0.3)
-      path = f"/v1/models/{_MODEL_NAME}:predict"
-      rest_call = _rest_caller(rest_port, path, body)
-      grpc_call = _grpc_caller(grpc_port, grpc_request)
-      _load(rest_call, _WARMUP_REQUESTS.value, concurrency)
-      rest_result = _load(rest_call, total, concurrency)
-      _load(grpc_call, _WARMUP_REQUESTS.value, concurrency)
-      grpc_result = _load(grpc_call, total, concurrency)
+          time.sleep(0.1)
+      started = time.perf_counter()
+      _rest_keepalive(rest_port, path, body)()[0]()
+      first_request_ms = round((time.perf_counter() - started) * 1000, 2)
+      results = []
+      callers = {"in_process": in_process,
+                 "rest_keepalive": _rest_keepalive(rest_port, path, body),
+                 "rest_new_connection": _rest_new_connection(rest_port, path, body),
+                 "grpc": _grpc_caller(grpc_port, grpc_request)}
+      for clients in levels:
+        level = {"clients": clients}
+        for name, caller in callers.items():
+          _load(caller, _WARMUP_SECONDS.value, clients)
+          level[name] = _load(caller, _SECONDS.value, clients)
+          print(f"{clients} clients {name}: p50 {level[name]['p50_ms']} ms, "
+                f"{level[name]['qps']} q/s, {level[name]['errors']} errors",
+                file=sys.stderr, flush=True)
+        base_level = level["in_process"]
+        level["overhead_ms"] = {
+            f"{name}_{q}": round(level[name][f"{q}_ms"] - base_level[f"{q}_ms"], 3)
+            for name in ("rest_keepalive", "rest_new_connection", "grpc") for q in ("p50", "p99")}
+        results.append(level)
+      # A float input shows the amplification best; related_items_by_embedding has one.
+      target = signatures.get("related_items_by_embedding", signatures[signature_name])
+      amplification = _amplification(grpc_port, proc.pid, target)
     finally:
       proc.terminate()
       exit_code = proc.wait(60)
       log.close()
 
-  concurrent = in_process["concurrent"]
-  result = {
-      "model": _SAVED_MODEL_DIR.value or "toy lookup model (serving/toy_models.py)",
-      "signature_name": signature_name,
-      "request_bytes": len(body),
-      "concurrency": concurrency,
-      "requests_per_protocol": total,
-      "rest": rest_result,
-      "grpc": grpc_result,
-      "in_process": in_process,
-      "overhead_ms": {
-          "rest_p50": round(rest_result["p50_ms"] - concurrent["p50_ms"], 3),
-          "rest_p99": round(rest_result["p99_ms"] - concurrent["p99_ms"], 3),
-          "grpc_p50": round(grpc_result["p50_ms"] - concurrent["p50_ms"], 3),
-          "grpc_p99": round(grpc_result["p99_ms"] - concurrent["p99_ms"], 3),
-          "note": "served latency minus in-process latency at the same concurrency",
-      },
+  output = {
+      "model": description, "server_root": server_root, "signature_name": signature_name, "request_bytes": len(body),
+      "first_request_ms": first_request_ms, "seconds_per_measurement": _SECONDS.value,
+      "levels": results, "amplification": amplification,
       "server_exit_code_after_sigterm": exit_code,
       "machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},
   }
   if _OUTPUT.value:
-    atomic.write_json(_OUTPUT.value, result)
-  print(json.dumps(result, indent=2))
-  if rest_result["errors"] or grpc_result["errors"] or exit_code != 0:
+    atomic.write_json(_OUTPUT.value, output)
+  print(json.dumps(output, indent=2))
+  failed = any(level[name]["errors"] for level in results
+               for name in ("rest_keepalive", "rest_new_connection", "grpc"))
+  if failed or exit_code != 0:
     sys.exit(1)
 
 

@@ -327,11 +327,28 @@ def test_embed_new_items_rejects_unknown_pivots_and_bad_sparse_ids(setup):
   assert fn(**good)["embeddings"].shape == (1, 8)
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"unknown pivot_ids.*board99"):
     fn(**{**good, "pivot_ids": tf.constant([["board1", "board99"]])})
-  with pytest.raises(tf.errors.InvalidArgumentError, match=r"sparse_color ids must be < "
-                     r"vocab_size=4.*7"):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"sparse_color ids must be in "
+                     r"\[0, vocab_size=4\) or -1 for padding.*7"):
     fn(**{**good, "sparse_color": tf.constant([[7]])})
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"sparse_color ids must be in.*-5"):
+    fn(**{**good, "sparse_color": tf.constant([[-5]])})
+  for bad in (np.nan, np.inf):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"dense features must be finite"):
+      fn(**{**good, "dense": tf.constant([[0.0, bad, 0.0]])})
   with pytest.raises(tf.errors.InvalidArgumentError, match="as many rows as pivot_ids"):
     fn(**{**good, "dense": tf.zeros([2, 3])})
+
+
+@pytest.mark.parametrize("name", [export.RETRIEVAL, export.RETRIEVAL_EXACT])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_related_items_by_embedding_names_non_finite_queries(setup, name, bad):
+  fn = setup["loaded"][name].signatures["related_items_by_embedding"]
+  queries = np.full([2, 8], 8 ** -0.5, np.float32)
+  assert fn(embeddings=tf.constant(queries))["neighbor_ids"].shape[0] == 2
+  queries[1, 3] = bad
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"embeddings must be finite \(no NaN or Inf\).*\[1\]"):
+    fn(embeddings=tf.constant(queries))
 
 
 def _registered_in_fresh_tensorflow(ops):

@@ -5,7 +5,9 @@ unchanged):
 
 * `PredictionService.Predict`: `model_spec` {name, version | version_label,
   signature_name ("" = serving_default)}, `inputs` {alias: TensorProto},
-  `output_filter`. The response carries `model_spec` {name, version,
+  `output_filter`. Each input's declared dtype and shape are checked against
+  the signature and the batch bound before its values are decoded; the
+  client's deadline bounds the prediction (DEADLINE_EXCEEDED). The response carries `model_spec` {name, version,
   signature_name} of the version that ran and the outputs as TensorProtos
   laid out as TF Serving's (`proto_codec.array_to_tensor_proto`).
 * `PredictionService.GetModelMetadata`: `metadata_field` must be
@@ -45,6 +47,15 @@ def _model_spec_args(spec: Any) -> tuple[str, int | None, str | None]:
   return spec.name, version, label
 
 
+def _time_remaining(context: grpc.ServicerContext) -> float | None:
+  """Seconds left before the client's deadline; None when it set none."""
+  remaining = context.time_remaining()
+  # gRPC reports "no deadline" as a very large number of seconds.
+  if remaining is None or remaining > 10 * 365 * 24 * 3600:
+    return None
+  return max(0.0, remaining)
+
+
 def _abort(context: grpc.ServicerContext, error: ServingError) -> None:
   context.abort(error.code, error.message)
 
@@ -52,8 +63,10 @@ def _abort(context: grpc.ServicerContext, error: ServingError) -> None:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
   """Predict and GetModelMetadata over a `ModelManager`."""
 
-  def __init__(self, manager: model_manager_lib.ModelManager):
+  def __init__(self, manager: model_manager_lib.ModelManager, max_tensor_bytes: int = 0):
+    """Args: manager: the model core; max_tensor_bytes: largest decoded input (0 = any)."""
     self._manager = manager
+    self._max_tensor_bytes = max_tensor_bytes
 
   def Predict(self, request, context):  # pylint: disable=invalid-name
     try:
@@ -62,10 +75,18 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       servable = self._manager.get_servable(*_model_spec_args(request.model_spec))
       signature = servable.signature(request.model_spec.signature_name)
       validation.check_signature_is_runnable(signature)
-      inputs = {alias: proto_codec.tensor_proto_to_array(alias, proto)
+      # Declared dtypes and shapes first: nothing is allocated for a request
+      # the signature or the batch bound rejects.
+      validation.validate_descriptions(
+          signature, {alias: proto_codec.describe_tensor_proto(alias, proto)
+                      for alias, proto in request.inputs.items()},
+          max_batch_size=self._manager.limits.max_batch_size)
+      inputs = {alias: proto_codec.tensor_proto_to_array(alias, proto,
+                                                         max_bytes=self._max_tensor_bytes)
                 for alias, proto in request.inputs.items()}
       outputs = self._manager.predict(servable, signature.name, inputs,
-                                      list(request.output_filter))
+                                      list(request.output_filter),
+                                      timeout_seconds=_time_remaining(context))
       response = predict_pb2.PredictResponse()
       response.model_spec.name = servable.name
       response.model_spec.version.value = servable.version
@@ -118,8 +139,9 @@ def create_server(manager: model_manager_lib.ModelManager, *, host: str, port: i
     manager: the model core.
     host, port: bind address (port 0 picks a free one).
     max_threads: handler threads (--grpc_max_threads).
-    max_request_bytes: largest request message; larger ones get
-      RESOURCE_EXHAUSTED from gRPC itself.
+    max_request_bytes: largest request message (larger ones get
+      RESOURCE_EXHAUSTED from gRPC itself) and largest decoded input tensor
+      (INVALID_ARGUMENT before it is allocated).
 
   Returns:
     (server, bound port).
@@ -136,7 +158,7 @@ def create_server(manager: model_manager_lib.ModelManager, *, host: str, port: i
           ("grpc.so_reuseport", 0),
       ])
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-      PredictionServicer(manager), server)
+      PredictionServicer(manager, max_tensor_bytes=max_request_bytes), server)
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
   address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
   bound = server.add_insecure_port(address)

@@ -10,6 +10,12 @@ This is the role `ServerCore` plays in TF Serving. Contract:
   that failed to load is left out of the choice (with `latest`, the previous
   version keeps serving), shows state END with its error in the status, and
   is retried only after its directory changes.
+* A version's `assets.extra/tf_serving_warmup_requests` are replayed
+  (`serving.warmup`) before it becomes AVAILABLE; a version whose warm-up
+  fails is not served (state END with the error).
+* Version labels take effect with `apply_version_labels()`, after the first
+  load, and must name loaded versions unless explicitly allowed (TF Serving's
+  rule); before that no label resolves.
 * `get_servable(name, version | label)` returns the `Servable` a request
   should keep for its lifetime; unloading a version never breaks a request
   that holds it.
@@ -45,6 +51,7 @@ from serving import admission
 from serving import errors
 from serving import servable as servable_lib
 from serving import server_config
+from serving import warmup
 from serving.errors import ServingError
 
 _VERSION_DIR = re.compile(r"^\d+$")
@@ -113,6 +120,7 @@ class ModelManager:
     self._executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=self._limits.max_concurrent_requests, thread_name_prefix="inference")
     self._warned_empty: set[str] = set()
+    self._labels: Mapping[str, Mapping[str, int]] = {}  # set by apply_version_labels
 
   @property
   def limits(self) -> server_config.ServingLimits:
@@ -179,7 +187,12 @@ class ModelManager:
       logging.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
       started = time.monotonic()
       try:
-        loaded[version] = self._loader(name, version, path, self._tags)
+        servable = self._loader(name, version, path, self._tags)
+        replayed = warmup.replay(servable, max_batch_size=self._limits.max_batch_size)
+        if replayed:
+          logging.info("Finished reading warmup data for model at %s. Number of warmup "
+                       "records read: %d.", path, replayed)
+        loaded[version] = servable
       except Exception as e:  # pylint: disable=broad-except
         error = errors.error_from_exception(e)
         if error.code == grpc.StatusCode.OK:
@@ -240,9 +253,35 @@ class ModelManager:
 
   # -- lookups ----------------------------------------------------------------
 
+  def apply_version_labels(self, allow_unavailable: bool = False) -> None:
+    """Puts the configured version labels into effect, as TF Serving does after loading.
+
+    Until this succeeds no label resolves. Call it after the first `poll_once`.
+
+    Args:
+      allow_unavailable: TF Serving's
+        --allow_version_labels_for_unavailable_models: labels may name
+        versions that are not loaded (requests on them get NOT_FOUND).
+
+    Raises:
+      ServingError: FAILED_PRECONDITION "Request to assign label to version V
+        of model M, which is not currently available for inference" (nothing
+        is applied).
+    """
+    for name, config in sorted(self._configs.items()):
+      available = self._serving.get(name) or {}
+      for version in sorted(config.version_labels.values()):
+        if not allow_unavailable and version not in available:
+          raise ServingError(
+              grpc.StatusCode.FAILED_PRECONDITION,
+              f"Request to assign label to version {version} of model {name}, which is "
+              "not currently available for inference")
+    with self._lock:
+      self._labels = {name: dict(config.version_labels)
+                      for name, config in self._configs.items()}
+
   def _resolve_label(self, name: str, label: str) -> int:
-    config = self._configs.get(name)
-    labels = config.version_labels if config else {}
+    labels = self._labels.get(name, {})
     if label not in labels:
       raise errors.invalid_argument(f"Unrecognized servable version label: {label}")
     return labels[label]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 
@@ -11,14 +12,18 @@ import numpy as np
 import pytest
 
 import pinsage_tf  # noqa: F401
+import tensorflow as tf
 
 from serving import model_manager
 from serving import servable as servable_lib
 from serving import server_config
 from serving import toy_models
+from serving import warmup
 from serving.errors import ServingError
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
 _IDS = {"item_ids": np.array([b"a"], dtype=object)}
 # Item "a" = (1, 0): its best match is "d" = (2, 0.5) with score 2, then "a"
@@ -71,19 +76,38 @@ def test_latest_policy_serves_highest_version_and_ignores_other_dirs(exports, tm
 def test_all_policy_and_version_labels(exports, tmp_path):
   _install(exports, tmp_path, 1)
   _install(exports, tmp_path, 2)
-  manager = _manager(tmp_path, server_config.VersionPolicy("all"), {"stable": 1, "next": 3})
+  manager = _manager(tmp_path, server_config.VersionPolicy("all"), {"stable": 1, "canary": 2})
   manager.poll_once()
+  manager.apply_version_labels()
   assert manager.get_servable("m").version == 2  # no version -> latest
   assert manager.get_servable("m", version=1).version == 1
   assert manager.get_servable("m", label="stable").version == 1
+  assert manager.get_servable("m", label="canary").version == 2
   with pytest.raises(ServingError) as info:
     manager.get_servable("m", label="beta")
   assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
   assert info.value.message == "Unrecognized servable version label: beta"
-  with pytest.raises(ServingError) as info:
-    manager.get_servable("m", label="next")  # labelled version 3 is not loaded
-  assert info.value.code == grpc.StatusCode.NOT_FOUND
   assert manager.get_model_status("m", label="stable").model_version_status[0].version == 1
+
+
+def test_label_on_a_version_that_is_not_loaded_is_rejected_like_tf_serving(exports, tmp_path):
+  _install(exports, tmp_path, 1)
+  _install(exports, tmp_path, 2)
+  manager = _manager(tmp_path, server_config.VersionPolicy("all"), {"stable": 1, "next": 3})
+  manager.poll_once()
+  with pytest.raises(ServingError) as info:
+    manager.apply_version_labels()
+  assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+  assert info.value.message == ("Request to assign label to version 3 of model m, which is "
+                                "not currently available for inference")
+  with pytest.raises(ServingError, match="Unrecognized servable version label: stable"):
+    manager.get_servable("m", label="stable")  # nothing was applied
+  # TF Serving's --allow_version_labels_for_unavailable_models.
+  manager.apply_version_labels(allow_unavailable=True)
+  assert manager.get_servable("m", label="stable").version == 1
+  with pytest.raises(ServingError) as info:
+    manager.get_servable("m", label="next")
+  assert info.value.code == grpc.StatusCode.NOT_FOUND
 
 
 def test_hot_swap_keeps_in_flight_servable_usable(exports, tmp_path):
@@ -216,3 +240,70 @@ def test_max_batch_size_limit_applies_to_predict(exports, tmp_path):
     manager.predict(servable, "", {"item_ids": np.array([b"a"] * 3, dtype=object)})
   outputs = manager.predict(servable, "", {"item_ids": np.array([b"a"] * 2, dtype=object)})
   np.testing.assert_allclose(outputs["scores"], np.repeat(_TOP_SCORES_A, 2, axis=0))
+
+
+def _write_warmup(version_dir, logs):
+  path = os.path.join(version_dir, warmup.WARMUP_FILE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as writer:
+    for log in logs:
+      writer.write(log.SerializeToString())
+
+
+def _predict_log(ids):
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = "m"
+  request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array(ids, dtype=object)))
+  return prediction_log_pb2.PredictionLog(
+      predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def _recording_loader(calls, managers):
+  """Servables whose predict calls record (version, its state in managers[0] then)."""
+
+  def load(name, version, path, tags):
+    servable = servable_lib.Servable(name, version, path, tags)
+    predict = servable.predict
+
+    def recorded(*args, **kwargs):
+      calls.append((version, _states(managers[0])[version][0]))
+      return predict(*args, **kwargs)
+
+    servable.predict = recorded
+    return servable
+
+  return load
+
+
+def test_warmup_requests_run_before_the_version_is_available(exports, tmp_path):
+  _install(exports, tmp_path, 1)
+  _write_warmup(tmp_path / "1", [_predict_log([b"a"]), _predict_log([b"b", b"c"])])
+  calls, managers = [], []
+  managers.append(_manager(tmp_path, loader=_recording_loader(calls, managers)))
+  managers[0].poll_once()
+  assert calls == [(1, "LOADING"), (1, "LOADING")]  # both records, replayed while loading
+  assert _states(managers[0]) == {1: ("AVAILABLE", 0, "")}
+
+
+@pytest.mark.parametrize("logs, message", [
+    ([_predict_log([b"zz"])], r"warmup record 1 of .*tf_serving_warmup_requests failed: "
+                              r".*unknown item id"),
+    ([prediction_log_pb2.PredictionLog(
+        classify_log=prediction_log_pb2.ClassifyLog())],
+     r"Unsupported log_type for warmup: classify_log"),
+    ([_predict_log([b"a"])] * (warmup.MAX_RECORDS + 1),
+     r"Number of warmup records exceeds the maximum \(1000\)"),
+])
+def test_failing_warmup_fails_the_load_and_previous_version_keeps_serving(
+    exports, tmp_path, logs, message):
+  _install(exports, tmp_path, 1)
+  manager = _manager(tmp_path)
+  manager.poll_once()
+  _install(exports, tmp_path, 2)
+  _write_warmup(tmp_path / "2", logs)
+  manager.poll_once()
+  assert manager.get_servable("m").version == 1
+  states = _states(manager)
+  assert states[1] == ("AVAILABLE", 0, "")
+  assert states[2][0] == "END" and states[2][1] != 0
+  assert re.search(message, states[2][2]), states[2][2]

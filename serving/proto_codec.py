@@ -2,9 +2,14 @@
 
 Contract:
 
-* `tensor_proto_to_array(alias, proto)` gives the request tensor as an array;
-  DT_STRING becomes a numpy object array of `bytes`. A proto that is not a
-  valid tensor is INVALID_ARGUMENT "tensor parsing error: <alias>".
+* `describe_tensor_proto(alias, proto)` gives a request tensor's dtype and
+  declared shape without decoding it (so the signature and the batch bound
+  can be checked before anything is allocated).
+* `tensor_proto_to_array(alias, proto, max_bytes=...)` gives the request
+  tensor as an array; DT_STRING becomes a numpy object array of `bytes`. A
+  proto that is not a valid tensor (DT_INVALID, unknown rank, negative
+  dimensions, content of the wrong size) or that declares more than
+  `max_bytes` once decoded is INVALID_ARGUMENT "tensor parsing error: <alias>...".
 * `array_to_tensor_proto(array)` lays an output out as TF Serving's
   Tensor::AsProtoField does: numeric values in the typed repeated field
   (`float_val`, `int64_val`, ...), not in `tensor_content`. `tf.make_ndarray`
@@ -13,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -22,21 +28,71 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 from serving import errors
+from serving import signatures
+from serving import validation
 
 
-def tensor_proto_to_array(alias: str, proto: Any) -> np.ndarray:
-  """A request TensorProto as an array; DT_STRING -> object array of bytes.
+def _parse_error(alias: str, reason: str = "") -> errors.ServingError:
+  return errors.invalid_argument(f"tensor parsing error: {alias}" + (f": {reason}" if reason else ""))
+
+
+# Bytes a decoded element costs: numeric items their width, strings a numpy
+# object reference each (their payload is carried by the message itself).
+_STRING_ELEMENT_BYTES = 8
+
+
+def describe_tensor_proto(alias: str, proto: Any) -> validation.TensorDescription:
+  """The dtype and declared shape of a request TensorProto, without decoding it.
 
   Raises:
-    ServingError: INVALID_ARGUMENT "tensor parsing error: <alias>" when the
-      proto is not a valid tensor (unknown dtype, content of the wrong size).
+    ServingError: INVALID_ARGUMENT "tensor parsing error: <alias>: ..." for
+      DT_INVALID or an unknown dtype, an unknown rank or a negative dimension.
   """
+  if proto.dtype == types_pb2.DT_INVALID:
+    raise _parse_error(alias, "dtype is DT_INVALID")
   try:
-    if proto.dtype == types_pb2.DT_INVALID:
-      raise ValueError("DT_INVALID")
+    dtype = tf.dtypes.as_dtype(proto.dtype)
+  except TypeError:
+    raise _parse_error(alias, f"unknown dtype enum {proto.dtype}") from None
+  if proto.tensor_shape.unknown_rank:
+    raise _parse_error(alias, "the tensor's shape has an unknown rank")
+  shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
+  for i, size in enumerate(shape):
+    if size < 0:
+      raise _parse_error(alias, f"dimension {i} has size {size}; sizes must be >= 0")
+  return validation.TensorDescription(dtype, signatures.data_type_string(dtype), shape)
+
+
+def tensor_proto_to_array(alias: str, proto: Any, *, max_bytes: int = 0) -> np.ndarray:
+  """A request TensorProto as an array; DT_STRING -> object array of bytes.
+
+  Args:
+    alias: the input's name, for messages.
+    proto: the TensorProto.
+    max_bytes: if > 0, the largest decoded size accepted. Checked on the
+      declared shape before anything is allocated: a TensorProto may declare
+      far more elements than it carries values (TensorFlow repeats the last
+      one), so a message of a few bytes could otherwise expand to gigabytes.
+
+  Raises:
+    ServingError: INVALID_ARGUMENT "tensor parsing error: <alias>..." when the
+      proto is not a valid tensor (see `describe_tensor_proto`; content of the
+      wrong size) or declares more than `max_bytes`.
+  """
+  described = describe_tensor_proto(alias, proto)
+  if max_bytes > 0:
+    elements = math.prod(described.shape)
+    itemsize = (_STRING_ELEMENT_BYTES if described.dtype == tf.string
+                else max(1, described.dtype.size))
+    if elements * itemsize > max_bytes:
+      raise _parse_error(
+          alias, f"shape {signatures.shape_string(described.shape)} of "
+          f"{described.dtype_name} decodes to {elements * itemsize} bytes, more than this "
+          f"server's --max_request_bytes={max_bytes}")
+  try:
     array = tf.make_ndarray(proto)
   except Exception:  # make_ndarray raises several types for bad protos.
-    raise errors.invalid_argument(f"tensor parsing error: {alias}") from None
+    raise _parse_error(alias) from None
   if array.dtype.kind in ("S", "U"):
     array = array.astype(object)
   return array

@@ -14,14 +14,18 @@ labels):
 
 Startup loads every model's versions before the ports open. Base paths are
 re-scanned every --file_system_poll_wait_seconds; new versions are loaded in
-the background and swapped in atomically. SIGTERM / SIGINT: stop accepting,
-finish in-flight requests (up to --shutdown_grace_seconds), exit 0.
+the background, warmed up with their `assets.extra/tf_serving_warmup_requests`
+and swapped in atomically. Version labels must name loaded versions (unless
+--allow_version_labels_for_unavailable_models), or the server exits 1 at
+startup. SIGTERM / SIGINT: stop accepting, finish in-flight requests (up to
+--shutdown_grace_seconds), exit 0.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 from absl import app
@@ -34,6 +38,7 @@ from serving import model_manager as model_manager_lib
 from serving import rest
 from serving import servable as servable_lib
 from serving import server_config
+from serving.errors import ServingError
 
 _PORT = flags.DEFINE_integer("port", 8500, "Port for the gRPC API.")
 _REST_API_PORT = flags.DEFINE_integer(
@@ -70,6 +75,10 @@ _MAX_QUEUED_REQUESTS = flags.DEFINE_integer(
     "max_queued_requests", 64,
     "Predictions allowed to wait for a running slot; more get RESOURCE_EXHAUSTED "
     "(REST 429).")
+_ALLOW_VERSION_LABELS_FOR_UNAVAILABLE_MODELS = flags.DEFINE_bool(
+    "allow_version_labels_for_unavailable_models", False,
+    "Allow version labels that name versions which are not loaded (as TF Serving's flag); "
+    "otherwise such a label stops the server at startup.")
 _SHUTDOWN_GRACE_SECONDS = flags.DEFINE_float(
     "shutdown_grace_seconds", 30.0, "How long shutdown waits for in-flight requests.")
 
@@ -122,7 +131,13 @@ def main(argv: list[str]) -> None:
   if stop.is_set():
     logging.info("Stopped during startup.")
     manager.stop(0)
-    return
+    _exit(0)
+  try:
+    manager.apply_version_labels(_ALLOW_VERSION_LABELS_FOR_UNAVAILABLE_MODELS.value)
+  except ServingError as e:
+    logging.error("%s", e.message)
+    manager.stop(0)
+    _exit(1)
 
   grpc_server, grpc_port = grpc_service.create_server(
       manager, host=_HOST.value, port=_PORT.value, max_threads=_GRPC_MAX_THREADS.value,
@@ -154,6 +169,25 @@ def main(argv: list[str]) -> None:
   if not drained:
     logging.warning("Some requests were still running after %.0fs.", grace)
   logging.info("Server stopped.")
+  _exit(0)
+
+
+def _exit(code: int) -> None:
+  """Ends the process once every answer is out, without interpreter teardown.
+
+  After the drain nothing is left to do, but TensorFlow's and gRPC's native
+  threads (thread pools, completion queues) can still be inside C++ code while
+  Python's finalisation destroys the objects they use, which once in a few
+  shutdowns aborts the process ("terminate called ..."). Skipping the
+  teardown avoids that race; logs and stdio are flushed first.
+  """
+  logging.flush()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def run() -> None:

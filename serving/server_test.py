@@ -499,6 +499,24 @@ def test_hot_swap_under_load_drops_nothing(server):
   assert (statuses["1"], statuses["2"]) == ("END", "AVAILABLE")
 
 
+def test_label_naming_an_unloaded_version_stops_startup(models, tmp_path):
+  config = tmp_path / "labels.config"
+  config.write_text(f"""
+model_config_list {{
+  config {{ name: "lookup" base_path: "{models / 'lookup'}" model_platform: "tensorflow"
+           version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "next" value: 2 }} }}
+}}
+""")
+  out = subprocess.run(
+      [sys.executable, "-m", "serving.server", f"--model_config_file={config}",
+       f"--port={_free_port()}", f"--rest_api_port={_free_port()}",
+       "--file_system_poll_wait_seconds=0"],
+      cwd=_REPO_ROOT, capture_output=True, text=True, timeout=180)
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert ("Request to assign label to version 2 of model lookup, which is not currently "
+          "available for inference") in out.stderr
+
+
 def test_corrupt_version_is_reported_and_previous_keeps_serving(server):
   _, spec = client.grpc_predict(server.grpc, "swap", _IDS)
   serving_before = spec.version.value  # 1 or 2, whether or not the hot-swap test ran

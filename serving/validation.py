@@ -4,10 +4,11 @@ Contract (servables/tensorflow/predict_util.cc, plus this server's batch bound):
 
 * `check_signature_is_runnable` accepts predict, classify and regress
   signatures only (INTERNAL otherwise, as TF Serving).
-* `validate_inputs` checks the set of input aliases, each input's dtype and
-  shape against the signature, and the batch size (dimension 0 of inputs whose
-  signature shape starts with an unknown size): not empty, at most
-  `max_batch_size`.
+* `validate_inputs` (decoded arrays) and `validate_descriptions` (dtypes and
+  shapes only, before decoding) check the set of input aliases, each input's
+  dtype and shape against the signature, and the batch size (dimension 0 of
+  inputs whose signature shape starts with an unknown size): not empty, at
+  most `max_batch_size`.
 * `check_output_filter` returns the output aliases to compute: the filter as
   given, or every output (sorted) for an empty filter.
 
@@ -17,6 +18,7 @@ sent and what the signature expects.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import grpc
@@ -49,13 +51,54 @@ def _compatible(shape: tuple[int, ...], expected: tuple[int | None, ...] | None)
       e is None or e == s for s, e in zip(shape, expected))
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorDescription:
+  """What a request tensor is, known before its values are decoded.
+
+  Attributes:
+    dtype: its TF dtype; None when it has none (e.g. a numpy dtype TF lacks).
+    dtype_name: how messages name the dtype ("float", "string", ...).
+    shape: its dims.
+  """
+  dtype: tf.dtypes.DType | None
+  dtype_name: str
+  shape: tuple[int, ...]
+
+
+def describe_array(array: np.ndarray) -> TensorDescription:
+  """The description of a decoded request array (object / bytes / str arrays are strings)."""
+  if array.dtype.kind in ("O", "S", "U"):
+    return TensorDescription(tf.string, "string", tuple(array.shape))
+  try:
+    dtype = tf.dtypes.as_dtype(array.dtype)
+  except TypeError:
+    return TensorDescription(None, str(array.dtype), tuple(array.shape))
+  return TensorDescription(dtype, signatures.data_type_string(dtype), tuple(array.shape))
+
+
 def validate_inputs(signature: signatures.Signature, inputs: Mapping[str, np.ndarray], *,
                     max_batch_size: int = 0) -> None:
   """Checks request arrays against the signature before running it.
 
+  See `validate_descriptions`, which this applies to `describe_array` of each input.
+  """
+  validate_descriptions(signature, {alias: describe_array(array)
+                                    for alias, array in inputs.items()},
+                        max_batch_size=max_batch_size)
+
+
+def validate_descriptions(signature: signatures.Signature,
+                          inputs: Mapping[str, TensorDescription], *,
+                          max_batch_size: int = 0) -> None:
+  """Checks the request tensors' aliases, dtypes, shapes and batch sizes.
+
+  Usable before the values are decoded (gRPC checks a TensorProto's declared
+  dtype and shape first, so a small message declaring a huge tensor is
+  rejected before anything is allocated).
+
   Args:
     signature: the signature the request names.
-    inputs: alias -> array, as decoded from JSON or TensorProtos.
+    inputs: alias -> description of the sent tensor.
     max_batch_size: if > 0, the largest dimension 0 accepted for inputs whose
       signature shape starts with an unknown (batch) dimension.
 
@@ -79,31 +122,22 @@ def validate_inputs(signature: signatures.Signature, inputs: Mapping[str, np.nda
         f"to be in the set {{{','.join(sorted(expected))}}}.")
   for alias in sorted(inputs):
     spec = signature.inputs[alias]
-    array = inputs[alias]
-    if spec.dtype == tf.string:
-      dtype_ok = array.dtype.kind in ("O", "S", "U")
-      got = "string" if dtype_ok else signatures.data_type_string(tf.dtypes.as_dtype(array.dtype))
-    else:
-      try:
-        got_dtype = tf.dtypes.as_dtype(array.dtype)
-      except TypeError:
-        got_dtype = None
-      dtype_ok = got_dtype == spec.dtype
-      got = signatures.data_type_string(got_dtype) if got_dtype is not None else str(array.dtype)
-    if not dtype_ok:
+    described = inputs[alias]
+    if described.dtype is None or described.dtype != spec.dtype:
       raise errors.invalid_argument(
-          f"input '{alias}' has dtype {got} but signature '{signature.name}' "
-          f"expects {signatures.data_type_string(spec.dtype)}")
-    if not _compatible(array.shape, spec.shape):
+          f"input '{alias}' has dtype {described.dtype_name} but signature "
+          f"'{signature.name}' expects {signatures.data_type_string(spec.dtype)}")
+    shape = described.shape
+    if not _compatible(shape, spec.shape):
       raise errors.invalid_argument(
-          f"input '{alias}' has shape {signatures.shape_string(array.shape)} but signature "
+          f"input '{alias}' has shape {signatures.shape_string(shape)} but signature "
           f"'{signature.name}' expects {spec.shape_string()} (-1 = any size)")
     batched = spec.shape is not None and len(spec.shape) > 0 and spec.shape[0] is None
-    if batched and array.shape[0] == 0:
+    if batched and shape[0] == 0:
       raise errors.invalid_argument(f"input '{alias}' has an empty batch (dimension 0 is 0)")
-    if batched and max_batch_size > 0 and array.shape[0] > max_batch_size:
+    if batched and max_batch_size > 0 and shape[0] > max_batch_size:
       raise errors.invalid_argument(
-          f"input '{alias}' has batch size {array.shape[0]}, more than this "
+          f"input '{alias}' has batch size {shape[0]}, more than this "
           f"server's --max_batch_size={max_batch_size}; split the request")
 
 

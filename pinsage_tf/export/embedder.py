@@ -179,14 +179,21 @@ class EmbedderModule(tf.Module):
         checks.append(tf.debugging.assert_equal(
             tf.shape(value)[0], b,
             message=f"embed_new_items: input {key!r} must have as many rows as pivot_ids"))
+    if self._dense_dim:
+      finite = tf.reduce_all(tf.math.is_finite(inputs["dense"]), axis=1)  # [B]
+      bad_rows = tf.where(tf.logical_not(finite))[:, 0]
+      checks.append(tf.debugging.Assert(
+          tf.equal(tf.size(bad_rows), 0),
+          ["embed_new_items: dense features must be finite (no NaN or Inf); rows with "
+           "non-finite values:", bad_rows], summarize=20, name="check_dense_finite"))
     sparse = []
     for name, vocab_size in self._sparse:
       ids = inputs[f"sparse_{name}"]
-      bad = tf.boolean_mask(ids, ids >= vocab_size)
+      bad = tf.boolean_mask(ids, (ids >= vocab_size) | (ids < -1))
       checks.append(tf.debugging.Assert(
           tf.equal(tf.size(bad), 0),
-          [f"embed_new_items: sparse_{name} ids must be < vocab_size={vocab_size} "
-           "(-1 for padding), got:", bad], summarize=20, name=f"check_sparse_{name}"))
+          [f"embed_new_items: sparse_{name} ids must be in [0, vocab_size={vocab_size}) "
+           "or -1 for padding, got:", bad], summarize=20, name=f"check_sparse_{name}"))
       sparse.append(ids)
     with tf.control_dependencies(checks):
       # Everything downstream waits for the checks, so a bad request fails

@@ -185,6 +185,16 @@ class RetrievalModule(tf.Module):
     return self._outputs(*self._search(queries, index))
 
   def _related_items_by_embedding(self, embeddings):
+    # A NaN or infinite query would come back as -1 indices from the search;
+    # name the input instead.
+    finite = tf.reduce_all(tf.math.is_finite(embeddings), axis=1)  # [B]
+    bad_rows = tf.where(tf.logical_not(finite))[:, 0]
+    check = tf.debugging.Assert(
+        tf.equal(tf.size(bad_rows), 0),
+        ["related_items_by_embedding: embeddings must be finite (no NaN or Inf); rows with "
+         "non-finite values:", bad_rows], summarize=20, name="finite_embeddings")
+    with tf.control_dependencies([check]):
+      embeddings = tf.identity(embeddings)
     return self._outputs(*self._search(embeddings, None))
 
   def _items_for_pivot(self, pivot_ids):
