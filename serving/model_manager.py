@@ -20,7 +20,9 @@ This is the role `ServerCore` plays in TF Serving. Contract:
   should keep for its lifetime; unloading a version never breaks a request
   that holds it.
 * `predict(servable, ...)` runs within `ServingLimits` (admission control,
-  batch bound) and an optional deadline.
+  batch bound) and an optional deadline; with `batching_parameters`,
+  concurrent predictions of a batchable signature share one call
+  (`serving.batching`), with the same results as alone.
 * `get_model_status` / `get_model_metadata` answer with TF Serving's protos
   (`GetModelStatusResponse`; `GetModelMetadataResponse` with the SignatureDefMap
   packed in an Any under "signature_def").
@@ -48,9 +50,11 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 
 from serving import admission
+from serving import batching
 from serving import errors
 from serving import servable as servable_lib
 from serving import server_config
+from serving import validation
 from serving import warmup
 from serving.errors import ServingError
 
@@ -91,7 +95,8 @@ class ModelManager:
   def __init__(self, configs: Sequence[server_config.ModelConfig], *,
                saved_model_tags: Sequence[str] = ("serve",),
                limits: server_config.ServingLimits | None = None,
-               loader: ServableLoader = servable_lib.Servable):
+               loader: ServableLoader = servable_lib.Servable,
+               batching_parameters: batching.BatchingParameters | None = None):
     """Creates the manager; nothing is loaded until `poll_once()`.
 
     Args:
@@ -99,6 +104,8 @@ class ModelManager:
       saved_model_tags: tag set of the MetaGraphDef to serve.
       limits: concurrency and batch bounds.
       loader: builds a Servable (name, version, path, tags); tests replace it.
+      batching_parameters: batch concurrent predictions of batchable
+        signatures (`serving.batching`); None = every request runs alone.
     """
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
@@ -120,6 +127,8 @@ class ModelManager:
     self._executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=self._limits.max_concurrent_requests, thread_name_prefix="inference")
     self._warned_empty: set[str] = set()
+    self._batcher = (batching.Batcher(batching_parameters)
+                     if batching_parameters is not None else None)
     self._labels: Mapping[str, Mapping[str, int]] = {}  # set by apply_version_labels
 
   @property
@@ -248,6 +257,8 @@ class ModelManager:
     if self._poller is not None:
       self._poller.join(timeout=60)
     idle = self._admission.wait_idle(drain_timeout)
+    if self._batcher is not None:
+      self._batcher.close()
     self._executor.shutdown(wait=idle)
     return idle
 
@@ -378,6 +389,22 @@ class ModelManager:
     """
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     self._admission.acquire(deadline)
+    if self._batcher is not None:
+      try:
+        signature = servable.signature(signature_name)
+      except ServingError:
+        self._admission.release()
+        raise
+      if batching.is_batchable(signature):
+        try:
+          validation.check_signature_is_runnable(signature)
+          validation.validate_inputs(signature, inputs,
+                                     max_batch_size=self._limits.max_batch_size)
+          aliases = validation.check_output_filter(signature, output_filter)
+          remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+          return self._batcher.run(servable, signature.name, inputs, aliases, remaining)
+        finally:
+          self._admission.release()
 
     def run() -> dict[str, np.ndarray]:
       return servable.predict(signature_name, inputs, output_filter,

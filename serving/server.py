@@ -33,6 +33,7 @@ from absl import flags
 from absl import logging
 
 from trainer import startup  # noqa: F401  (TensorFlow's log level; before TF loads)
+from serving import batching
 from serving import grpc_service
 from serving import model_manager as model_manager_lib
 from serving import rest
@@ -79,6 +80,15 @@ _ALLOW_VERSION_LABELS_FOR_UNAVAILABLE_MODELS = flags.DEFINE_bool(
     "allow_version_labels_for_unavailable_models", False,
     "Allow version labels that name versions which are not loaded (as TF Serving's flag); "
     "otherwise such a label stops the server at startup.")
+_ENABLE_BATCHING = flags.DEFINE_bool(
+    "enable_batching", False,
+    "Batch concurrent predictions of signatures whose inputs and outputs all have a batch "
+    "dimension (one call for many requests, same results); see --batching_parameters_file.")
+_BATCHING_PARAMETERS_FILE = flags.DEFINE_string(
+    "batching_parameters_file", "",
+    "Text-format BatchingParameters (max_batch_size { value: 64 } batch_timeout_micros "
+    "{ value: 0 } num_batch_threads { value: 2 } max_enqueued_batches { value: 100 }); "
+    "empty = those defaults. Implies nothing without --enable_batching.")
 _SHUTDOWN_GRACE_SECONDS = flags.DEFINE_float(
     "shutdown_grace_seconds", 30.0, "How long shutdown waits for in-flight requests.")
 
@@ -107,6 +117,24 @@ def model_configs_from_flags() -> list[server_config.ModelConfig]:
     raise app.UsageError(str(e)) from None
 
 
+def batching_parameters_from_flags() -> batching.BatchingParameters | None:
+  """--enable_batching / --batching_parameters_file as parameters (None = no batching)."""
+  if not _ENABLE_BATCHING.value:
+    if _BATCHING_PARAMETERS_FILE.value:
+      logging.warning("--batching_parameters_file is ignored without --enable_batching.")
+    return None
+  if not _BATCHING_PARAMETERS_FILE.value:
+    return batching.BatchingParameters()
+  path = _BATCHING_PARAMETERS_FILE.value
+  try:
+    with open(path, encoding="utf-8") as f:
+      return batching.parameters_from_text(f.read(), source=path)
+  except OSError as e:
+    raise app.UsageError(f"--batching_parameters_file={path}: {e}") from None
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -119,6 +147,7 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   tags = [t.strip() for t in _SAVED_MODEL_TAGS.value.split(",") if t.strip()]
+  batching_parameters = batching_parameters_from_flags()
 
   stop = threading.Event()
   # Installed before loading so a SIGTERM during startup also exits cleanly.
@@ -126,7 +155,8 @@ def main(argv: list[str]) -> None:
   signal.signal(signal.SIGINT, lambda *_: stop.set())
 
   servable_lib.import_custom_ops()
-  manager = model_manager_lib.ModelManager(configs, saved_model_tags=tags, limits=limits)
+  manager = model_manager_lib.ModelManager(configs, saved_model_tags=tags, limits=limits,
+                                           batching_parameters=batching_parameters)
   manager.poll_once()  # Every model's first load happens before the ports open.
   if stop.is_set():
     logging.info("Stopped during startup.")
