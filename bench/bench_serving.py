@@ -78,6 +78,8 @@ _WARMUP_SECONDS = flags.DEFINE_float("warmup_seconds", 1.0, "Unmeasured load fir
 _SERVER_ROOT = flags.DEFINE_string(
     "server_root", "", "Checkout whose serving.server runs (default: this one), e.g. an older "
     "commit's worktree for a before/after comparison.")
+_SERVER_FLAGS = flags.DEFINE_multi_string(
+    "server_flag", [], "Extra flag for the server, e.g. --server_flag=--enable_batching.")
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the JSON here (atomically).")
 
 _MODEL_NAME = "bench"
@@ -282,7 +284,7 @@ def main(argv: list[str]) -> None:
          f"--model_base_path={base}", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          "--file_system_poll_wait_seconds=0", f"--max_concurrent_requests={top * 2}",
          f"--max_queued_requests={top * 2}", f"--rest_api_num_threads={top}",
-         f"--grpc_max_threads={top}"],
+         f"--grpc_max_threads={top}", *_SERVER_FLAGS.value],
         cwd=server_root, stdout=log, stderr=subprocess.STDOUT)
     path = f"/v1/models/{_MODEL_NAME}:predict"
     try:
@@ -325,7 +327,7 @@ def main(argv: list[str]) -> None:
       log.close()
 
   output = {
-      "model": description, "server_root": server_root, "signature_name": signature_name, "request_bytes": len(body),
+      "model": description, "server_root": server_root, "server_flags": _SERVER_FLAGS.value, "signature_name": signature_name, "request_bytes": len(body),
       "first_request_ms": first_request_ms, "seconds_per_measurement": _SECONDS.value,
       "levels": results, "amplification": amplification,
       "server_exit_code_after_sigterm": exit_code,
