@@ -30,6 +30,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
@@ -332,6 +333,28 @@ class _NumberTooBig(ValueError):
   pass
 
 
+# A \uD800-\uDFFF escape in the raw body: only then are strings checked for
+# lone surrogates (which Python's parser accepts and RapidJSON rejects).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+  stack = [value]
+  while stack:
+    item = stack.pop()
+    if isinstance(item, str):
+      try:
+        item.encode("utf-8")
+      except UnicodeEncodeError:
+        return True
+    elif isinstance(item, list):
+      stack.extend(item)
+    elif isinstance(item, dict):
+      stack.extend(item.keys())
+      stack.extend(item.values())
+  return False
+
+
 # Integers longer than this are parsed as doubles, as RapidJSON (TF Serving's
 # parser) does; no int64 / uint64 has more digits.
 _MAX_INT_DIGITS = 20
@@ -374,6 +397,9 @@ def parse_json(body: bytes) -> dict:
         f"JSON Parse error: Number too big to be stored in double: {_quote(str(e))}") from None
   except RecursionError:
     raise errors.invalid_argument("JSON Parse error: nesting too deep") from None
+  if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(doc):
+    raise errors.invalid_argument(
+        "JSON Parse error: The surrogate pair in string is invalid.")
   if not isinstance(doc, dict):
     raise _format_error(doc, "Is not object")
   return doc
