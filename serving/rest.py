@@ -418,6 +418,8 @@ class RestServer:
           break
     except (ConnectionError, asyncio.IncompleteReadError, OSError):
       pass  # the client went away
+    except Exception:  # pylint: disable=broad-except
+      logging.exception("REST connection failed; closing it")
     finally:
       self._connections.pop(connection, None)
       await self._close(writer)

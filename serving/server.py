@@ -58,7 +58,9 @@ _REST_API_NUM_THREADS = flags.DEFINE_integer(
 _REST_API_TIMEOUT_IN_MS = flags.DEFINE_integer(
     "rest_api_timeout_in_ms", 30000, "Deadline of a REST predict; 0 = none (504 when hit).")
 _REST_API_MAX_CONNECTIONS = flags.DEFINE_integer(
-    "rest_api_max_connections", 256, "Open REST connections allowed; more get 503.")
+    "rest_api_max_connections", 256,
+    "Open REST connections allowed; a new one closes the longest-idle connection, and "
+    "gets 503 only when every connection is in the middle of a request.")
 _REST_API_READ_TIMEOUT_SECONDS = flags.DEFINE_float(
     "rest_api_read_timeout_seconds", 10.0,
     "A REST request (head and body) must arrive within this long of its first byte "
