@@ -327,7 +327,8 @@ def main(argv: list[str]) -> None:
       log.close()
 
   output = {
-      "model": description, "server_root": server_root, "server_flags": _SERVER_FLAGS.value, "signature_name": signature_name, "request_bytes": len(body),
+      "model": description, "server_root": server_root, "server_flags": _SERVER_FLAGS.value,
+      "signature_name": signature_name, "request_bytes": len(body),
       "first_request_ms": first_request_ms, "seconds_per_measurement": _SECONDS.value,
       "levels": results, "amplification": amplification,
       "server_exit_code_after_sigterm": exit_code,

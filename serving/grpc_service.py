@@ -23,6 +23,7 @@ gRPC's own RESOURCE_EXHAUSTED.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from typing import Any
 
 from absl import logging
@@ -33,6 +34,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import errors
 from serving import model_manager as model_manager_lib
+from serving import monitoring
 from serving import proto_codec
 from serving import validation
 from serving.errors import ServingError
@@ -116,6 +118,25 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       _abort(context, e)
 
 
+class _MeteredPredictionServicer(PredictionServicer):
+  """PredictionServicer that records each Predict's status and latency."""
+
+  def __init__(self, manager: model_manager_lib.ModelManager,
+               metrics: monitoring.ServingMetrics, max_tensor_bytes: int = 0):
+    super().__init__(manager, max_tensor_bytes)
+    self._metrics = metrics
+
+  def Predict(self, request, context):  # pylint: disable=invalid-name
+    started = time.perf_counter()
+    try:
+      return super().Predict(request, context)
+    finally:
+      # context.abort set the code before raising; None means OK.
+      code = context.code() or grpc.StatusCode.OK
+      self._metrics.record_predict(request.model_spec.name, request.model_spec.signature_name,
+                                   "GRPC", code, time.perf_counter() - started)
+
+
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
   """GetModelStatus over a `ModelManager`."""
 
@@ -132,7 +153,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def create_server(manager: model_manager_lib.ModelManager, *, host: str, port: int,
-                  max_threads: int, max_request_bytes: int) -> tuple[grpc.Server, int]:
+                  max_threads: int, max_request_bytes: int,
+                  metrics: monitoring.ServingMetrics | None = None
+                  ) -> tuple[grpc.Server, int]:
   """A started-ready (not yet started) gRPC server with both services.
 
   Args:
@@ -142,6 +165,7 @@ def create_server(manager: model_manager_lib.ModelManager, *, host: str, port: i
     max_request_bytes: largest request message (larger ones get
       RESOURCE_EXHAUSTED from gRPC itself) and largest decoded input tensor
       (INVALID_ARGUMENT before it is allocated).
+    metrics: where each Predict's status and latency go (None = not recorded).
 
   Returns:
     (server, bound port).
@@ -157,8 +181,9 @@ def create_server(manager: model_manager_lib.ModelManager, *, host: str, port: i
           ("grpc.max_send_message_length", -1),
           ("grpc.so_reuseport", 0),
       ])
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-      PredictionServicer(manager, max_tensor_bytes=max_request_bytes), server)
+  servicer = (PredictionServicer(manager, max_request_bytes) if metrics is None
+              else _MeteredPredictionServicer(manager, metrics, max_request_bytes))
+  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
   address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
   bound = server.add_insecure_port(address)

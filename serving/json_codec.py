@@ -30,6 +30,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
@@ -76,7 +77,7 @@ class JsonPredictRequest:
 def _quote(value: Any) -> str:
   try:
     text = json.dumps(value, ensure_ascii=False, allow_nan=True)
-  except (TypeError, ValueError):
+  except (TypeError, ValueError, RecursionError):
     text = repr(value)
   if len(text) > _MAX_QUOTED_CHARS:
     text = text[:_MAX_QUOTED_CHARS] + "...(truncated)"
@@ -152,7 +153,13 @@ def _json_scalar(value: Any, dtype: tf.dtypes.DType) -> Any:
   """One leaf value converted for `dtype`, with TF Serving's type rules."""
   if dtype == tf.string:
     if isinstance(value, str):
-      return value.encode("utf-8")
+      try:
+        return value.encode("utf-8")
+      except UnicodeEncodeError:
+        # Only a lone \uD800-\uDFFF escape gets here; send raw bytes as {"b64": ...}.
+        raise errors.invalid_argument(
+            f"JSON Value: {_quote(value)} is not a valid UTF-8 string (lone surrogate "
+            "escape); send binary data as {\"b64\": ...}") from None
     if isinstance(value, dict):
       return _decode_b64(value)
     raise _type_error(value, dtype)
@@ -322,19 +329,77 @@ def _inputs_to_arrays(value: Any, signature: signatures.Signature) -> dict[str, 
   return arrays
 
 
+class _NumberTooBig(ValueError):
+  pass
+
+
+# A \uD800-\uDFFF escape in the raw body: only then are strings checked for
+# lone surrogates (which Python's parser accepts and RapidJSON rejects).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+  stack = [value]
+  while stack:
+    item = stack.pop()
+    if isinstance(item, str):
+      try:
+        item.encode("utf-8")
+      except UnicodeEncodeError:
+        return True
+    elif isinstance(item, list):
+      stack.extend(item)
+    elif isinstance(item, dict):
+      stack.extend(item.keys())
+      stack.extend(item.values())
+  return False
+
+
+# Integers longer than this are parsed as doubles, as RapidJSON (TF Serving's
+# parser) does; no int64 / uint64 has more digits.
+_MAX_INT_DIGITS = 20
+
+
+def _parse_int(text: str) -> int | float:
+  if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+    return _parse_float(text)
+  return int(text)
+
+
+def _parse_float(text: str) -> float:
+  value = float(text)
+  if math.isinf(value):
+    raise _NumberTooBig(text)
+  return value
+
+
 def parse_json(body: bytes) -> dict:
-  """Parses a request body; errors use TF Serving's "JSON Parse error" form."""
+  """Parses a request body; errors use TF Serving's "JSON Parse error" form.
+
+  Numbers follow RapidJSON's rules: integers too long for 64 bits become
+  doubles, a number beyond the double range is an error, and the literals
+  NaN / Infinity / -Infinity are accepted (TF Serving parses with
+  kParseNanAndInfFlag).
+  """
   if not body or not body.strip():
     raise errors.invalid_argument("JSON Parse error: The document is empty")
   try:
-    doc = json.loads(body)
-  except json.JSONDecodeError as e:
-    raise errors.invalid_argument(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
+    text = body.decode("utf-8")
   except UnicodeDecodeError as e:
     raise errors.invalid_argument(
         f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from None
+  try:
+    doc = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+  except json.JSONDecodeError as e:
+    raise errors.invalid_argument(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
+  except _NumberTooBig as e:
+    raise errors.invalid_argument(
+        f"JSON Parse error: Number too big to be stored in double: {_quote(str(e))}") from None
   except RecursionError:
     raise errors.invalid_argument("JSON Parse error: nesting too deep") from None
+  if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(doc):
+    raise errors.invalid_argument(
+        "JSON Parse error: The surrogate pair in string is invalid.")
   if not isinstance(doc, dict):
     raise _format_error(doc, "Is not object")
   return doc
@@ -498,5 +563,12 @@ def outputs_to_json(outputs: Mapping[str, np.ndarray], fmt: RequestFormat) -> by
 
 
 def error_json(message: str) -> bytes:
-  """TF Serving's error body: {"error": "<message>"}."""
-  return ('{ "error": ' + json.dumps(message, ensure_ascii=False) + " }").encode("utf-8")
+  """TF Serving's error body: {"error": "<message>"}; always valid UTF-8 JSON."""
+  # A message may quote a lone surrogate from the request; "\\ud800" is kept
+  # as an escape (JSON) rather than written as bytes UTF-8 cannot hold.
+  text = json.dumps(message, ensure_ascii=False)
+  try:
+    data = text.encode("utf-8")
+  except UnicodeEncodeError:
+    data = json.dumps(message, ensure_ascii=True).encode("ascii")
+  return b'{ "error": ' + data + b" }"

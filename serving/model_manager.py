@@ -52,6 +52,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from serving import admission
 from serving import batching
 from serving import errors
+from serving import monitoring
 from serving import servable as servable_lib
 from serving import server_config
 from serving import validation
@@ -96,7 +97,8 @@ class ModelManager:
                saved_model_tags: Sequence[str] = ("serve",),
                limits: server_config.ServingLimits | None = None,
                loader: ServableLoader = servable_lib.Servable,
-               batching_parameters: batching.BatchingParameters | None = None):
+               batching_parameters: batching.BatchingParameters | None = None,
+               metrics: monitoring.ServingMetrics | None = None):
     """Creates the manager; nothing is loaded until `poll_once()`.
 
     Args:
@@ -106,6 +108,7 @@ class ModelManager:
       loader: builds a Servable (name, version, path, tags); tests replace it.
       batching_parameters: batch concurrent predictions of batchable
         signatures (`serving.batching`); None = every request runs alone.
+      metrics: where load attempts and version states are recorded (None = nowhere).
     """
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
@@ -114,6 +117,7 @@ class ModelManager:
     self._tags = tuple(saved_model_tags)
     self._limits = limits or server_config.ServingLimits()
     self._loader = loader
+    self._metrics = metrics
     # name -> {version: Servable}; replaced as a whole, never mutated.
     self._serving: Mapping[str, Mapping[int, servable_lib.Servable]] = {c.name: {} for c in configs}
     self._status: dict[str, dict[int, _VersionStatus]] = {c.name: {} for c in configs}
@@ -174,6 +178,8 @@ class ModelManager:
                   code: grpc.StatusCode = grpc.StatusCode.OK, message: str = "") -> None:
     with self._lock:
       self._status[name][version] = _VersionStatus(state, code, message)
+    if self._metrics is not None:
+      self._metrics.set_version_state(name, version, _State.Name(state))
 
   def _poll_model(self, config: server_config.ModelConfig) -> None:
     name = config.name
@@ -203,6 +209,8 @@ class ModelManager:
                        "records read: %d.", path, replayed)
         loaded[version] = servable
       except Exception as e:  # pylint: disable=broad-except
+        if self._metrics is not None:
+          self._metrics.record_load(path, False, time.monotonic() - started)
         error = errors.error_from_exception(e)
         if error.code == grpc.StatusCode.OK:
           error = ServingError(grpc.StatusCode.UNKNOWN, str(e))
@@ -211,6 +219,8 @@ class ModelManager:
         logging.error("Loading servable: {name: %s version: %d} failed: %s", name,
                       version, error)
         continue
+      if self._metrics is not None:
+        self._metrics.record_load(path, True, time.monotonic() - started)
       self._set_status(name, version, _State.AVAILABLE)
       logging.info("Successfully loaded servable version {name: %s version: %d} in %.2fs",
                    name, version, time.monotonic() - started)

@@ -1,4 +1,4 @@
-"""TF Serving's REST API over the standard library's HTTP server.
+"""TF Serving's REST API: the request dispatcher and its HTTP/1.1 server.
 
 Endpoints (paths matched case-insensitively with TF Serving's own regexes from
 model_servers/http_rest_api_util.cc):
@@ -7,24 +7,27 @@ model_servers/http_rest_api_util.cc):
   GET  /v1/models/NAME[/versions/N | /labels/L]/metadata  -> {"model_spec", "metadata":
                                                               {"signature_def": {...}}}
   POST /v1/models/NAME[/versions/N | /labels/L]:predict   -> {"predictions"} / {"outputs"}
+  GET  <metrics path> (when monitoring is on)             -> Prometheus text format
 
 Errors are `{ "error": "<message>" }` with TF Serving's HTTP code for the
 status (400 INVALID_ARGUMENT / FAILED_PRECONDITION, 404 NOT_FOUND, 429
 RESOURCE_EXHAUSTED, 501 UNIMPLEMENTED (:classify, :regress), 503 UNAVAILABLE,
 504 DEADLINE_EXCEEDED, 500 otherwise), plus 413 for a body larger than
-`max_request_bytes`. Every request gets an answer; no request can stop the
-server.
+`max_request_bytes` and 400 / 408 / 431 for requests the HTTP layer cannot
+frame (see `RestServer`). Every request gets an answer; no request can stop
+the server.
 
 `RestApi.handle(method, path, body)` is the transport-free dispatcher;
-`RestServer` binds it to a socket: one thread per connection (HTTP/1.1
-keep-alive), at most `num_threads` requests processed at once (others wait),
-at most `max_connections` open connections (others get 503), idle
-connections closed after `idle_timeout_seconds`.
+`RestServer` serves it over HTTP/1.1 from an asyncio event loop (reading and
+writing) and a pool of worker threads (decoding, running, encoding).
 """
 
 from __future__ import annotations
 
-import http.server
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
 import re
 import socket
 import threading
@@ -40,8 +43,10 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from serving import errors
 from serving import json_codec
 from serving import model_manager as model_manager_lib
+from serving import monitoring
 from serving.errors import ServingError
 
+_JSON = "application/json"
 _API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
 _PREDICT_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
@@ -55,10 +60,15 @@ _INT64_MAX = (1 << 63) - 1
 def _parse_version(text: str | None) -> int | None:
   if not text:
     return None
-  version = int(text)
-  if version > _INT64_MAX:
-    raise errors.invalid_argument(f"Failed to convert version: {text} to numeric.")
-  return version
+  if len(text) > 19 or int(text) > _INT64_MAX:
+    raise errors.invalid_argument(f"Failed to convert version: {text[:32]} to numeric.")
+  return int(text)
+
+
+def _unquote(text: str) -> str:
+  # Percent-decoding may give bytes that are not UTF-8; they are kept as
+  # replacement characters (the name then matches no model: 404).
+  return urllib.parse.unquote(text, errors="replace")
 
 
 def _message_json(message: Any) -> str:
@@ -68,44 +78,74 @@ def _message_json(message: Any) -> str:
 
 
 class RestApi:
-  """Maps (method, path, body) to (HTTP status, JSON body) like TF Serving."""
+  """Maps (method, path, body) to (HTTP status, content type, body) like TF Serving."""
 
   def __init__(self, manager: model_manager_lib.ModelManager,
-               timeout_seconds: float | None = None):
-    """Args: manager: the model core; timeout_seconds: predict deadline (None = none)."""
+               timeout_seconds: float | None = None,
+               metrics: monitoring.ServingMetrics | None = None,
+               metrics_path: str | None = None):
+    """Creates the dispatcher.
+
+    Args:
+      manager: the model core.
+      timeout_seconds: predict deadline (None = none).
+      metrics: where predictions are counted and timed (None = not recorded).
+      metrics_path: GET path of the Prometheus page (needs `metrics`; None = no page).
+    """
+    if metrics_path is not None and metrics is None:
+      raise ValueError("metrics_path needs metrics=monitoring.ServingMetrics(...).")
     self._manager = manager
     self._timeout = timeout_seconds
+    self._metrics = metrics
+    self._metrics_path = metrics_path
 
-  def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+  def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
     """Answers one request; never raises."""
     try:
-      return 200, self._dispatch(method, path, body)
+      if self._metrics_path is not None and method == "GET" and path == self._metrics_path:
+        assert self._metrics is not None
+        return 200, monitoring.CONTENT_TYPE, self._metrics.registry.render().encode("utf-8")
+      return 200, _JSON, self._dispatch(method, path, body)
     except ServingError as e:
       status = e.http_status or errors.http_status(e.code)
       if status >= 500:
         logging.warning("REST %s %s failed: %s", method, path, e)
-      return status, json_codec.error_json(e.message)
+      return status, _JSON, json_codec.error_json(e.message)
     except Exception as e:  # pylint: disable=broad-except
       logging.exception("REST %s %s: internal error", method, path)
-      return 500, json_codec.error_json(f"Internal error: {type(e).__name__}: {e}")
+      return 500, _JSON, json_codec.error_json(f"Internal error: {type(e).__name__}: {e}")
 
   def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
     if not _API_PATH.fullmatch(path):
-      raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {method} {path}")
-    malformed = errors.invalid_argument(f"Malformed request: {method} {path}")
+      raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {method} {path[:256]}")
+    malformed = errors.invalid_argument(f"Malformed request: {method} {path[:256]}")
     if method == "POST":
       match = _PREDICT_PATH.fullmatch(path)
       if not match:
         raise malformed
       name, version_text, label, verb = match.groups()
-      name = urllib.parse.unquote(name)
-      version = _parse_version(version_text)
-      label = urllib.parse.unquote(label) if label else None
+      name = _unquote(name)
       if verb.lower() != "predict":
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                            f"The :{verb.lower()} API is not supported by this server; "
                            "use :predict with the model's signature.")
-      return self._predict(name, version, label, body)
+      started = time.perf_counter()
+      code, signature_name = grpc.StatusCode.OK, ""
+      try:
+        version = _parse_version(version_text)
+        label = _unquote(label) if label else None
+        response, signature_name = self._predict(name, version, label, body)
+        return response
+      except ServingError as e:
+        code = e.code
+        raise
+      except Exception:
+        code = grpc.StatusCode.INTERNAL
+        raise
+      finally:
+        if self._metrics is not None:
+          self._metrics.record_predict(name, signature_name, "REST", code,
+                                       time.perf_counter() - started)
     if method == "GET":
       match = _STATUS_PATH.fullmatch(path)
       if not match:
@@ -113,9 +153,9 @@ class RestApi:
       name, version_text, label, metadata = match.groups()
       if not name:
         raise errors.invalid_argument("Missing model name in request.")
-      name = urllib.parse.unquote(name)
+      name = _unquote(name)
       version = _parse_version(version_text)
-      label = urllib.parse.unquote(label) if label else None
+      label = _unquote(label) if label else None
       if metadata:
         return self._metadata(name, version, label)
       response = self._manager.get_model_status(name, version, label)
@@ -123,13 +163,13 @@ class RestApi:
     raise malformed
 
   def _predict(self, name: str, version: int | None, label: str | None,
-               body: bytes) -> bytes:
+               body: bytes) -> tuple[bytes, str]:
     # One handle for the whole request: parsing and running see the same version.
     servable = self._manager.get_servable(name, version, label)
     request = json_codec.parse_json_predict(body, servable.rest_signature)
     outputs = self._manager.predict(servable, request.signature_name, request.inputs,
                                     timeout_seconds=self._timeout)
-    return json_codec.outputs_to_json(outputs, request.format)
+    return json_codec.outputs_to_json(outputs, request.format), request.signature_name
 
   def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
     response = self._manager.get_model_metadata(name, version, label)
@@ -142,191 +182,400 @@ class RestApi:
             "}\n}\n").encode("utf-8")
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-  protocol_version = "HTTP/1.1"
-  server: "_HttpServer"
-
-  def setup(self):
-    super().setup()
-    self.connection.settimeout(self.server.idle_timeout_seconds)
-
-  def log_message(self, format: str, *args: Any) -> None:  # pylint: disable=redefined-builtin
-    logging.vlog(1, "REST %s - %s", self.address_string(), format % args)
-
-  def _reply(self, status: int, body: bytes) -> None:
-    self.send_response(status)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(body)))
-    if self.close_connection or self.server.closing:
-      self.send_header("Connection", "close")
-      self.close_connection = True
-    self.end_headers()
-    self.wfile.write(body)
-
-  def _read_body(self) -> bytes:
-    limit = self.server.max_request_bytes
-    too_large = ServingError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"Request body is larger than this server's --max_request_bytes={limit}.",
-        http_status=413)
-    if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-      chunks, total = [], 0
-      while True:
-        size_line = self.rfile.readline(1024)
-        try:
-          size = int(size_line.split(b";")[0].strip(), 16)
-        except ValueError:
-          raise errors.invalid_argument("Malformed chunked request body.") from None
-        if size == 0:
-          while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-            pass
-          return b"".join(chunks)
-        total += size
-        if total > limit:
-          self.close_connection = True
-          raise too_large
-        chunks.append(self.rfile.read(size))
-        self.rfile.readline(1024)
-    length_text = self.headers.get("Content-Length")
-    if length_text is None:
-      return b""
-    try:
-      length = int(length_text)
-    except ValueError:
-      raise errors.invalid_argument(f"Bad Content-Length: {length_text!r}") from None
-    if length < 0:
-      raise errors.invalid_argument(f"Bad Content-Length: {length_text!r}")
-    if length > limit:
-      # The body is not read, so the connection cannot be reused.
-      self.close_connection = True
-      raise too_large
-    return self.rfile.read(length)
-
-  def _handle(self) -> None:
-    path = urllib.parse.urlsplit(self.path).path
-    server = self.server
-    try:
-      body = self._read_body() if self.command == "POST" else b""
-    except ServingError as e:
-      self._reply(e.http_status or errors.http_status(e.code),
-                  json_codec.error_json(e.message))
-      return
-    server.begin_request()
-    try:
-      with server.processing_slots:
-        status, payload = server.api.handle(self.command, path, body)
-      self._reply(status, payload)
-    finally:
-      server.end_request()
-
-  do_GET = _handle
-  do_POST = _handle
-  do_PUT = _handle
-  do_DELETE = _handle
-  do_PATCH = _handle
+_REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    408: "Request Timeout", 409: "Conflict", 411: "Length Required",
+    413: "Payload Too Large", 417: "Expectation Failed", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 499: "Client Closed Request",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HTTP_VERSION = re.compile(rb"HTTP/1\.[01]")
+_MAX_HEADERS = 100
 
 
-class _HttpServer(http.server.ThreadingHTTPServer):
-  daemon_threads = True
-  allow_reuse_address = True
-  request_queue_size = 128
+class _BadRequest(Exception):
+  """A request the HTTP layer rejects before the API sees it; the connection closes."""
 
-  def __init__(self, address, api: RestApi, *, num_threads: int,
-               max_request_bytes: int, max_connections: int,
-               idle_timeout_seconds: float):
-    self.api = api
-    self.max_request_bytes = max_request_bytes
-    self.max_connections = max_connections
-    self.idle_timeout_seconds = idle_timeout_seconds
-    self.processing_slots = threading.BoundedSemaphore(num_threads)
-    self.closing = False
-    self._connections = 0
-    self._active = 0
-    self._cond = threading.Condition()
-    super().__init__(address, _Handler)
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+    self.message = message
 
-  def process_request(self, request, client_address):
-    with self._cond:
-      over = self._connections >= self.max_connections or self.closing
-      if not over:
-        self._connections += 1
-    if over:
-      self._refuse(request)
-      return
-    super().process_request(request, client_address)
 
-  def _refuse(self, request: socket.socket) -> None:
-    body = json_codec.error_json("Too many open connections; retry later.")
-    try:
-      request.settimeout(1.0)
-      request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                      b"Connection: close\r\nContent-Length: " + str(len(body)).encode() +
-                      b"\r\n\r\n" + body)
-    except OSError:
-      pass
-    self.shutdown_request(request)
+@dataclasses.dataclass
+class _Request:
+  method: str
+  target: str
+  version: bytes
+  headers: dict[str, str]
 
-  def handle_error(self, request, client_address):
-    # Mostly clients that hung up mid-answer; not worth a traceback on stderr.
-    logging.vlog(1, "REST connection from %s ended with an error", client_address,
-                 exc_info=True)
 
-  def process_request_thread(self, request, client_address):
-    try:
-      super().process_request_thread(request, client_address)
-    finally:
-      with self._cond:
-        self._connections -= 1
+def _parse_head(head: bytes) -> _Request:
+  """Request line and headers (`head` ends with the blank line)."""
+  lines = head.split(b"\r\n")
+  parts = lines[0].split(b" ")
+  if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
+    raise _BadRequest(400, f"Malformed HTTP request line: {_quote_bytes(lines[0])}")
+  method, target, version = parts
+  if not _HTTP_VERSION.fullmatch(version):
+    raise _BadRequest(400, f"Unsupported HTTP version: {_quote_bytes(version)}; "
+                      "use HTTP/1.1 or HTTP/1.0.")
+  headers: dict[str, str] = {}
+  fields = [line for line in lines[1:] if line]
+  if len(fields) > _MAX_HEADERS:
+    raise _BadRequest(431, f"More than {_MAX_HEADERS} header fields.")
+  for line in fields:
+    name, sep, value = line.partition(b":")
+    if not sep or not _TOKEN.fullmatch(name):
+      # Also rejects obsolete line folding (a line starting with whitespace).
+      raise _BadRequest(400, f"Malformed HTTP header line: {_quote_bytes(line)}")
+    key = name.decode("ascii").lower()
+    text = value.strip(b" \t").decode("latin-1")
+    if key in headers:
+      if key == "content-length" and headers[key] != text:
+        raise _BadRequest(400, "Conflicting Content-Length headers.")
+      headers[key] = headers[key] + ", " + text
+    else:
+      headers[key] = text
+  try:
+    target_text = target.decode("ascii")
+  except UnicodeDecodeError:
+    raise _BadRequest(400, "Request target is not ASCII; percent-encode it.") from None
+  return _Request(method.decode("ascii"), target_text, version, headers)
 
-  def begin_request(self) -> None:
-    with self._cond:
-      self._active += 1
 
-  def end_request(self) -> None:
-    with self._cond:
-      self._active -= 1
-      self._cond.notify_all()
+def _quote_bytes(data: bytes) -> str:
+  text = data[:200].decode("latin-1")
+  return repr(text) + ("...(truncated)" if len(data) > 200 else "")
 
-  def wait_idle(self, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    with self._cond:
-      while self._active:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-          return False
-        self._cond.wait(remaining)
-    return True
+
+def _keep_alive(request: _Request) -> bool:
+  tokens = {t.strip().lower() for t in request.headers.get("connection", "").split(",")}
+  if request.version == b"HTTP/1.0":
+    return "keep-alive" in tokens
+  return "close" not in tokens
+
+
+def _response_bytes(status: int, content_type: str, body: bytes, *, close: bool,
+                    head_only: bool = False) -> bytes:
+  # Headers and body in one buffer, written with one send: a response split
+  # over two sends meets Nagle's algorithm and the client's delayed ACK.
+  head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+          f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n" +
+          ("Connection: close\r\n" if close else "") + "\r\n").encode("ascii")
+  return head if head_only else head + body
+
+
+@dataclasses.dataclass(eq=False)
+class _Connection:
+  writer: asyncio.StreamWriter
+  # Waiting for the first byte of a request: may be evicted for a new client.
+  idle: bool = True
+  idle_since: float = 0.0
 
 
 class RestServer:
-  """The REST endpoint: `start()` serves in a background thread, `stop()` drains."""
+  """The REST endpoint on an asyncio event loop; `start()` serves, `stop()` drains.
+
+  One event-loop thread accepts connections and reads requests; complete
+  requests run on `num_threads` worker threads (`RestApi.handle`), so an idle
+  or slow connection costs a socket and a coroutine, never a worker.
+
+  * Keep-alive (HTTP/1.1 default; HTTP/1.0 with `Connection: keep-alive`),
+    `Expect: 100-continue`, `Content-Length` or chunked bodies.
+  * A request (head and body) must arrive within `read_timeout_seconds` of
+    its first byte, else 408 and the connection closes; a connection with no
+    request for `idle_timeout_seconds` is closed.
+  * At most `max_connections` open connections: a new one first evicts the
+    longest-idle connection; only when every connection is mid-request does
+    it get 503.
+  * Heads over `max_header_bytes` get 431, bodies over `max_request_bytes`
+    413 (before they are read), malformed framing 400; each closes the
+    connection. Every error body is `{ "error": "..." }`.
+  """
 
   def __init__(self, api: RestApi, *, host: str = "127.0.0.1", port: int = 8501,
                num_threads: int = 16, max_request_bytes: int = 4 << 20,
-               max_connections: int = 256, idle_timeout_seconds: float = 30.0):
-    if num_threads < 1:
-      raise ValueError(f"num_threads={num_threads}; pass >= 1.")
-    if max_request_bytes < 1:
-      raise ValueError(f"max_request_bytes={max_request_bytes}; pass >= 1.")
-    self._server = _HttpServer((host, port), api, num_threads=num_threads,
-                               max_request_bytes=max_request_bytes,
-                               max_connections=max_connections,
-                               idle_timeout_seconds=idle_timeout_seconds)
+               max_connections: int = 256, idle_timeout_seconds: float = 30.0,
+               read_timeout_seconds: float = 10.0, max_header_bytes: int = 64 << 10):
+    for name, value in (("num_threads", num_threads), ("max_request_bytes", max_request_bytes),
+                        ("max_connections", max_connections),
+                        ("max_header_bytes", max_header_bytes)):
+      if value < 1:
+        raise ValueError(f"{name}={value}; pass >= 1.")
+    for name, value in (("idle_timeout_seconds", idle_timeout_seconds),
+                        ("read_timeout_seconds", read_timeout_seconds)):
+      if not value > 0:
+        raise ValueError(f"{name}={value}; pass a positive number of seconds.")
+    self._api = api
+    self._max_request_bytes = max_request_bytes
+    self._max_connections = max_connections
+    self._idle_timeout = idle_timeout_seconds
+    self._read_timeout = read_timeout_seconds
+    self._max_header_bytes = max_header_bytes
+    # Bound here so a busy port fails in the constructor, like the old server.
+    self._socket = socket.create_server((host, port), backlog=1024,
+                                        family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="rest")
+    self._loop = asyncio.new_event_loop()
+    self._server: asyncio.AbstractServer | None = None
     self._thread: threading.Thread | None = None
+    self._connections: dict[_Connection, None] = {}  # insertion-ordered set
+    self._active = 0  # requests handed to the workers and not yet answered
+    self._closing = False
+    self._idle_event: asyncio.Event | None = None
 
   @property
   def port(self) -> int:
-    return self._server.server_address[1]
+    return self._socket.getsockname()[1]
+
+  @property
+  def open_connections(self) -> int:
+    """Connections open now (read from any thread; approximate while changing)."""
+    return len(self._connections)
 
   def start(self) -> None:
-    self._thread = threading.Thread(target=self._server.serve_forever,
-                                    kwargs={"poll_interval": 0.2}, name="rest-accept",
-                                    daemon=True)
+    ready = threading.Event()
+
+    def run() -> None:
+      asyncio.set_event_loop(self._loop)
+      self._idle_event = asyncio.Event()
+      self._idle_event.set()
+      self._server = self._loop.run_until_complete(asyncio.start_server(
+          self._serve_connection, sock=self._socket, limit=self._max_header_bytes,
+          backlog=1024))
+      ready.set()
+      self._loop.run_forever()
+
+    self._thread = threading.Thread(target=run, name="rest-loop", daemon=True)
     self._thread.start()
+    ready.wait()
 
   def stop(self, grace_seconds: float) -> bool:
     """Stops accepting, lets running requests finish. True if all finished."""
-    self._server.closing = True
-    self._server.shutdown()
-    self._server.server_close()
-    return self._server.wait_idle(grace_seconds)
+    if self._thread is None:
+      self._socket.close()
+      self._pool.shutdown(wait=False)
+      return True
+    future = asyncio.run_coroutine_threadsafe(self._shutdown(grace_seconds), self._loop)
+    try:
+      drained = future.result(grace_seconds + 10)
+    except concurrent.futures.TimeoutError:
+      drained = False
+    self._loop.call_soon_threadsafe(self._loop.stop)
+    self._thread.join(10)
+    self._pool.shutdown(wait=False, cancel_futures=True)
+    return drained
+
+  async def _shutdown(self, grace_seconds: float) -> bool:
+    self._closing = True
+    assert self._server is not None and self._idle_event is not None
+    self._server.close()
+    for connection in list(self._connections):
+      if connection.idle:
+        connection.writer.close()
+    try:
+      await asyncio.wait_for(self._idle_event.wait(), grace_seconds)
+      drained = True
+    except asyncio.TimeoutError:
+      drained = False
+    for connection in list(self._connections):
+      connection.writer.close()
+    return drained
+
+  # -- connections ------------------------------------------------------------
+
+  def _admit(self, connection: _Connection) -> bool:
+    if len(self._connections) >= self._max_connections:
+      idle = [c for c in self._connections if c.idle]
+      if not idle:
+        return False
+      victim = min(idle, key=lambda c: c.idle_since)
+      del self._connections[victim]
+      victim.writer.close()
+      logging.vlog(1, "REST: closed the longest-idle connection for a new client")
+    self._connections[connection] = None
+    return True
+
+  async def _serve_connection(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+      with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connection = _Connection(writer, idle=True, idle_since=self._loop.time())
+    if self._closing or not self._admit(connection):
+      body = json_codec.error_json("Too many open connections; retry later.")
+      writer.write(_response_bytes(503, _JSON, body, close=True))
+      await self._close(writer)
+      return
+    try:
+      while not self._closing and connection in self._connections:
+        connection.idle, connection.idle_since = True, self._loop.time()
+        if not await self._serve_one(reader, writer, connection):
+          break
+    except (ConnectionError, asyncio.IncompleteReadError, OSError):
+      pass  # the client went away
+    except Exception:  # pylint: disable=broad-except
+      logging.exception("REST connection failed; closing it")
+    finally:
+      self._connections.pop(connection, None)
+      await self._close(writer)
+
+  async def _close(self, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):
+      await writer.wait_closed()
+
+  async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       connection: _Connection) -> bool:
+    """Reads and answers one request; False when the connection should close."""
+    try:
+      async with asyncio.timeout(self._idle_timeout):
+        first = await reader.readexactly(1)
+        while first in (b"\r", b"\n"):  # stray line breaks between requests are allowed
+          first = await reader.readexactly(1)
+    except (TimeoutError, asyncio.IncompleteReadError):
+      return False
+    connection.idle = False
+    deadline = self._loop.time() + self._read_timeout
+    try:
+      async with asyncio.timeout_at(deadline):
+        request, body = await self._read_request(first, reader, writer)
+    except _BadRequest as e:
+      writer.write(_response_bytes(e.status, _JSON, json_codec.error_json(e.message),
+                                   close=True))
+      await writer.drain()
+      await self._linger(reader, writer)
+      return False
+    except TimeoutError:
+      message = (f"Request not received within {self._read_timeout:g} s "
+                 "(--rest_api_read_timeout_seconds).")
+      writer.write(_response_bytes(408, _JSON, json_codec.error_json(message), close=True))
+      with contextlib.suppress(Exception):
+        await writer.drain()
+      return False
+    keep_alive = _keep_alive(request)
+    path = urllib.parse.urlsplit(request.target).path
+    self._begin()
+    try:
+      status, content_type, payload = await self._loop.run_in_executor(
+          self._pool, self._api.handle, request.method, path, body)
+    except RuntimeError:  # the pool is shut down
+      status, content_type, payload = 503, _JSON, json_codec.error_json(
+          "Server is shutting down.")
+    finally:
+      self._end()
+    close = not keep_alive or self._closing
+    writer.write(_response_bytes(status, content_type, payload, close=close,
+                                 head_only=request.method == "HEAD"))
+    await writer.drain()
+    return not close
+
+  async def _linger(self, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
+    # Closing with unread request bytes makes the kernel send a reset, which
+    # can destroy the error answer before the client reads it; so read and
+    # drop what the client still sends, for a bounded time and amount.
+    with contextlib.suppress(Exception):
+      if writer.can_write_eof():
+        writer.write_eof()
+      async with asyncio.timeout(1.0):
+        dropped = 0
+        while dropped <= 2 * self._max_request_bytes:
+          data = await reader.read(65536)
+          if not data:
+            break
+          dropped += len(data)
+
+  def _begin(self) -> None:
+    self._active += 1
+    assert self._idle_event is not None
+    self._idle_event.clear()
+
+  def _end(self) -> None:
+    self._active -= 1
+    if not self._active:
+      assert self._idle_event is not None
+      self._idle_event.set()
+
+  async def _read_request(self, first: bytes, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> tuple[_Request, bytes]:
+    try:
+      head = first + await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+      raise _BadRequest(431, f"Request head is larger than {self._max_header_bytes} "
+                        "bytes.") from None
+    except asyncio.IncompleteReadError as e:
+      if e.partial:
+        raise _BadRequest(400, "Connection closed in the middle of the request head.") from None
+      raise
+    request = _parse_head(head)
+    headers = request.headers
+    limit = self._max_request_bytes
+    too_large = _BadRequest(
+        413, f"Request body is larger than this server's --max_request_bytes={limit}.")
+    encoding = headers.get("transfer-encoding")
+    length_text = headers.get("content-length")
+    if encoding is not None:
+      if length_text is not None:
+        raise _BadRequest(400, "Both Transfer-Encoding and Content-Length are set.")
+      if encoding.strip().lower() != "chunked":
+        raise _BadRequest(400, f"Unsupported Transfer-Encoding: {encoding!r}; only "
+                          "'chunked' is accepted.")
+      self._continue(request, writer)
+      return request, await self._read_chunked(reader, limit, too_large)
+    if length_text is None:
+      return request, b""
+    if not length_text.isdigit() or len(length_text) > 18:
+      raise _BadRequest(400, f"Bad Content-Length: {length_text!r}")
+    length = int(length_text)
+    if length > limit:
+      raise too_large
+    self._continue(request, writer)
+    return request, await reader.readexactly(length) if length else b""
+
+  @staticmethod
+  def _continue(request: _Request, writer: asyncio.StreamWriter) -> None:
+    expect = request.headers.get("expect")
+    if expect is None:
+      return
+    if expect.strip().lower() != "100-continue":
+      raise _BadRequest(417, f"Unsupported Expect: {expect!r}")
+    if request.version == b"HTTP/1.1":
+      writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+  @staticmethod
+  async def _read_chunked(reader: asyncio.StreamReader, limit: int,
+                          too_large: _BadRequest) -> bytes:
+    chunks, total = [], 0
+    malformed = _BadRequest(400, "Malformed chunked request body.")
+    while True:
+      try:
+        size_line = await reader.readuntil(b"\r\n")
+      except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+        raise malformed from None
+      size_text = size_line[:-2].split(b";")[0].strip()
+      if not size_text or len(size_text) > 16 or not re.fullmatch(rb"[0-9A-Fa-f]+", size_text):
+        raise malformed
+      size = int(size_text, 16)
+      if size == 0:
+        while True:  # trailer fields, ignored, up to the blank line
+          try:
+            line = await reader.readuntil(b"\r\n")
+          except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+            raise malformed from None
+          if line == b"\r\n":
+            return b"".join(chunks)
+      total += size
+      if total > limit:
+        raise too_large
+      try:
+        data = await reader.readexactly(size + 2)
+      except asyncio.IncompleteReadError:
+        raise malformed from None
+      if data[-2:] != b"\r\n":
+        raise malformed
+      chunks.append(data[:-2])

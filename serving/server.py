@@ -36,6 +36,7 @@ from trainer import startup  # noqa: F401  (TensorFlow's log level; before TF lo
 from serving import batching
 from serving import grpc_service
 from serving import model_manager as model_manager_lib
+from serving import monitoring
 from serving import rest
 from serving import servable as servable_lib
 from serving import server_config
@@ -63,7 +64,20 @@ _REST_API_NUM_THREADS = flags.DEFINE_integer(
 _REST_API_TIMEOUT_IN_MS = flags.DEFINE_integer(
     "rest_api_timeout_in_ms", 30000, "Deadline of a REST predict; 0 = none (504 when hit).")
 _REST_API_MAX_CONNECTIONS = flags.DEFINE_integer(
-    "rest_api_max_connections", 256, "Open REST connections allowed; more get 503.")
+    "rest_api_max_connections", 256,
+    "Open REST connections allowed; a new one closes the longest-idle connection, and "
+    "gets 503 only when every connection is in the middle of a request.")
+_REST_API_READ_TIMEOUT_SECONDS = flags.DEFINE_float(
+    "rest_api_read_timeout_seconds", 10.0,
+    "A REST request (head and body) must arrive within this long of its first byte "
+    "(else 408).")
+_REST_API_IDLE_TIMEOUT_SECONDS = flags.DEFINE_float(
+    "rest_api_idle_timeout_seconds", 30.0,
+    "A kept-alive REST connection with no request for this long is closed.")
+_MONITORING_CONFIG_FILE = flags.DEFINE_string(
+    "monitoring_config_file", "",
+    "Text-format MonitoringConfig; `prometheus_config { enable: true path: "
+    "\"/monitoring/prometheus/metrics\" }` serves metrics on the REST port.")
 _GRPC_MAX_THREADS = flags.DEFINE_integer("grpc_max_threads", 32, "gRPC handler threads.")
 _MAX_REQUEST_BYTES = flags.DEFINE_integer(
     "max_request_bytes", 4 << 20,
@@ -135,10 +149,30 @@ def batching_parameters_from_flags() -> batching.BatchingParameters | None:
     raise app.UsageError(str(e)) from None
 
 
+def prometheus_config_from_flags() -> monitoring.PrometheusConfig:
+  """The metrics page settings from --monitoring_config_file (off without it)."""
+  path = _MONITORING_CONFIG_FILE.value
+  if not path:
+    return monitoring.PrometheusConfig()
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except OSError as e:
+    raise app.UsageError(f"--monitoring_config_file={path}: {e}") from None
+  try:
+    return monitoring.read_monitoring_config(text, source=path)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   configs = model_configs_from_flags()
+  prometheus = prometheus_config_from_flags()
+  if prometheus.enable and not _REST_API_PORT.value:
+    raise app.UsageError("Prometheus metrics are served on the REST port; set --rest_api_port.")
+  metrics = monitoring.ServingMetrics()
   try:
     limits = server_config.ServingLimits(
         max_concurrent_requests=_MAX_CONCURRENT_REQUESTS.value,
@@ -156,7 +190,8 @@ def main(argv: list[str]) -> None:
 
   servable_lib.import_custom_ops()
   manager = model_manager_lib.ModelManager(configs, saved_model_tags=tags, limits=limits,
-                                           batching_parameters=batching_parameters)
+                                           batching_parameters=batching_parameters,
+                                           metrics=metrics)
   manager.poll_once()  # Every model's first load happens before the ports open.
   if stop.is_set():
     logging.info("Stopped during startup.")
@@ -171,19 +206,26 @@ def main(argv: list[str]) -> None:
 
   grpc_server, grpc_port = grpc_service.create_server(
       manager, host=_HOST.value, port=_PORT.value, max_threads=_GRPC_MAX_THREADS.value,
-      max_request_bytes=_MAX_REQUEST_BYTES.value)
+      max_request_bytes=_MAX_REQUEST_BYTES.value, metrics=metrics)
   grpc_server.start()
   logging.info("Running gRPC ModelServer at %s:%d ...", _HOST.value, grpc_port)
   rest_server = None
   if _REST_API_PORT.value:
     timeout_ms = _REST_API_TIMEOUT_IN_MS.value
-    api = rest.RestApi(manager, timeout_seconds=timeout_ms / 1000 if timeout_ms > 0 else None)
+    api = rest.RestApi(manager, timeout_seconds=timeout_ms / 1000 if timeout_ms > 0 else None,
+                       metrics=metrics,
+                       metrics_path=prometheus.path if prometheus.enable else None)
     rest_server = rest.RestServer(
         api, host=_HOST.value, port=_REST_API_PORT.value,
         num_threads=_REST_API_NUM_THREADS.value, max_request_bytes=_MAX_REQUEST_BYTES.value,
-        max_connections=_REST_API_MAX_CONNECTIONS.value)
+        max_connections=_REST_API_MAX_CONNECTIONS.value,
+        idle_timeout_seconds=_REST_API_IDLE_TIMEOUT_SECONDS.value,
+        read_timeout_seconds=_REST_API_READ_TIMEOUT_SECONDS.value)
     rest_server.start()
     logging.info("Exporting HTTP/REST API at:%s:%d ...", _HOST.value, rest_server.port)
+    if prometheus.enable:
+      logging.info("Prometheus metrics at http://%s:%d%s", _HOST.value, rest_server.port,
+                   prometheus.path)
   manager.start_polling(_FILE_SYSTEM_POLL_WAIT_SECONDS.value)
 
   while not stop.wait(0.5):

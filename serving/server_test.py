@@ -47,6 +47,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MAX_BATCH = 8
 _MAX_REQUEST_BYTES = 64 << 10
 _REST_TIMEOUT_MS = 4000
+_METRICS_PATH = "/monitoring/prometheus/metrics"
 # Offsets added to every score by the versions of the "swap" model.
 _SWAP_OFFSETS = {1: 100.0, 2: 200.0}
 
@@ -86,6 +87,8 @@ model_config_list {{
   config {{ name: "scann" base_path: "{base / 'scann'}" model_platform: "tensorflow" }}
 }}
 """)
+  (base / "monitoring.config").write_text(
+      f'prometheus_config {{ enable: true path: "{_METRICS_PATH}" }}\n')
   return base
 
 
@@ -97,6 +100,7 @@ def server(models):
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.server",
          f"--model_config_file={models / 'models.config'}",
+         f"--monitoring_config_file={models / 'monitoring.config'}",
          f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          "--file_system_poll_wait_seconds=1",
          f"--max_batch_size={_MAX_BATCH}", f"--max_request_bytes={_MAX_REQUEST_BYTES}",
@@ -399,6 +403,39 @@ def test_grpc_metadata_requires_signature_def_field(server):
       stub.GetModelMetadata(request, timeout=30)
   assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
   assert "at least one metadata_field" in info.value.details()
+
+
+def _metric(srv: _Server, prefix: str) -> float:
+  """The value of the one sample line starting with `prefix` (0 if none)."""
+  host, port = srv.rest.split(":")
+  connection = http.client.HTTPConnection(host, int(port), timeout=30)
+  try:
+    connection.request("GET", _METRICS_PATH)
+    response = connection.getresponse()
+    text = response.read().decode()
+  finally:
+    connection.close()
+  assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
+  values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(prefix)]
+  assert len(values) <= 1, values
+  return values[0] if values else 0.0
+
+
+def test_metrics_page_counts_grpc_and_rest_predictions(server):
+  ok = ':tensorflow:serving:request_count{model_name="float",status="OK"}'
+  bad = ':tensorflow:serving:request_count{model_name="float",status="INVALID_ARGUMENT"}'
+  grpc_latency = (':tensorflow:serving:request_latency_count{model_name="float",API="Predict",'
+                  'entrypoint="GRPC"}')
+  before = {key: _metric(server, key) for key in (ok, bad, grpc_latency)}
+  client.grpc_predict(server.grpc, "float", _X)
+  _grpc_error(server, _request("float", {"x": np.ones([1, 4], np.float32)}))
+  assert client.rest_predict(server.rest, "float", instances=[[1, 2, 3]])
+  assert _metric(server, ok) - before[ok] == 2
+  assert _metric(server, bad) - before[bad] == 1
+  assert _metric(server, grpc_latency) - before[grpc_latency] == 2
+  assert _metric(server, ':pinsage:serving:model_version_state{model_name="float",version="1",'
+                 'state="AVAILABLE"}') == 1
 
 
 # ---------------------------------------------------------------------------
