@@ -130,7 +130,8 @@ def array_to_tensor_proto(array: np.ndarray) -> Any:
   typed = _TYPED_FIELDS.get(proto.dtype)
   if typed is not None and proto.tensor_content:
     field, view = typed
-    flat = tf.make_ndarray(proto).ravel()
+    # The values straight from the array (no decode of the content just written).
+    flat = np.asarray(array, dtype=tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype).ravel()
     if view is not None:
       flat = flat.view(view)
     proto.ClearField("tensor_content")
