@@ -8,7 +8,10 @@ in one run, measures for each client count of --clients (default 1, 8, 32):
 * `rest_new_connection`: a new TCP connection per request;
 * `grpc`: each client thread has its own channel, stock stubs.
 
-Every client sends the same request (built once, as a tuned client would).
+Every client sends the same request, prepared once as bytes (the REST body,
+the serialised PredictRequest), from --client_processes load generator
+processes (bench/loadgen.py, no TensorFlow): a single Python client process
+would be limited by its own GIL before the server is.
 Served overhead = served latency minus in-process latency at the same client
 count. Besides: `first_request_ms`, the first request on the freshly loaded
 version (what warm-up replay is for), and `amplification`: one gRPC request of
@@ -78,11 +81,15 @@ _WARMUP_SECONDS = flags.DEFINE_float("warmup_seconds", 1.0, "Unmeasured load fir
 _SERVER_ROOT = flags.DEFINE_string(
     "server_root", "", "Checkout whose serving.server runs (default: this one), e.g. an older "
     "commit's worktree for a before/after comparison.")
+_CLIENT_PROCESSES = flags.DEFINE_integer(
+    "client_processes", 2, "Load generator processes the client threads are spread over "
+    "(bench/loadgen.py: prepared bytes, no TensorFlow), so one client's GIL is not the limit.")
 _SERVER_FLAGS = flags.DEFINE_multi_string(
     "server_flag", [], "Extra flag for the server, e.g. --server_flag=--enable_batching.")
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the JSON here (atomically).")
 
 _MODEL_NAME = "bench"
+_LOADGEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.py")
 
 
 def _free_port() -> int:
@@ -140,44 +147,32 @@ def _load(make_call, seconds: float, clients: int) -> dict:
   return result
 
 
-def _check(status: int, payload: bytes) -> None:
-  if status != 200:
-    raise RuntimeError(f"HTTP {status}: {payload[:200]!r}")
-
-
-def _rest_keepalive(port: int, path: str, body: bytes):
-  def make():
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-    def call():
-      connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-      response = connection.getresponse()
-      _check(response.status, response.read())
-    return call, connection.close
-  return make
-
-
-def _rest_new_connection(port: int, path: str, body: bytes):
-  def make():
-    def call():
-      connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-      try:
-        connection.request("POST", path, body=body,
-                           headers={"Content-Type": "application/json", "Connection": "close"})
-        response = connection.getresponse()
-        _check(response.status, response.read())
-      finally:
-        connection.close()
-    return call, lambda: None
-  return make
-
-
-def _grpc_caller(port: int, request):
-  def make():
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    return (lambda: stub.Predict(request, timeout=60)), channel.close
-  return make
+def _served_load(protocol: str, port: int, path: str, request_file: str, seconds: float,
+                 clients: int, processes: int) -> dict:
+  """`clients` threads spread over `processes` bench/loadgen.py processes for `seconds`."""
+  processes = max(1, min(processes, clients))
+  start_at = time.time() + 3.0  # every process imported and connected by then
+  stop_at = start_at + seconds
+  procs = []
+  for i in range(processes):
+    threads = clients // processes + (1 if i < clients % processes else 0)
+    procs.append(subprocess.Popen(
+        [sys.executable, _LOADGEN, f"--protocol={protocol}", f"--port={port}", f"--path={path}",
+         f"--request_file={request_file}", f"--threads={threads}", f"--start_at={start_at}",
+         f"--stop_at={stop_at}"], stdout=subprocess.PIPE, text=True))
+  latencies, errors, error_count = [], [], 0
+  for proc in procs:
+    out, _ = proc.communicate(timeout=seconds + 120)
+    if proc.returncode != 0:
+      raise RuntimeError(f"load generator failed with {proc.returncode}")
+    result = json.loads(out)
+    latencies += result["latencies"]
+    errors += result["errors"]
+    error_count += result["error_count"]
+  summary = _summary(latencies, error_count, seconds)
+  if errors:
+    summary["first_errors"] = sorted(set(errors))[:5]
+  return summary
 
 
 def _prepare_model(workdir: str) -> tuple[str, bytes, str]:
@@ -297,26 +292,40 @@ def main(argv: list[str]) -> None:
           if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("server did not start; see its log") from None
           time.sleep(0.1)
+      request_file = os.path.join(workdir, "request.json")
+      grpc_file = os.path.join(workdir, "request.bin")
+      with open(request_file, "wb") as f:
+        f.write(body)
+      with open(grpc_file, "wb") as f:
+        f.write(grpc_request.SerializeToString())
       started = time.perf_counter()
-      _rest_keepalive(rest_port, path, body)()[0]()
+      connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
+      connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+      first = connection.getresponse()
+      first.read()
+      connection.close()
       first_request_ms = round((time.perf_counter() - started) * 1000, 2)
+      if first.status != 200:
+        raise RuntimeError(f"first request: HTTP {first.status}")
       results = []
-      callers = {"in_process": in_process,
-                 "rest_keepalive": _rest_keepalive(rest_port, path, body),
-                 "rest_new_connection": _rest_new_connection(rest_port, path, body),
-                 "grpc": _grpc_caller(grpc_port, grpc_request)}
+      files = {"rest_keepalive": request_file, "rest_new_connection": request_file,
+               "grpc": grpc_file}
+      ports = {"rest_keepalive": rest_port, "rest_new_connection": rest_port, "grpc": grpc_port}
       for clients in levels:
         level = {"clients": clients}
-        for name, caller in callers.items():
-          _load(caller, _WARMUP_SECONDS.value, clients)
-          level[name] = _load(caller, _SECONDS.value, clients)
+        _load(in_process, _WARMUP_SECONDS.value, clients)
+        level["in_process"] = _load(in_process, _SECONDS.value, clients)
+        for name in files:
+          level[name] = _served_load(name, ports[name], path, files[name], _SECONDS.value,
+                                     clients, _CLIENT_PROCESSES.value)
+        for name in ("in_process", *files):
           print(f"{clients} clients {name}: p50 {level[name]['p50_ms']} ms, "
                 f"{level[name]['qps']} q/s, {level[name]['errors']} errors",
                 file=sys.stderr, flush=True)
         base_level = level["in_process"]
         level["overhead_ms"] = {
             f"{name}_{q}": round(level[name][f"{q}_ms"] - base_level[f"{q}_ms"], 3)
-            for name in ("rest_keepalive", "rest_new_connection", "grpc") for q in ("p50", "p99")}
+            for name in files for q in ("p50", "p99")}
         results.append(level)
       # A float input shows the amplification best; related_items_by_embedding has one.
       target = signatures.get("related_items_by_embedding", signatures[signature_name])
@@ -330,6 +339,7 @@ def main(argv: list[str]) -> None:
       "model": description, "server_root": server_root, "server_flags": _SERVER_FLAGS.value,
       "signature_name": signature_name, "request_bytes": len(body),
       "first_request_ms": first_request_ms, "seconds_per_measurement": _SECONDS.value,
+      "client_processes": _CLIENT_PROCESSES.value,
       "levels": results, "amplification": amplification,
       "server_exit_code_after_sigterm": exit_code,
       "machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},

@@ -88,7 +88,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 for alias, proto in request.inputs.items()}
       outputs = self._manager.predict(servable, signature.name, inputs,
                                       list(request.output_filter),
-                                      timeout_seconds=_time_remaining(context))
+                                      timeout_seconds=_time_remaining(context),
+                                      answer_at_deadline=False)  # the client times out itself
       response = predict_pb2.PredictResponse()
       response.model_spec.name = servable.name
       response.model_spec.version.value = servable.version

@@ -383,7 +383,8 @@ class ModelManager:
 
   def predict(self, servable: servable_lib.Servable, signature_name: str,
               inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = (),
-              timeout_seconds: float | None = None) -> dict[str, np.ndarray]:
+              timeout_seconds: float | None = None, answer_at_deadline: bool = True
+              ) -> dict[str, np.ndarray]:
     """Runs `servable.predict` within the concurrency bound and the deadline.
 
     Args:
@@ -391,7 +392,13 @@ class ModelManager:
       signature_name, inputs, output_filter: see `Servable.predict`.
       timeout_seconds: None = no deadline; otherwise the call fails with
         DEADLINE_EXCEEDED after that long (the graph run itself cannot be
-        interrupted: it finishes in the background and keeps its slot).
+        interrupted: it finishes in the background and keeps its slot). A
+        request whose deadline passes while it waits for a slot never runs.
+      answer_at_deadline: with a deadline, run on another thread so the
+        caller gets DEADLINE_EXCEEDED on time even while the graph runs (REST
+        answers 504). False runs in the caller's thread and bounds only the
+        waiting: for callers whose client enforces its own deadline (gRPC),
+        which saves a thread hand-off per request.
 
     Raises:
       ServingError: RESOURCE_EXHAUSTED when the queue is full, DEADLINE_EXCEEDED,
@@ -420,8 +427,11 @@ class ModelManager:
       return servable.predict(signature_name, inputs, output_filter,
                               self._limits.max_batch_size)
 
-    if deadline is None:
+    if deadline is None or not answer_at_deadline:
       try:
+        if deadline is not None and time.monotonic() >= deadline:
+          raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                             "Deadline exceeded before the prediction started.")
         return run()
       finally:
         self._admission.release()
