@@ -296,9 +296,12 @@ class RestServer:
     connection. Every error body is `{ "error": "..." }`.
   """
 
+  DEFAULT_MAX_CONNECTIONS = 256
+
   def __init__(self, api: RestApi, *, host: str = "127.0.0.1", port: int = 8501,
                num_threads: int = 16, max_request_bytes: int = 4 << 20,
-               max_connections: int = 256, idle_timeout_seconds: float = 30.0,
+               max_connections: int = DEFAULT_MAX_CONNECTIONS,
+               idle_timeout_seconds: float = 30.0,
                read_timeout_seconds: float = 10.0, max_header_bytes: int = 64 << 10):
     for name, value in (("num_threads", num_threads), ("max_request_bytes", max_request_bytes),
                         ("max_connections", max_connections),
@@ -335,6 +338,16 @@ class RestServer:
   def open_connections(self) -> int:
     """Connections open now (read from any thread; approximate while changing)."""
     return len(self._connections)
+
+  @property
+  def idle_connections(self) -> int:
+    """Open connections waiting for their next request."""
+    return sum(1 for c in list(self._connections) if c.idle)
+
+  @property
+  def requests_in_flight(self) -> int:
+    """Requests read and not yet answered."""
+    return self._active
 
   def start(self) -> None:
     ready = threading.Event()
