@@ -259,12 +259,16 @@ def _keep_alive(request: _Request) -> bool:
 
 
 def _response_bytes(status: int, content_type: str, body: bytes, *, close: bool,
-                    head_only: bool = False) -> bytes:
+                    head_only: bool = False, http10: bool = False) -> bytes:
   # Headers and body in one buffer, written with one send: a response split
   # over two sends meets Nagle's algorithm and the client's delayed ACK.
+  if close:
+    connection = "Connection: close\r\n"
+  else:  # HTTP/1.0 clients assume close unless told otherwise
+    connection = "Connection: keep-alive\r\n" if http10 else ""
   head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
           f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n" +
-          ("Connection: close\r\n" if close else "") + "\r\n").encode("ascii")
+          connection + "\r\n").encode("ascii")
   return head if head_only else head + body
 
 
@@ -420,7 +424,8 @@ class RestServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     connection = _Connection(writer, idle=True, idle_since=self._loop.time())
     if self._closing or not self._admit(connection):
-      body = json_codec.error_json("Too many open connections; retry later.")
+      body = json_codec.error_json("Server is shutting down." if self._closing else
+                                   "Too many open connections; retry later.")
       writer.write(_response_bytes(503, _JSON, body, close=True))
       await self._close(writer)
       return
@@ -483,7 +488,8 @@ class RestServer:
       self._end()
     close = not keep_alive or self._closing
     writer.write(_response_bytes(status, content_type, payload, close=close,
-                                 head_only=request.method == "HEAD"))
+                                 head_only=request.method == "HEAD",
+                                 http10=request.version == b"HTTP/1.0"))
     await writer.drain()
     return not close
 

@@ -181,6 +181,13 @@ def test_connection_close_and_http10_close_after_the_answer(port):
     sock.sendall(b"GET /v1/models/lookup HTTP/1.0\r\n\r\n")
     assert _read_reply(sock).status == 200
     assert _is_closed(sock, 5)
+  with _connect(port) as sock:
+    sock.sendall(b"GET /v1/models/lookup HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    reply = _read_reply(sock)
+    assert reply.status == 200 and reply.headers["connection"] == "keep-alive"
+    sock.sendall(b"GET /v1/models/lookup HTTP/1.0\r\n\r\n")
+    assert _read_reply(sock).status == 200
+    assert _is_closed(sock, 5)
 
 
 def test_chunked_body_and_expect_continue(port):
