@@ -83,7 +83,7 @@ class RestApi:
   def __init__(self, manager: model_manager_lib.ModelManager,
                timeout_seconds: float | None = None,
                metrics: monitoring.ServingMetrics | None = None,
-               metrics_path: str | None = None):
+               metrics_path: str | None = None, answer_at_deadline: bool = True):
     """Creates the dispatcher.
 
     Args:
@@ -91,6 +91,10 @@ class RestApi:
       timeout_seconds: predict deadline (None = none).
       metrics: where predictions are counted and timed (None = not recorded).
       metrics_path: GET path of the Prometheus page (needs `metrics`; None = no page).
+      answer_at_deadline: True: a predict runs on the model manager's thread
+        and `handle` returns 504 at the deadline. False: it runs in the
+        calling thread (one thread hand-off less per request) and the caller
+        answers at the deadline (`RestServer` does, see `transport_deadline`).
     """
     if metrics_path is not None and metrics is None:
       raise ValueError("metrics_path needs metrics=monitoring.ServingMetrics(...).")
@@ -98,6 +102,12 @@ class RestApi:
     self._timeout = timeout_seconds
     self._metrics = metrics
     self._metrics_path = metrics_path
+    self._answer_at_deadline = answer_at_deadline
+
+  @property
+  def transport_deadline(self) -> float | None:
+    """Seconds after which the transport must answer 504 itself (None = never)."""
+    return None if self._answer_at_deadline else self._timeout
 
   def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
     """Answers one request; never raises."""
@@ -168,7 +178,8 @@ class RestApi:
     servable = self._manager.get_servable(name, version, label)
     request = json_codec.parse_json_predict(body, servable.rest_signature)
     outputs = self._manager.predict(servable, request.signature_name, request.inputs,
-                                    timeout_seconds=self._timeout)
+                                    timeout_seconds=self._timeout,
+                                    answer_at_deadline=self._answer_at_deadline)
     return json_codec.outputs_to_json(outputs, request.format), request.signature_name
 
   def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
@@ -477,15 +488,28 @@ class RestServer:
       return False
     keep_alive = _keep_alive(request)
     path = urllib.parse.urlsplit(request.target).path
-    self._begin()
     try:
-      status, content_type, payload = await self._loop.run_in_executor(
-          self._pool, self._api.handle, request.method, path, body)
+      future = self._loop.run_in_executor(self._pool, self._api.handle, request.method, path,
+                                          body)
     except RuntimeError:  # the pool is shut down
       status, content_type, payload = 503, _JSON, json_codec.error_json(
           "Server is shutting down.")
-    finally:
-      self._end()
+    else:
+      # Counted until the worker is done, even if the client was answered at
+      # the deadline: shutdown waits for it.
+      self._begin()
+      future.add_done_callback(lambda _: self._end())
+      deadline = self._api.transport_deadline
+      try:
+        if deadline is None:
+          status, content_type, payload = await future
+        else:
+          status, content_type, payload = await asyncio.wait_for(asyncio.shield(future),
+                                                                 deadline)
+      except TimeoutError:
+        # The model call cannot be interrupted; it finishes on its worker.
+        status, content_type, payload = 504, _JSON, json_codec.error_json(
+            f"Prediction did not finish within {deadline * 1000:.0f} ms")
     close = not keep_alive or self._closing
     writer.write(_response_bytes(status, content_type, payload, close=close,
                                  head_only=request.method == "HEAD",

@@ -128,9 +128,10 @@ def manager(tmp_path_factory):
   manager.stop(5)
 
 
-def _start(manager, **kwargs) -> rest.RestServer:
-  api = rest.RestApi(manager, timeout_seconds=10, metrics=manager.metrics,
-                     metrics_path=_METRICS_PATH)
+def _start(manager, timeout_seconds: float = 10, answer_at_deadline: bool = True,
+           **kwargs) -> rest.RestServer:
+  api = rest.RestApi(manager, timeout_seconds=timeout_seconds, metrics=manager.metrics,
+                     metrics_path=_METRICS_PATH, answer_at_deadline=answer_at_deadline)
   options = dict(port=0, num_threads=2, max_request_bytes=_MAX_REQUEST_BYTES,
                  max_connections=512, read_timeout_seconds=_READ_TIMEOUT)
   options.update(kwargs)
@@ -629,6 +630,20 @@ def test_stop_finishes_the_running_request_and_closes_idle_connections(manager):
   idle.close()
   with pytest.raises(OSError):
     _send(server.port, _OK_LOOKUP)
+
+
+@pytest.mark.parametrize("answer_at_deadline", [True, False])
+def test_predict_past_the_deadline_gets_504_and_others_are_served(manager, answer_at_deadline):
+  server = _start(manager, timeout_seconds=0.5, answer_at_deadline=answer_at_deadline)
+  slow = _predict("float", '{"signature_name": "slow", "instances": [{"x": [1, 1, 1], '
+                  '"delay_us": 2000000}]}')
+  try:
+    reply = _send(server.port, slow)
+    assert reply.status == 504
+    assert "Prediction did not finish within 500 ms" in reply.json()["error"]
+    assert _send(server.port, _OK_LOOKUP).status == 200
+  finally:
+    assert server.stop(10) is True  # waits for the slow call to end
 
 
 def test_constructor_rejects_bad_limits(manager):

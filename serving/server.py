@@ -214,7 +214,8 @@ def main(argv: list[str]) -> None:
     timeout_ms = _REST_API_TIMEOUT_IN_MS.value
     api = rest.RestApi(manager, timeout_seconds=timeout_ms / 1000 if timeout_ms > 0 else None,
                        metrics=metrics,
-                       metrics_path=prometheus.path if prometheus.enable else None)
+                       metrics_path=prometheus.path if prometheus.enable else None,
+                       answer_at_deadline=False)  # RestServer answers 504 itself
     rest_server = rest.RestServer(
         api, host=_HOST.value, port=_REST_API_PORT.value,
         num_threads=_REST_API_NUM_THREADS.value, max_request_bytes=_MAX_REQUEST_BYTES.value,
