@@ -296,7 +296,9 @@ class RestServer:
 
   One event-loop thread accepts connections and reads requests; complete
   requests run on `num_threads` worker threads (`RestApi.handle`), so an idle
-  or slow connection costs a socket and a coroutine, never a worker.
+  or slow connection costs a socket and a coroutine, never a worker. When
+  `api.transport_deadline` is set, a request not answered by then gets 504
+  from the loop while its worker finishes in the background.
 
   * Keep-alive (HTTP/1.1 default; HTTP/1.0 with `Connection: keep-alive`),
     `Expect: 100-continue`, `Content-Length` or chunked bodies.
