@@ -10,9 +10,12 @@ Inputs:
                      one row per NEW item (an item not in the graph).
 
 Checks against the graph (each an `InputError` naming the file and line):
-* an `item_id` that is a pivot id of the graph, or a `pivot_id` that is an
-  item id of the graph (or an id used as both in the file): item and pivot
-  ids must stay two disjoint name spaces;
+* when the graph's item and pivot ids are disjoint (as `data.csv_edges` and
+  `data.synthetic` make them): an `item_id` that is a pivot id of the graph,
+  a `pivot_id` that is an item id, or an id used as both in the file -- a
+  swapped column, not a new node. Graphs that number both kinds from 0
+  (`data.lightgcn`) tell ids apart by column only, so there is nothing to
+  check;
 * an edge to a new item without a features row when the graph has dense
   features (the model needs them), a features row for an item that is not
   new, or one listed twice;
@@ -91,17 +94,20 @@ def read_new_edges(edges_csv: str | os.PathLike, graph: graph_lib.Graph,
   timestamps = tables.float_column(table, "timestamp") if table.has("timestamp") else None
   item_index = {str(r): i for i, r in enumerate(graph.item_ids.tolist())}
   pivot_index = {str(r): i for i, r in enumerate(graph.pivot_ids.tolist())}
-  file_items, file_pivots = set(items.tolist()), set(pivots.tolist())
-  for row, (pivot, item) in enumerate(zip(pivots.tolist(), items.tolist())):
-    line = int(table.lines[row])
-    if item in pivot_index or item in file_pivots:
-      raise InputError(edges_csv, line, f"item_id {item!r} is a pivot id"
-                       f"{' of the graph' if item in pivot_index else ' in this file'}; item "
-                       "and pivot ids must differ.")
-    if pivot in item_index or pivot in file_items:
-      raise InputError(edges_csv, line, f"pivot_id {pivot!r} is an item id"
-                       f"{' of the graph' if pivot in item_index else ' in this file'}; item "
-                       "and pivot ids must differ.")
+  if not (item_index.keys() & pivot_index.keys()):
+    # Disjoint name spaces (the graph's own ids never overlap): an id of the
+    # other kind is a swapped column or a typo.
+    file_items, file_pivots = set(items.tolist()), set(pivots.tolist())
+    for row, (pivot, item) in enumerate(zip(pivots.tolist(), items.tolist())):
+      line = int(table.lines[row])
+      if item in pivot_index or item in file_pivots:
+        raise InputError(edges_csv, line, f"item_id {item!r} is a pivot id"
+                         f"{' of the graph' if item in pivot_index else ' in this file'}; "
+                         "item and pivot ids must differ (are the columns swapped?).")
+      if pivot in item_index or pivot in file_items:
+        raise InputError(edges_csv, line, f"pivot_id {pivot!r} is an item id"
+                         f"{' of the graph' if pivot in item_index else ' in this file'}; "
+                         "item and pivot ids must differ (are the columns swapped?).")
 
   # Drop edges the graph has and repeated lines (first occurrence kept).
   keep = np.ones(items.shape[0], bool)

@@ -133,17 +133,19 @@ def append_edges(graph: graph_lib.Graph, pivot_ids: Sequence[str] | np.ndarray,
     get empty held-out rows).
 
   Raises:
-    ValueError: an id is used as both item and pivot, features are missing
+    ValueError: an id is used as both item and pivot (when the graph's item
+      and pivot ids are disjoint), features are missing
       or malformed, or the graph has sparse features and new items arrive.
   """
   pivot_ids = np.asarray(pivot_ids, dtype=str)
   item_ids = np.asarray(item_ids, dtype=str)
   if pivot_ids.shape != item_ids.shape or pivot_ids.ndim != 1:
     raise ValueError("pivot_ids and item_ids must be 1-D and of equal length.")
-  clash = (set(item_ids.tolist()) | set(graph.item_ids.tolist())) & (
-      set(pivot_ids.tolist()) | set(graph.pivot_ids.tolist()))
-  if clash:
-    raise ValueError(f"ids used as both item and pivot: {sorted(clash)[:5]}.")
+  known_items, known_pivots = set(graph.item_ids.tolist()), set(graph.pivot_ids.tolist())
+  if not known_items & known_pivots:  # disjoint name spaces stay disjoint
+    clash = (set(item_ids.tolist()) | known_items) & (set(pivot_ids.tolist()) | known_pivots)
+    if clash:
+      raise ValueError(f"ids used as both item and pivot: {sorted(clash)[:5]}.")
   n, m = graph.num_items, graph.num_pivots
   items, new_items = _append_ids(graph.item_ids, item_ids)
   pivots, new_pivots = _append_ids(graph.pivot_ids, pivot_ids)
