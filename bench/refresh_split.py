@@ -87,10 +87,19 @@ def base_order(num_items: int, sets: list[HeldBack], held: HeldBack) -> np.ndarr
   return np.concatenate([never, later]).astype(np.int64)
 
 
-def base_graph(graph: graph_lib.Graph, order: np.ndarray, held: HeldBack) -> graph_lib.Graph:
-  """The graph without the held-back edges, items restricted to `order` (in that order)."""
+def base_graph(graph: graph_lib.Graph, order: np.ndarray, held: HeldBack,
+               eval_rows: int | None = None) -> graph_lib.Graph:
+  """The graph without the held-back edges, items restricted to `order` (in that order).
+
+  Pairs and held-out interactions keep only items among the first `eval_rows`
+  rows (default: all of `order`), so a graph with more items can share the
+  evaluation data of a base graph.
+  """
   row_of = np.full(graph.num_items, -1, np.int64)
   row_of[order] = np.arange(order.size)
+  eval_row_of = row_of.copy()
+  if eval_rows is not None:
+    eval_row_of[eval_row_of >= eval_rows] = -1
   ip = graph.item_to_pivot
   edge_item = np.repeat(np.arange(graph.num_items), ip.degrees())
   edge_pivot = ip.indices.astype(np.int64)
@@ -102,12 +111,12 @@ def base_graph(graph: graph_lib.Graph, order: np.ndarray, held: HeldBack) -> gra
 
   def remap_csr(csr: graph_lib.CSR) -> graph_lib.CSR:
     rows = np.repeat(np.arange(csr.num_rows), csr.degrees())
-    cols = row_of[csr.indices]
+    cols = eval_row_of[csr.indices]
     ok = cols >= 0
     return graph_lib.CSR.from_pairs(rows[ok], cols[ok], csr.num_rows)
 
   pairs = graph.pairs
-  q, p = row_of[pairs.query], row_of[pairs.positive]
+  q, p = eval_row_of[pairs.query], eval_row_of[pairs.positive]
   ok = (q >= 0) & (p >= 0)
   group = None if pairs.group is None else pairs.group[ok]
   new_pairs = graph_lib.ItemPairs(q[ok].astype(np.int32), p[ok].astype(np.int32),
@@ -115,6 +124,6 @@ def base_graph(graph: graph_lib.Graph, order: np.ndarray, held: HeldBack) -> gra
   heldout = graph_lib.HeldOut(validation=remap_csr(graph.heldout.validation),
                               test=remap_csr(graph.heldout.test))
   return graph_lib.build_graph(
-      name=f"{graph.name}-base", item_ids=graph.item_ids[order], pivot_ids=graph.pivot_ids,
+      name=graph.name, item_ids=graph.item_ids[order], pivot_ids=graph.pivot_ids,
       edge_items=items, edge_pivots=pivots, pairs=new_pairs, heldout=heldout,
-      metadata={**graph.metadata, "held_back_fraction": held.fraction})
+      metadata=dict(graph.metadata))

@@ -97,10 +97,11 @@ def read_new_edges(edges_csv: str | os.PathLike, graph: graph_lib.Graph,
   if not (item_index.keys() & pivot_index.keys()):
     # Disjoint name spaces (the graph's own ids never overlap): an id of the
     # other kind is a swapped column or a typo.
-    file_items, file_pivots = set(items.tolist()), set(pivots.tolist())
+    file_items: set[str] = set()
+    file_pivots: set[str] = set()
     for row, (pivot, item) in enumerate(zip(pivots.tolist(), items.tolist())):
       line = int(table.lines[row])
-      if item in pivot_index or item in file_pivots:
+      if item in pivot_index or item in file_pivots or item == pivot:
         raise InputError(edges_csv, line, f"item_id {item!r} is a pivot id"
                          f"{' of the graph' if item in pivot_index else ' in this file'}; "
                          "item and pivot ids must differ (are the columns swapped?).")
@@ -108,6 +109,8 @@ def read_new_edges(edges_csv: str | os.PathLike, graph: graph_lib.Graph,
         raise InputError(edges_csv, line, f"pivot_id {pivot!r} is an item id"
                          f"{' of the graph' if pivot in item_index else ' in this file'}; "
                          "item and pivot ids must differ (are the columns swapped?).")
+      file_items.add(item)
+      file_pivots.add(pivot)
 
   # Drop edges the graph has and repeated lines (first occurrence kept).
   keep = np.ones(items.shape[0], bool)
