@@ -477,11 +477,20 @@ def publish_graph_version(base: str | os.PathLike, graph: graph_lib.Graph,
                           version: int | None = None) -> str:
   """Writes `graph` and its tables as a new version of the graph lineage `base`.
 
-  The version directory is complete (graph, checksums, derived tables) before
-  the pointer `base.latest` moves to it; earlier versions are not touched.
+  The directory is written under a hidden temporary name and renamed when
+  complete (graph, checksums, derived tables); earlier versions are not touched.
+
+  Args:
+    base: the lineage (version 1 = the directory `data.prepare` wrote).
+    graph: the new graph; `item_table` / `pivot_table` its neighborhood
+      tables, stored as the derived tables `trainer.infer` and
+      `trainer.export` look up.
+    version: the version to write (default `versions_on_disk.next_version`);
+      it must not exist.
 
   Returns:
-    The new version's directory.
+    The new version's directory (not yet pointed at: the caller publishes
+    it with `versions_on_disk.publish` once everything else is written).
   """
   if version is None:
     version = versions_on_disk.next_version(base)
@@ -585,9 +594,8 @@ def refresh(
             new_graph, delta, pivot_neighborhoods, lists, changed_lists,
             num_threads=num_threads)
         new_pivot_table = new_table
-        affected = np.zeros(new_graph.num_pivots, bool)
-        affected[:] = changed_rows(pivot_neighborhoods.ids, pivot_neighborhoods.weights,
-                                   new_table.ids, new_table.weights)
+        affected = changed_rows(pivot_neighborhoods.ids, pivot_neighborhoods.weights,
+                                new_table.ids, new_table.weights)
       else:
         # Not stored: walked in full (as trainer.infer does); the bound says
         # which rows can differ from the previous table.
