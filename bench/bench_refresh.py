@@ -105,6 +105,41 @@ def quality(graph_dir: str, emb_dir: str, users: np.ndarray) -> dict:
   return out
 
 
+def _train_summary(model_dir: str) -> dict | None:
+  path = os.path.join(model_dir, "train_summary.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def bound_sweep(graph: graph_lib.Graph, experiment: training.ExperimentConfig, seed: int,
+                sizes=(1, 10, 100, 1000)) -> list[dict]:
+  """Share of items inside the walk bound for a few uniformly drawn new edges."""
+  rng = np.random.default_rng(seed)
+  ip = graph.item_to_pivot
+  edge_item = np.repeat(np.arange(graph.num_items), ip.degrees())
+  out = []
+  for size in sizes:
+    pick = rng.choice(edge_item.size, size=size, replace=False)
+    items, pivots = edge_item[pick], ip.indices[pick].astype(np.int64)
+    pi = graph.pivot_to_item
+    changed_pivots = np.unique(pivots)
+    delta = refresh_lib.GraphDelta(graph.num_items, graph.num_pivots, np.unique(items),
+                                   changed_pivots, size)
+    row = {"edges": size}
+    for hops in sorted({1, 2, experiment.neighborhoods.max_hops}):
+      config = nb_lib.NeighborhoodConfig(**{**experiment.neighborhoods.to_json(),
+                                            "max_hops": hops})
+      share = refresh_lib.walk_affected_items(graph, delta, config).mean()
+      row[f"walk_affected_share_max_hops_{hops}"] = round(float(share), 4)
+    row["items_of_changed_pivots"] = int(np.unique(
+        pi.indices[np.repeat(np.isin(np.arange(graph.num_pivots), changed_pivots),
+                             pi.degrees())]).size)
+    out.append(row)
+  return out
+
+
 def write_edges_csv(path: str, graph: graph_lib.Graph, held: refresh_split.HeldBack,
                     seed: int) -> np.ndarray:
   """Writes the held-back edges (raw ids, seeded order); returns new items in row order."""
@@ -135,6 +170,8 @@ def main():
   parser.add_argument("--model_dir", default=None)
   parser.add_argument("--work_dir", default="out/bench_refresh")
   parser.add_argument("--output_json", default=None)
+  parser.add_argument("--sweep_only", action="store_true",
+                      help="Only the walk-bound sweep (no pipeline runs).")
   args = parser.parse_args()
   raw_dir = os.path.join(args.datasets_dir, "gowalla")
   fractions = [float(f) for f in args.fractions.split(",")]
@@ -152,9 +189,17 @@ def main():
   experiment = training.ExperimentConfig.load(args.model_dir)
   report = {"dataset": "gowalla (data.lightgcn, default config)", "seed": args.seed,
             "new_item_share": args.new_item_share,
+            "command": " ".join(["python", *sys.argv]),
             "model": {"model_dir": os.path.abspath(args.model_dir),
+                      "trained_on": "base graph of the largest fraction (--write_train_graph)",
+                      "train_summary": _train_summary(args.model_dir),
                       "config": experiment.to_dict()},
             "load_average_at_start": os.getloadavg(), "fractions": {}}
+  # The bound on the full training graph, for deltas far below 1 %.
+  report["walk_bound_sweep"] = bound_sweep(full, experiment, args.seed)
+  print(json.dumps(report["walk_bound_sweep"]), flush=True)
+  if args.sweep_only:
+    return
   for held in sets:
     work = os.path.join(args.work_dir, f"f{held.fraction}")
     shutil.rmtree(work, ignore_errors=True)
