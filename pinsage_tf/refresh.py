@@ -371,8 +371,14 @@ def reembed(model, tables: pipeline.SamplingTables, old_vectors: np.ndarray,
       yield start, min(start + batch_size, count)
 
   rows0 = np.flatnonzero(need[0]).astype(np.int32)
-  h = np.concatenate([encode(tf.constant(rows0[a:b])).numpy()
-                      for a, b in blocks(rows0.size)]) if rows0.size else None
+  if not rows0.size:  # nothing changed: every row is copied
+    vectors = np.zeros((n, old_vectors.shape[1]), np.float32)
+    vectors[:old_vectors.shape[0]] = old_vectors
+    out_bias = None if old_bias is None else np.asarray(old_bias, np.float32).copy()
+    return Reembedded(vectors=vectors, bias=out_bias, rows=np.zeros(0, np.int64),
+                      last_rows=np.zeros(0, np.int64),
+                      last_h=np.zeros((0, 0), np.float32), computed=0)
+  h = np.concatenate([encode(tf.constant(rows0[a:b])).numpy() for a, b in blocks(rows0.size)])
   rows, computed = rows0, int(rows0.size)
   position = np.full(n, -1, np.int64)
   last_rows, last_h = rows0.astype(np.int64), h
@@ -419,8 +425,7 @@ def reembed(model, tables: pipeline.SamplingTables, old_vectors: np.ndarray,
     if final.size:
       out_bias[final] = np.concatenate(bias_parts)
   return Reembedded(vectors=vectors, bias=out_bias, rows=final, last_rows=last_rows,
-                    last_h=last_h if last_h is not None else np.zeros((0, 0), np.float32),
-                    computed=computed)
+                    last_h=last_h, computed=computed)
 
 
 def reembed_pivots(model, old_vectors: np.ndarray, rows: np.ndarray, table_ids: np.ndarray,

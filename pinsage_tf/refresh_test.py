@@ -197,3 +197,16 @@ def test_embedding_closure_follows_the_table():
                                      [True, True, True, False]]
   c = refresh.embedding_closure(ids, none, np.array([False, False, False, True]), 1)
   assert c[1].tolist() == [False, False, False, True]
+
+
+def test_edges_already_in_the_graph_change_nothing():
+  graph = _graph()
+  model = _model(graph, num_layers=1)
+  table, pivot_tables, vectors, bias, pivots = _full(model, graph)
+  pivot, item = graph.pivot_ids[0], graph.item_ids[graph.items_of(0)[0]]
+  result = refresh.refresh(model, graph, table, vectors, bias=bias, pivot_ids=[pivot],
+                           item_ids=[item], pivot_neighborhoods=pivot_tables["graph"],
+                           pivot_vectors=pivots, num_threads=1)
+  assert result.stats["graph"]["new_edges"] == 0 and result.stats["items"]["embedded"] == 0
+  np.testing.assert_array_equal(result.vectors, vectors)
+  np.testing.assert_array_equal(result.pivot_vectors["graph"], pivots["graph"])

@@ -21,7 +21,8 @@ No training: the model in MODEL_DIR embeds the grown graph. Steps
    loads and swaps to;
 4. only then move the pointers `GRAPH.latest` and `EMB_DIR.latest`.
 
-Bad input or a failed step prints `error: ...`, exits with status 2 and
+A file whose edges are all in the graph already publishes nothing (the
+summary says so). Bad input or a failed step prints `error: ...`, exits with status 2 and
 publishes nothing (versions written before the failure are removed).
 Previous versions are never modified; delete old ones when no server or job
 uses them.
@@ -105,6 +106,12 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
   embeddings = embeddings_io.load_embeddings(
       current_emb, graph, graph_fingerprint=graph_lib.graph_fingerprint(current_graph))
   edges = new_edges_lib.read_new_edges(new_edges_csv, graph, new_item_features_csv)
+  if not edges.item_ids.size:
+    # Every edge is in the graph already: the current versions stay the newest.
+    return {"graph_dir": current_graph, "embeddings_dir": current_emb, "export_version": None,
+            "new_items": 0, "skipped_existing_edges": edges.skipped_existing,
+            "recomputed": None,
+            "seconds": {"total": round(time.perf_counter() - started, 3)}}
   model = model_lib.load_model(os.path.join(model_dir, training.MODEL_DIR))
   t = lap("load", started)
   pivot_vectors = None

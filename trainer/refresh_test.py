@@ -12,8 +12,9 @@ of an existing item; afterwards:
   version (same model, same tables) within 1e-5;
 * after one poll the server answers with export version 2, knows the new
   item and finds it by its own embedding;
-* bad input (unknown column, a new item in a graph with dense features
-  without features) exits 2 naming file:line, and publishes nothing.
+* bad input (an unknown column, an empty id, a bad timestamp) exits 2
+  naming file:line and publishes nothing;
+* a second run starts from the published version 2 and writes version 3.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def test_server_swaps_to_the_new_version_and_serves_the_new_item(setup):
     assert b"i_new" in out["neighbor_ids"][0].tolist()
     out = manager.predict(servable, "related_items", {"item_ids": np.array([b"i_new"])})
     assert out["neighbor_ids"].shape == (1, 5)
+    # The new user is served too; its only item is excluded from its results.
+    out = manager.predict(servable, "items_for_pivot", {"pivot_ids": np.array([b"u_new"])})
+    assert out["neighbor_ids"].shape == (1, 5) and b"i_new" not in out["neighbor_ids"][0]
   embedder = manager.get_servable(export_lib.EMBEDDER)
   out = manager.predict(embedder, "embed_items", {"item_ids": np.array([b"i_new"])})
   np.testing.assert_allclose(out["embeddings"][0], refreshed.vectors[row], atol=1e-6)
@@ -157,3 +161,17 @@ def test_bad_input_names_file_and_line_and_publishes_nothing(setup, tmp_path, co
   assert sorted(os.listdir(setup["root"])) == listing
   assert {m: sorted(os.listdir(os.path.join(setup["export_base"], m)))
           for m in export_lib.ALL_MODELS} == exports
+
+
+def test_a_second_run_builds_on_the_published_version(setup, tmp_path):
+  path = tmp_path / "more.csv"
+  path.write_text("pivot_id,item_id\nu_new,i_new\nu_new,3\n")  # the first edge is known
+  out = testing.run_module([*setup["refresh"], f"--new_edges_csv={path}"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads(out.stdout[out.stdout.index("{"):])
+  assert summary["graph_dir"] == versions_on_disk.version_path(setup["graph_dir"], 3)
+  assert summary["export_version"] == 3 and summary["skipped_existing_edges"] == 1
+  assert summary["recomputed"]["graph"]["new_edges"] == 1
+  assert versions_on_disk.resolve(setup["emb_dir"]) == summary["embeddings_dir"]
+  embeddings = embeddings_io.load_embeddings(summary["embeddings_dir"], summary["graph_dir"])
+  assert embeddings.count == 81
