@@ -41,6 +41,7 @@ setup(
             "pinsage-infer=trainer.infer:run",
             "pinsage-evaluate=trainer.evaluate:cli",
             "pinsage-export=trainer.export:run",
+            "pinsage-refresh=trainer.refresh:run",
             "pinsage-serve=serving.server:run",
         ],
     },

@@ -604,3 +604,98 @@ def _load_or_compute(graph_dir, graph, config, kind, compute, num_threads, progr
   table = compute(graph, config, num_threads=num_threads, progress=progress)
   save_neighborhoods(graph_dir, table, kind=kind)
   return load_neighborhoods(graph_dir, config, kind=kind)
+
+
+def recompute_rows(
+    graph: graph_lib.Graph,
+    table: Neighborhoods,
+    rows: np.ndarray,
+    *,
+    kind: str = KIND,
+    item_lists: graph_lib.CSR | None = None,
+    num_threads: int | None = None,
+) -> tuple[Neighborhoods, np.ndarray]:
+  """Recomputes the chunks of `table` that hold `rows`, for a changed `graph`.
+
+  The random stream of a row is that of its chunk (`chunk_size` consecutive
+  rows), so the whole chunk of every requested row is walked again, with the
+  chunk's own generator: each recomputed row equals the row
+  `compute_neighborhoods(graph, ...)` (or `compute_pivot_neighborhoods` for
+  `kind=PIVOT_KIND`) gives. Rows of other chunks are copied from `table`;
+  they equal a full recomputation when their walks read no changed row of
+  the graph (`pinsage_tf.refresh` decides which rows that are).
+
+  Args:
+    graph: the graph the rows are walked on.
+    table: the previous table; it may have fewer rows than the new one
+      (rows appended since are new and must be among `rows`).
+    rows: int `[R]` rows to recompute (item rows, or pivot / list rows).
+    kind: `KIND` (rows are items of `graph`) or `PIVOT_KIND` (rows are the
+      lists of `item_lists`, default `graph.pivot_to_item`).
+    item_lists: the pivot lists for `PIVOT_KIND`.
+    num_threads: worker threads (None: one per CPU core).
+
+  Returns:
+    (the new table, int64 `[C]` every row that was recomputed, ascending).
+  """
+  config = table.config
+  n = graph.num_items
+  if kind == KIND:
+    adj = _Adjacency.of(graph)
+    seeds = np.arange(n, dtype=np.int64)
+    stream = 0
+  elif kind == PIVOT_KIND:
+    lists = _as_item_lists(graph.pivot_to_item if item_lists is None else item_lists, n)
+    m, k = graph.num_pivots, lists.num_rows
+    pi_indptr = np.concatenate([graph.pivot_to_item.indptr,
+                                graph.pivot_to_item.nnz + lists.indptr[1:]])
+    pi_indices = np.concatenate([graph.pivot_to_item.indices, lists.indices])
+    walkable = np.diff(lists.indptr) > 0
+    ip_indptr = np.concatenate([graph.item_to_pivot.indptr,
+                                graph.item_to_pivot.nnz + np.cumsum(walkable)])
+    ip_indices = np.concatenate([graph.item_to_pivot.indices,
+                                 (m + np.flatnonzero(walkable)).astype(np.int32)])
+    adj = _Adjacency(ip_indptr, ip_indices, pi_indptr, pi_indices)
+    seeds = np.arange(n, n + k, dtype=np.int64)
+    stream = 2
+  else:
+    raise ValueError(f"kind must be {KIND!r} or {PIVOT_KIND!r}, got {kind!r}.")
+  total, old = int(seeds.shape[0]), table.num_items
+  rows = np.asarray(rows, np.int64).reshape(-1)
+  if old > total:
+    raise ValueError(f"the table has {old} rows but the graph gives {total}; rows are only "
+                     "ever appended.")
+  if rows.size and (rows.min() < 0 or rows.max() >= total):
+    raise ValueError(f"rows must lie in [0, {total}).")
+  if np.setdiff1d(np.arange(old, total), rows).size:
+    raise ValueError(f"rows {old}..{total - 1} are new and must be recomputed.")
+  t = config.num_neighbors
+  ids = np.full((total, t), -1, dtype=np.int32)
+  weights = np.zeros((total, t), dtype=np.float32)
+  counts = np.zeros(total, dtype=np.int32)
+  ids[:old], weights[:old], counts[:old] = table.ids, table.weights, table.counts
+  chunks = np.unique(rows // config.chunk_size)
+
+  def run(chunk: int) -> None:
+    lo, hi = chunk * config.chunk_size, min((chunk + 1) * config.chunk_size, total)
+    rng = np.random.default_rng([config.seed, stream, chunk])
+    chunk_seeds = seeds[lo:hi]
+    ids[lo:hi], weights[lo:hi], counts[lo:hi] = -1, 0.0, 0
+    walkable = np.flatnonzero(adj.item_degree[chunk_seeds] > 0)
+    if walkable.size:
+      i, w, c = _walk_chunk(adj, chunk_seeds[walkable], config, rng, n)
+      ids[lo + walkable], weights[lo + walkable], counts[lo + walkable] = i, w, c
+
+  if num_threads is None:
+    num_threads = os.cpu_count() or 1
+  if num_threads <= 1 or chunks.size <= 1:
+    for chunk in chunks.tolist():
+      run(chunk)
+  else:
+    with concurrent.futures.ThreadPoolExecutor(min(num_threads, chunks.size)) as pool:
+      list(pool.map(run, chunks.tolist()))
+  recomputed = np.concatenate([
+      np.arange(c * config.chunk_size, min((c + 1) * config.chunk_size, total))
+      for c in chunks.tolist()]) if chunks.size else np.zeros(0, np.int64)
+  return (Neighborhoods(ids=ids, weights=weights, counts=counts, config=config),
+          recomputed.astype(np.int64))

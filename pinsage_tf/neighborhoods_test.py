@@ -408,3 +408,30 @@ class TestDegreeExponent:
     assert boosted.ids[0][0] == 1
     # 1 / (1 + 1/sqrt(5)) = 0.691 of the weight goes to the specific neighbor.
     np.testing.assert_allclose(boosted.weights[0][0], 1 / (1 + 5 ** -0.5), atol=0.03)
+
+
+def test_recompute_rows_walks_whole_chunks_with_their_own_seed():
+  graph = _random_graph()
+  config = nb.NeighborhoodConfig(num_neighbors=4, num_walks=10, chunk_size=16, seed=3)
+  full = nb.compute_neighborhoods(graph, config, num_threads=1)
+  # A table whose rows are all wrong: only the recomputed chunks get fixed.
+  wrong = nb.Neighborhoods(ids=np.full_like(full.ids, -1), weights=np.zeros_like(full.weights),
+                           counts=np.zeros_like(full.counts), config=config)
+  table, recomputed = nb.recompute_rows(graph, wrong, np.array([3, 40]), num_threads=2)
+  np.testing.assert_array_equal(recomputed, np.r_[0:16, 32:48])
+  np.testing.assert_array_equal(table.ids[recomputed], full.ids[recomputed])
+  np.testing.assert_array_equal(table.weights[recomputed], full.weights[recomputed])
+  rest = np.setdiff1d(np.arange(60), recomputed)
+  assert (table.ids[rest] == -1).all() and (table.counts[rest] == 0).all()
+
+
+def test_recompute_rows_needs_every_appended_row():
+  graph = _random_graph()
+  config = nb.NeighborhoodConfig(num_neighbors=4, num_walks=10, chunk_size=16)
+  short = nb.compute_neighborhoods(_random_graph(num_items=50), config, num_threads=1)
+  with pytest.raises(ValueError, match="rows 50..59 are new"):
+    nb.recompute_rows(graph, short, np.array([0]))
+  table, recomputed = nb.recompute_rows(graph, short, np.arange(50, 60), num_threads=1)
+  assert table.num_items == 60 and recomputed.tolist() == list(range(48, 60))
+  with pytest.raises(ValueError, match="kind"):
+    nb.recompute_rows(graph, short, np.arange(50, 60), kind="boards")

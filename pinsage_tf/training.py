@@ -310,7 +310,9 @@ def prepare_inputs(graph_dir: str, config: ExperimentConfig,
   with `content_dropout` the tables carry every item's content neighbors.
   """
   graph = graph_lib.load_graph(graph_dir)
-  if config.model.encoder.num_items not in (0, graph.num_items):
+  # A refreshed graph (pinsage_tf.refresh) appends items: rows past the
+  # model's id embedding are the appended ones.
+  if config.model.encoder.num_items > graph.num_items:
     raise ValueError(f"the model was configured for {config.model.encoder.num_items} items "
                      f"but {graph_dir} has {graph.num_items}.")
   report = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (

@@ -15,7 +15,8 @@ minibatch (`pinsage_tf.minibatch`) into `h^0`:
 * optionally a learnable per-item id embedding (`num_items` rows). It is off
   by default when the graph has features (the model then stays inductive) and
   on by default when it has none (e.g. Gowalla), where there is nothing else
-  to learn from.
+  to learn from. Items with an index >= `num_items` (appended to the graph
+  after training by `pinsage_tf.refresh`) get a zero id embedding.
 
 The parts are concatenated and projected by Dense + ReLU to `hidden_dim`:
 output float32 `[U, hidden_dim]`.
@@ -166,7 +167,12 @@ class ItemEncoder(tf.keras.layers.Layer):
       log_degree = tf.convert_to_tensor(inputs.log_degree, tf.float32)
       parts.append(log_degree[:, None] * self.log_degree_scale)
     if self._id_embedding is not None:
-      parts.append(self._id_embedding(inputs.item))
+      # Items appended after training (pinsage_tf.refresh) have no trained row:
+      # their id part is zero. Multiplying known rows by 1.0 keeps them bit-exact.
+      item = tf.convert_to_tensor(inputs.item)
+      known = item < self.num_items
+      vectors = self._id_embedding(tf.where(known, item, tf.zeros_like(item)))
+      parts.append(vectors * tf.cast(known, vectors.dtype)[:, None])
     return self._projection(tf.concat(parts, axis=-1))
 
   def get_config(self) -> dict[str, Any]:

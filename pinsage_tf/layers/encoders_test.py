@@ -88,6 +88,20 @@ class ItemEncoderTest(tf.test.TestCase, parameterized.TestCase):
     self.assertIn("id_embedding", " ".join(v.name for v in encoder.weights))
     self.assertNotAllClose(out, encoder(inputs._replace(item=tf.constant([1, 1, 1]))))
 
+  def test_items_past_num_items_get_a_zero_id_embedding(self):
+    # Items appended after training (a refreshed graph) have no trained row.
+    enc = encoders.ItemEncoder(4, num_items=3, use_id_embedding=True, use_log_degree=False)
+    known = minibatch.NodeInputs(item=tf.constant([1, 2]), dense=tf.zeros((2, 0)),
+                                 log_degree=tf.zeros(2), sparse=())
+    before = enc(known).numpy()
+    mixed = minibatch.NodeInputs(item=tf.constant([1, 7, 2]), dense=tf.zeros((3, 0)),
+                                 log_degree=tf.zeros(3), sparse=())
+    out = enc(mixed).numpy()
+    np.testing.assert_array_equal(out[[0, 2]], before)  # bit-identical for known items
+    projection = enc._projection
+    zero_input = projection(tf.zeros((1, enc.id_embedding_dim))).numpy()[0]
+    np.testing.assert_array_equal(out[1], zero_input)
+
   def test_config_round_trip(self):
     encoder = encoders.ItemEncoder(6, dense_dim=2, sparse_features=SPARSE, num_items=5,
                                    use_id_embedding=True, log_degree_scale=0.3,

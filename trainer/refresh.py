@@ -1,0 +1,205 @@
+r"""Adds new edges and items, re-embeds what changed, publishes new versions: `trainer.refresh`.
+
+    python -m trainer.refresh --graph_dir=GRAPH --new_edges_csv=EDGES.csv \
+        [--new_item_features_csv=FEATURES.csv] --model_dir=MODEL_DIR \
+        --embeddings_dir=EMB_DIR --export_base=EXPORT_BASE [--report_json=FILE]
+
+No training: the model in MODEL_DIR embeds the grown graph. Steps
+(`pinsage_tf.refresh` states what is recomputed and why that is exact):
+
+1. read the newest published versions of GRAPH and EMB_DIR
+   (`pinsage_tf.versions_on_disk`: `GRAPH.latest` names it; GRAPH itself
+   before the first refresh) and check the new edges against that graph
+   (`data.new_edges`: unknown columns, an id used as item and pivot, a new
+   item without features in a graph with features -- file:line errors);
+2. append the edges, walk again the neighborhood chunks whose walks can
+   change, embed again the items (and pivots) whose K-layer inputs changed;
+3. write `GRAPH.v<N>` (graph, checksums, neighborhood tables) and
+   `EMB_DIR.v<N>` (the embeddings directory format of `trainer.infer`),
+   export a new integer version of every model into EXPORT_BASE (ScaNN
+   index rebuilt; `pinsage_tf.export`), which a running `serving.server`
+   loads and swaps to;
+4. only then move the pointers `GRAPH.latest` and `EMB_DIR.latest`.
+
+A file whose edges are all in the graph already publishes nothing (the
+summary says so). Bad input or a failed step prints `error: ...`, exits with status 2 and
+publishes nothing (versions written before the failure are removed).
+Previous versions are never modified; delete old ones when no server or job
+uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from trainer import startup  # noqa: F401  (TensorFlow's log level; before TF loads)
+import pinsage_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
+from data import new_edges as new_edges_lib
+from data.errors import InputError
+from pinsage_tf import atomic
+from pinsage_tf import embeddings_io
+from pinsage_tf import export as export_lib
+from pinsage_tf import graph as graph_lib
+from pinsage_tf import model as model_lib
+from pinsage_tf import refresh as refresh_lib
+from pinsage_tf import training
+from pinsage_tf import versions_on_disk
+
+_GRAPH_DIR = flags.DEFINE_string(
+    "graph_dir", None, "Graph directory (data.prepare output); its newest version is refreshed.")
+_NEW_EDGES_CSV = flags.DEFINE_string("new_edges_csv", None,
+                                     "New edges: header pivot_id,item_id[,timestamp].")
+_NEW_ITEM_FEATURES_CSV = flags.DEFINE_string(
+    "new_item_features_csv", None,
+    "Dense features of the new items: header item_id,<the graph's dense feature names>.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training output directory (trainer.train).")
+_EMBEDDINGS_DIR = flags.DEFINE_string(
+    "embeddings_dir", None, "Embeddings directory (trainer.infer output); versions go beside it.")
+_EXPORT_BASE = flags.DEFINE_string("export_base", None,
+                                   "Root of the TF Serving model directories.")
+_NUM_NEIGHBORS = flags.DEFINE_integer("num_neighbors", 10,
+                                      "k: neighbors returned by the retrieval signatures.")
+_MODELS = flags.DEFINE_list("models", list(export_lib.ALL_MODELS), "Models to export.")
+_REPORT_JSON = flags.DEFINE_string("report_json", None, "Also write the summary here.")
+
+flags.mark_flags_as_required(["graph_dir", "new_edges_csv", "model_dir", "embeddings_dir",
+                              "export_base"])
+
+
+def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_dir: str,
+                export_base: str, *, new_item_features_csv: str | None = None,
+                export_config: export_lib.ExportConfig | None = None,
+                num_threads: int | None = None) -> dict[str, Any]:
+  """One refresh (module docstring); returns the summary.
+
+  Raises:
+    InputError: bad new edges or features (nothing written).
+    ValueError, FileNotFoundError, FileExistsError, export_lib.ExportError:
+      other failures (nothing published).
+  """
+  started = time.perf_counter()
+  export_config = export_config or export_lib.ExportConfig()
+  seconds: dict[str, float] = {}
+
+  def lap(name: str, since: float) -> float:
+    now = time.perf_counter()
+    seconds[name] = round(now - since, 3)
+    return now
+
+  current_graph = versions_on_disk.resolve(graph_dir)
+  current_emb = versions_on_disk.resolve(embeddings_dir)
+  experiment = training.ExperimentConfig.load(model_dir)
+  if experiment.pipeline.content_neighbors:
+    raise ValueError(f"{model_dir}: pipeline.content_neighbors is not supported by the "
+                     "refresh; rebuild with trainer.infer and trainer.export.")
+  inputs = training.prepare_inputs(current_graph, experiment, hard_negatives=False)
+  graph = inputs.graph
+  embeddings = embeddings_io.load_embeddings(
+      current_emb, graph, graph_fingerprint=graph_lib.graph_fingerprint(current_graph))
+  edges = new_edges_lib.read_new_edges(new_edges_csv, graph, new_item_features_csv)
+  if not edges.item_ids.size:
+    # Every edge is in the graph already: the current versions stay the newest.
+    return {"graph_dir": current_graph, "embeddings_dir": current_emb, "export_version": None,
+            "new_items": 0, "skipped_existing_edges": edges.skipped_existing,
+            "recomputed": None,
+            "seconds": {"total": round(time.perf_counter() - started, 3)}}
+  model = model_lib.load_model(os.path.join(model_dir, training.MODEL_DIR))
+  t = lap("load", started)
+  pivot_vectors = None
+  if experiment.learns_pivots:
+    pivot_vectors = dict(embeddings.pivot_vectors)
+    missing = set(refresh_lib.pivot_lists(graph)) - set(pivot_vectors)
+    if missing:
+      raise ValueError(f"{current_emb}: no pivot embeddings for {sorted(missing)}; re-run "
+                       "trainer.infer with this model_dir.")
+  version = versions_on_disk.next_version(graph_dir)
+  result = refresh_lib.refresh(
+      model, graph, inputs.neighborhoods, embeddings.vectors, bias=embeddings.item_bias,
+      pivot_ids=edges.pivot_ids, item_ids=edges.item_ids, new_item_dense=edges.new_item_dense,
+      pivot_neighborhoods=inputs.pivot_neighborhoods, pivot_vectors=pivot_vectors,
+      max_sparse_length=experiment.pipeline.max_sparse_length,
+      negative_sampling=experiment.pipeline.negative_sampling,
+      metadata={"refresh": {"parent": current_graph,
+                            "parent_fingerprint": graph_lib.graph_fingerprint(current_graph),
+                            "new_edges_csv": os.path.abspath(new_edges_csv),
+                            "new_edges_sha256": atomic.sha256_file(new_edges_csv),
+                            "version": version}},
+      num_threads=num_threads, batch_size=export_config.batch_size)
+  t = lap("refresh", t)
+
+  written: list[str] = []
+  try:
+    new_graph_dir = refresh_lib.publish_graph_version(
+        graph_dir, result.graph, result.neighborhoods, result.pivot_neighborhoods,
+        version=version)
+    written.append(new_graph_dir)
+    fingerprint = graph_lib.graph_fingerprint(new_graph_dir)
+    emb_version = max(versions_on_disk.next_version(embeddings_dir), version)
+    new_emb_dir = versions_on_disk.version_path(embeddings_dir, emb_version)
+    embeddings_io.save_embeddings(
+        new_emb_dir, result.vectors, result.graph.item_ids,
+        {"graph_fingerprint": fingerprint, "graph_dir": new_graph_dir,
+         "model_checkpoint": os.path.abspath(os.path.join(model_dir, training.MODEL_DIR)),
+         "runner": "refresh", "refreshed_from": current_emb},
+        item_titles=result.graph.item_titles, item_bias=result.bias,
+        pivot_ids=result.graph.pivot_ids if result.pivot_vectors else None,
+        pivot_embeddings=result.pivot_vectors or None)
+    written.append(new_emb_dir)
+    t = lap("write", t)
+    exported = export_lib.export_models(
+        export_base, model=model, graph=result.graph, tables=result.tables,
+        embeddings=result.vectors, config=export_config, item_bias=result.bias,
+        pivot_embeddings=result.pivot_vectors.get("graph"),
+        source={"model_dir": os.path.abspath(model_dir), "graph_dir": new_graph_dir,
+                "embeddings_dir": new_emb_dir, "graph_fingerprint": fingerprint,
+                "refresh": True})
+    t = lap("export", t)
+  except BaseException:
+    for path in written:
+      shutil.rmtree(path, ignore_errors=True)
+    raise
+  versions_on_disk.publish(graph_dir, new_graph_dir)
+  versions_on_disk.publish(embeddings_dir, new_emb_dir)
+  seconds["total"] = round(time.perf_counter() - started, 3)
+  return {"graph_dir": new_graph_dir, "embeddings_dir": new_emb_dir,
+          "export_version": exported["version"],
+          "new_items": int(edges.new_item_ids.size),
+          "skipped_existing_edges": edges.skipped_existing,
+          "recomputed": result.stats, "seconds": seconds}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = export_lib.ExportConfig(num_neighbors=_NUM_NEIGHBORS.value,
+                                   models=tuple(_MODELS.value))
+  try:
+    summary = run_refresh(_GRAPH_DIR.value, _NEW_EDGES_CSV.value, _MODEL_DIR.value,
+                          _EMBEDDINGS_DIR.value, _EXPORT_BASE.value,
+                          new_item_features_csv=_NEW_ITEM_FEATURES_CSV.value,
+                          export_config=config)
+  except (InputError, ValueError, FileNotFoundError, FileExistsError,
+          export_lib.ExportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  logging.info("refresh done in %.1f s", summary["seconds"]["total"])
+  if _REPORT_JSON.value:
+    atomic.write_json(_REPORT_JSON.value, summary)
+  print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
