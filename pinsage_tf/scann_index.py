@@ -63,7 +63,7 @@ SEARCH_SHARDS = 2
 # Partitions searched that `tune_search` tries, as fractions of num_leaves
 # (capped at 4x the automatic choice), and candidates re-scored, as
 # multiples of k.
-TUNING_LEAF_FRACTIONS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4)
+TUNING_LEAF_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4)
 TUNING_REORDER_MULTIPLES = (2, 5, 10, 20, 40, 80)
 # `search_cost` of a re-scored candidate in AH-scored points (1M x 64, AH with
 # 2 dimensions per block, one thread: ~1.7 ns per scored point, ~180 ns per
@@ -248,22 +248,16 @@ def search(state: scann_ops.ScannState, queries: tf.Tensor, k: int | tf.Tensor, 
   size = (tf.shape(queries)[0] + shards - 1) // shards
   parts = []
   for shard in range(shards):
-    part = queries[shard * size:(shard + 1) * size]
-
-    def run(part=part):
-      result = searcher.search_batched_parallel(part, final_num_neighbors=k,
-                                                pre_reorder_num_neighbors=pre_reorder,
-                                                leaves_to_search=leaves)
-      # Equal widths for the concatenation (the custom op has no shape function).
-      pad = [[0, 0], [0, k - tf.shape(result.indices)[1]]]
-      return (tf.pad(result.distances, pad, constant_values=-np.inf),
-              tf.pad(result.indices, pad, constant_values=-1))
-
-    def empty():
-      # ScaNN answers an empty batch with a [0, 0] result.
-      return tf.zeros([0, k], tf.float32), tf.zeros([0, k], tf.int32)
-
-    parts.append(tf.cond(tf.shape(part)[0] > 0, run, empty))
+    # An empty part (a batch smaller than `shards`) is answered with [0, 0],
+    # which the padding makes [0, k]; no control flow in the graph.
+    result = searcher.search_batched_parallel(queries[shard * size:(shard + 1) * size],
+                                              final_num_neighbors=k,
+                                              pre_reorder_num_neighbors=pre_reorder,
+                                              leaves_to_search=leaves)
+    # Equal widths for the concatenation (the custom op has no shape function).
+    pad = [[0, 0], [0, k - tf.shape(result.indices)[1]]]
+    parts.append((tf.pad(result.distances, pad, constant_values=-np.inf),
+                  tf.pad(result.indices, pad, constant_values=-1)))
   scores = tf.concat([p[0] for p in parts], axis=0) if shards > 1 else parts[0][0]
   index = tf.concat([p[1] for p in parts], axis=0) if shards > 1 else parts[0][1]
   return tf.ensure_shape(scores, [None, width]), tf.ensure_shape(index, [None, width])
