@@ -1,32 +1,46 @@
-r"""ScaNN vs exact search on 1M x 64 clustered unit vectors: recall@k and queries/s.
+r"""Served ScaNN retrieval beside raw ScaNN on 1M x 64 clustered unit vectors.
 
-Both searches are the code paths of the exports, run in this process on the
-CPU: the exact one is `pinsage_tf.export.exact_top_k` (blocked matmul +
-top_k, the `pinsage_retrieval_exact` model) and the approximate one a
-`pinsage_tf.scann_index` searcher (the `pinsage_retrieval` model) built with
-the automatic configuration for the corpus size (tree + asymmetric hashing +
-reorder above 100k points). The exact results are the ground truth of
-recall@k. The same index is then searched with other `leaves_to_search`
-and re-scoring (`reorder`) values to show the speed/recall trade-off.
+One run, one corpus, measured side by side:
 
-Data: `--num_clusters` Gaussian centers, each corpus point a center plus noise,
-L2-normalised (embedding-like: inner product = cosine); queries are fresh
-points from the same distribution (not in the corpus).
+* raw ScaNN: `scann_ops_pybind` built with the same configuration as the
+  export (tree + asymmetric hashing + reorder, `scann_index.resolve_config`
+  for k + 1 as `pinsage_retrieval` builds it), `search_batched_parallel` at
+  batch 100 and `search` at batch 1. "raw" uses ScaNN's default query pool
+  (cores - 1 threads), "raw_all_cores" `set_num_threads(cores)`.
+* served: the `pinsage_retrieval` SavedModel (`RetrievalModule`, saved and
+  loaded with `tf.saved_model.load` after `import scann`), its signatures
+  `related_items_by_embedding` (fresh queries) and `related_items` (item ids;
+  raw then searches k + 1 and drops the item), and
+  `serving.servable.Servable.predict` on `related_items` (what the model
+  server runs).
+* exact numpy search (`retrieval_exact.top_k`), the ground truth of recall@k.
 
-Prints one JSON object (and writes it to --output_json if given):
-  {"corpus": {...}, "scann_config": {...}, "build_seconds",
-   "exact": {"qps_best", "qps_median"}, "scann": {"qps_best", "qps_median", "recall@k"},
-   "speedup_median", "sweep": [{"leaves_to_search", "reorder_num_neighbors",
-                                "qps_best", "qps_median", "recall@k"}, ...]}
+Both the automatic configuration and the one `scann_index.tune_search` picks
+for `--target_recall` (as the export does: held-out corpus items, the item
+itself excluded) are measured; the raw searcher runs the tuned point through
+its query-time overrides. Passes of all variants are interleaved
+`--repeats` times (the machine is shared): queries/s best and median, and
+served / raw ratios per pass (median and best).
 
-  python bench/bench_scann.py --output_json=bench/results/scann.json
+Data: `--num_clusters` Gaussian centers, each point a center plus noise,
+L2-normalised; queries are fresh points from the same distribution.
+
+Prints one JSON object (and writes it to --output_json):
+  {"corpus", "cpu_count", "scann_config", "tuning", "exact",
+   "configs": {"automatic" | "tuned": {"leaves_to_search", "reorder_num_neighbors",
+               "variants": {name: {"qps_best", "qps_median", "recall@k"}},
+               "ratios": {name: {"median", "best"}}}}}
+
+  nice -n 10 python bench/bench_scann.py --output_json=bench/results/scann.json
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -39,22 +53,24 @@ import pinsage_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlo
 import tensorflow as tf  # noqa: E402
 
 from pinsage_tf import atomic  # noqa: E402
-from pinsage_tf import export  # noqa: E402
+from pinsage_tf import retrieval_exact  # noqa: E402
 from pinsage_tf import scann_index  # noqa: E402
-from scann.scann_ops.py import scann_ops  # noqa: E402
+from pinsage_tf.export import retrieval  # noqa: E402
+from scann.scann_ops.py import scann_ops_pybind  # noqa: E402
+from serving import servable as servable_lib  # noqa: E402
 
 _NUM_ITEMS = flags.DEFINE_integer("num_items", 1_000_000, "Corpus rows.")
 _DIM = flags.DEFINE_integer("dim", 64, "Vector width.")
 _NUM_CLUSTERS = flags.DEFINE_integer("num_clusters", 1000,
                                      "Gaussian clusters of the data (0 = uniform on the sphere).")
 _NOISE = flags.DEFINE_float("noise", 0.5, "Within-cluster noise scale (centers are N(0, 1)).")
-_NUM_QUERIES = flags.DEFINE_integer("num_queries", 2000, "Queries timed and scored.")
+_NUM_QUERIES = flags.DEFINE_integer("num_queries", 2000, "Queries per batch-100 pass.")
+_SINGLE_QUERIES = flags.DEFINE_integer("single_queries", 300, "Queries per batch-1 pass.")
 _K = flags.DEFINE_integer("k", 10, "Neighbors per query.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Queries per search call.")
-_EXACT_BLOCK_SIZE = flags.DEFINE_integer("exact_block_size", 32768,
-                                         "Corpus rows per step of exact search.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes over the queries (best and "
-                                "median reported).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Queries per batched call.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved timed passes of every variant.")
+_TARGET_RECALL = flags.DEFINE_float("target_recall", 0.99, "Recall@k the tuning aims at.")
+_TUNING_QUERIES = flags.DEFINE_integer("tuning_queries", 1000, "Held-out items the tuning uses.")
 _SEED = flags.DEFINE_integer("seed", 0, "Data seed.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", "", "Also write the JSON here.")
 
@@ -76,87 +92,201 @@ def make_data(n: int, d: int, clusters: int, noise: float, num_queries: int, see
   return sample(n, centers), sample(num_queries, centers)
 
 
-def timed_batches(fn, queries: np.ndarray, batch: int, repeats: int):
-  """Warms fn up, then times `repeats` passes over the queries in batches.
-
-  Returns:
-    (ids of the last pass, sorted list of pass durations in seconds).
-  """
-  fn(tf.constant(queries[:batch]))  # trace / create the searcher
-  seconds = []
-  for _ in range(repeats):
-    out = []
-    start = time.perf_counter()
-    for s in range(0, len(queries), batch):
-      out.append(fn(tf.constant(queries[s:s + batch])).numpy())
-    seconds.append(time.perf_counter() - start)
-  return np.concatenate(out), sorted(seconds)
+def _log(message: str) -> None:
+  print(f"[bench_scann {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _speed(num_queries: int, seconds: list[float]) -> dict:
-  # Best and median of the passes: the machine may be shared, the best pass
-  # is the least disturbed one.
-  return {"qps_best": round(num_queries / seconds[0], 1),
-          "qps_median": round(num_queries / seconds[len(seconds) // 2], 1)}
+def _raw_searcher(corpus: np.ndarray, config: scann_index.ScannConfig, k: int):
+  """A `scann_ops_pybind` searcher built like `scann_index.build_state`."""
+  builder = scann_ops_pybind.builder(corpus, k, "dot_product")
+  sample = min(config.training_sample_size, corpus.shape[0])
+  if config.algorithm == "tree_ah":
+    builder = builder.tree(num_leaves=config.num_leaves,
+                           num_leaves_to_search=config.num_leaves_to_search,
+                           training_sample_size=sample,
+                           training_iterations=config.training_iterations)
+  builder = builder.score_ah(
+      config.dimensions_per_block,
+      anisotropic_quantization_threshold=config.anisotropic_quantization_threshold,
+      training_sample_size=sample)
+  return builder.reorder(config.reorder_num_neighbors).build()
+
+
+def _drop_self(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+  out = np.full((ids.shape[0], k), -1, np.int64)
+  for q, (found, row) in enumerate(zip(ids, rows)):
+    kept = found[found != row][:k]
+    out[q, :len(kept)] = kept
+  return out
+
+
+def _rows_of(ids: np.ndarray) -> np.ndarray:
+  return np.vectorize(lambda b: int(b.decode()[1:]) if b else -1, otypes=[np.int64])(ids)
 
 
 def main(argv):
   del argv
-  k, batch = _K.value, _BATCH_SIZE.value
-  t0 = time.perf_counter()
+  k, batch, cores = _K.value, _BATCH_SIZE.value, os.cpu_count() or 1
   corpus, queries = make_data(_NUM_ITEMS.value, _DIM.value, _NUM_CLUSTERS.value, _NOISE.value,
                               _NUM_QUERIES.value, _SEED.value)
-  data_seconds = time.perf_counter() - t0
   n = corpus.shape[0]
+  rng = np.random.default_rng(_SEED.value + 1)
+  item_rows = np.sort(rng.choice(n, _NUM_QUERIES.value, replace=False)).astype(np.int32)
+  rest = np.setdiff1d(np.arange(n, dtype=np.int32), item_rows)
+  tuning_rows = np.sort(rng.choice(rest, min(_TUNING_QUERIES.value, rest.size), replace=False))
 
-  block = min(_EXACT_BLOCK_SIZE.value, n)
-  padded = np.zeros((-(-n // block) * block, corpus.shape[1]), np.float32)
-  padded[:n] = corpus
-  corpus_t = tf.constant(padded)
-  exact_fn = tf.function(lambda q: export.exact_top_k(corpus_t, n, q, k, block)[1])
-  exact_ids, exact_seconds = timed_batches(exact_fn, queries, batch, _REPEATS.value)
-
-  config = scann_index.resolve_config(n, k)
+  _log(f"exact numpy search of {len(queries)} + {len(item_rows)} queries")
   t0 = time.perf_counter()
-  state = scann_index.build_state(corpus, config, k)
+  exact_emb, _ = retrieval_exact.top_k(queries, corpus, k)
+  exact_seconds = time.perf_counter() - t0
+  exact_items, _ = retrieval_exact.top_k(corpus[item_rows], corpus, k, exclude=item_rows)
+  exact_tuning, _ = retrieval_exact.top_k(corpus[tuning_rows], corpus, k, exclude=tuning_rows)
+
+  # As the export builds pinsage_retrieval: the index serves k + 1 (related_items
+  # drops the query item).
+  requested = scann_index.ScannConfig(target_recall=_TARGET_RECALL.value,
+                                      tuning_queries=_TUNING_QUERIES.value)
+  auto = scann_index.resolve_config(n, k + 1, requested)
+  _log(f"building the TF index {auto}")
+  t0 = time.perf_counter()
+  state = scann_index.build_state(corpus, auto, k + 1)
   build_seconds = time.perf_counter() - t0
-  scann_fn = tf.function(lambda q: scann_index.search(state, q, k)[1])
-  scann_ids, scann_seconds = timed_batches(scann_fn, queries, batch, _REPEATS.value)
-  recall = scann_index.recall_at_k(scann_ids, exact_ids)
+  _log("tuning")
+  t0 = time.perf_counter()
+  tuning = scann_index.tune_search(state, auto, requested, corpus[tuning_rows], exact_tuning, k,
+                                   exclude=tuning_rows)
+  tuning_seconds = time.perf_counter() - t0
+  _log(f"tuned: {tuning.chosen}")
+  _log("building the raw index")
+  raw = _raw_searcher(corpus, auto, k + 1)
 
-  sweep = []
-  if config.algorithm != "brute_force":
-    # Query-time knobs of the same index: partitions searched (tree) and
-    # candidates re-scored exactly.
-    searcher = scann_ops.searcher_from_module(state)
-    leaves_default = config.num_leaves_to_search
-    leaves_grid = ([None] if leaves_default is None else sorted(
-        {max(1, leaves_default // 2), leaves_default,
-         min(config.num_leaves, leaves_default * 2)}))
-    reorder_default = config.reorder_num_neighbors
-    for leaves in leaves_grid:
-      for reorder in (reorder_default, 4 * reorder_default):
-        fn = tf.function(lambda q, leaves=leaves, reorder=reorder:
-                         searcher.search_batched_parallel(
-                             q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder,
-                             leaves_to_search=leaves).indices)
-        ids, seconds = timed_batches(fn, queries, batch, _REPEATS.value)
-        sweep.append({"leaves_to_search": leaves, "reorder_num_neighbors": reorder,
-                      **_speed(len(queries), seconds),
-                      f"recall@{k}": round(scann_index.recall_at_k(ids, exact_ids), 4)})
+  ids = np.array([f"i{i}" for i in range(n)])
+  tmp = tempfile.mkdtemp(prefix="bench_scann-")
+  vocab = os.path.join(tmp, "items.txt")
+  with open(vocab, "w", encoding="utf-8") as f:
+    f.write("\n".join(ids.tolist()) + "\n")
+  configs = {"automatic": auto, "tuned": tuning.config}
+  served = {}
+  for name, config in configs.items():
+    _log(f"exporting and loading the {name} pinsage_retrieval")
+    module = retrieval.RetrievalModule(ids, corpus, vocab, k, state,
+                                       scann_reorder=config.reorder_num_neighbors,
+                                       scann_leaves=config.num_leaves_to_search)
+    path = os.path.join(tmp, name, "1")
+    tf.saved_model.save(module, path, signatures=module.signatures(),
+                        options=scann_index.SAVE_OPTIONS)
+    served[name] = (tf.saved_model.load(path),
+                    servable_lib.Servable("pinsage_retrieval", 1, path, ["serve"]))
+  del module
 
+  item_bytes = np.char.encode(ids[item_rows], "utf-8").astype(object)
+  singles = _SINGLE_QUERIES.value
+
+  def variants(name, config):
+    leaves, reorder = config.num_leaves_to_search, config.reorder_num_neighbors
+    loaded, servable = served[name]
+    by_embedding = loaded.signatures["related_items_by_embedding"]
+    related = loaded.signatures["related_items"]
+
+    def raw_batched(threads, rows):
+      def run(qs):
+        if raw_threads[0] != threads:  # a new pool: only when the variant changes
+          raw.set_num_threads(threads)
+          raw_threads[0] = threads
+        return raw.search_batched_parallel(qs, final_num_neighbors=k + (rows is not None),
+                                           pre_reorder_num_neighbors=reorder,
+                                           leaves_to_search=leaves)[0]
+      return run
+
+    def raw_single(rows):
+      def run(qs):
+        return np.stack([raw.search(q, final_num_neighbors=k + (rows is not None),
+                                    pre_reorder_num_neighbors=reorder,
+                                    leaves_to_search=-1 if leaves is None else leaves)[0]
+                         for q in qs])
+      return run
+
+    def sig_embedding(qs):
+      return _rows_of(by_embedding(embeddings=tf.constant(qs))["neighbor_ids"].numpy())
+
+    def sig_items(b):
+      return _rows_of(related(item_ids=tf.constant(b))["neighbor_ids"].numpy())
+
+    def predict_items(b):
+      return _rows_of(servable.predict("related_items", {"item_ids": b})["neighbor_ids"])
+
+    emb, rows = "by_embedding", item_rows
+    return {
+        # name: (batch size, inputs, search fn, rows to drop, exact ids)
+        f"raw_{emb}_b{batch}": (batch, queries, raw_batched(cores - 1, None), None, exact_emb),
+        f"raw_all_cores_{emb}_b{batch}": (batch, queries, raw_batched(cores, None), None,
+                                          exact_emb),
+        f"served_{emb}_b{batch}": (batch, queries, sig_embedding, None, exact_emb),
+        f"raw_related_b{batch}": (batch, corpus[rows], raw_batched(cores - 1, rows), rows,
+                                  exact_items),
+        f"raw_all_cores_related_b{batch}": (batch, corpus[rows], raw_batched(cores, rows), rows,
+                                            exact_items),
+        f"served_related_b{batch}": (batch, item_bytes, sig_items, None, exact_items),
+        f"predict_related_b{batch}": (batch, item_bytes, predict_items, None, exact_items),
+        f"raw_{emb}_b1": (1, queries[:singles], raw_single(None), None, exact_emb[:singles]),
+        f"served_{emb}_b1": (1, queries[:singles], sig_embedding, None, exact_emb[:singles]),
+        "raw_related_b1": (1, corpus[rows[:singles]], raw_single(rows), rows[:singles],
+                           exact_items[:singles]),
+        "served_related_b1": (1, item_bytes[:singles], sig_items, None, exact_items[:singles]),
+        "predict_related_b1": (1, item_bytes[:singles], predict_items, None,
+                               exact_items[:singles]),
+    }
+
+  raw_threads = [None]  # the raw searcher's current set_num_threads
+  table = {name: variants(name, config) for name, config in configs.items()}
+  seconds = {(c, v): [] for c in table for v in table[c]}
+  recall = {}
+  _log("warm-up and recall")
+  for c, vs in table.items():
+    for v, (b, inputs, fn, drop, exact) in vs.items():
+      out = np.concatenate([np.asarray(fn(inputs[s:s + b])) for s in range(0, len(inputs), b)])
+      if drop is not None:
+        out = _drop_self(out, drop, k)
+      recall[c, v] = scann_index.recall_at_k(out[:, :k], exact)
+  for rep in range(_REPEATS.value):
+    _log(f"timed pass {rep + 1}/{_REPEATS.value}")
+    for c, vs in table.items():
+      for v, (b, inputs, fn, _, _) in vs.items():
+        start = time.perf_counter()
+        for s in range(0, len(inputs), b):
+          fn(inputs[s:s + b])
+        seconds[c, v].append(time.perf_counter() - start)
+
+  result_configs = {}
+  for c, vs in table.items():
+    qps = {v: [len(vs[v][1]) / t for t in seconds[c, v]] for v in vs}
+    out = {"leaves_to_search": configs[c].num_leaves_to_search,
+           "reorder_num_neighbors": configs[c].reorder_num_neighbors,
+           "variants": {v: {"qps_best": round(max(qps[v]), 1),
+                            "qps_median": round(statistics.median(qps[v]), 1),
+                            f"recall@{k}": round(recall[c, v], 4)} for v in vs},
+           "ratios": {}}
+    for v in vs:
+      if v.startswith("raw"):
+        continue
+      kind = v.split("_", 1)[1]
+      for base in ("raw", "raw_all_cores"):
+        ref = f"{base}_{kind}"
+        if ref in qps:
+          per_pass = [a / r for a, r in zip(qps[v], qps[ref])]
+          out["ratios"][f"{v} / {ref}"] = {"median": round(statistics.median(per_pass), 3),
+                                           "best": round(max(qps[v]) / max(qps[ref]), 3)}
+    result_configs[c] = out
   result = {
       "corpus": {"num_items": n, "dim": int(corpus.shape[1]), "clusters": _NUM_CLUSTERS.value,
-                 "noise": _NOISE.value, "queries": len(queries), "batch_size": batch, "k": k,
-                 "data_seconds": round(data_seconds, 1)},
-      "cpu_count": os.cpu_count(),
-      "scann_config": config.to_json(),
+                 "noise": _NOISE.value, "queries": len(queries), "single_queries": singles,
+                 "batch_size": batch, "k": k, "repeats": _REPEATS.value},
+      "cpu_count": cores,
+      "scann_config": auto.to_json(),
       "build_seconds": round(build_seconds, 1),
-      "exact": {**_speed(len(queries), exact_seconds), "block_size": block},
-      "scann": {**_speed(len(queries), scann_seconds), f"recall@{k}": round(recall, 4)},
-      "speedup_median": round(exact_seconds[len(exact_seconds) // 2]
-                              / scann_seconds[len(scann_seconds) // 2], 1),
-      "sweep": sweep,
+      "tuning": {**tuning.to_json(), "seconds": round(tuning_seconds, 1)},
+      "exact": {"qps": round(len(queries) / exact_seconds, 1), "what": "numpy, one pass"},
+      "configs": result_configs,
   }
   text = json.dumps(result, indent=2)
   print(text)

@@ -211,6 +211,51 @@ def test_scann_brute_force_model_equals_exact_search(setup):
       assert abs(vectors[q] @ vectors[got[q, j]] - want_scores[q, j]) < 1e-6, (q, j)
 
 
+def _export_tree_scann(setup, base: str, scann: scann_index.ScannConfig) -> dict:
+  config = export.ExportConfig(num_neighbors=_K, recall_queries=10, scann=scann,
+                               models=(export.RETRIEVAL,))
+  summary = export.export_models(base, model=setup["model"], graph=setup["graph"],
+                                 tables=setup["tables"], embeddings=setup["vectors"],
+                                 config=config)
+  return summary["models"][export.RETRIEVAL]["report"]
+
+
+def test_scann_export_tunes_to_the_target_recall_on_held_out_items(setup, tmp_path):
+  report = _export_tree_scann(setup, str(tmp_path), scann_index.ScannConfig(
+      algorithm="tree_ah", num_leaves=4, training_sample_size=40, target_recall=0.9,
+      tuning_queries=20))
+  search, tuning = report["search"], report["search"]["tuning"]
+  chosen = tuning["chosen"]
+  assert tuning["target_met"] and chosen["recall"] >= 0.9 and tuning["queries"] == 20
+  # The served index searches the chosen point, recorded as its config.
+  assert (search["scann"]["num_leaves_to_search"], search["scann"]["reorder_num_neighbors"]) == (
+      chosen["leaves_to_search"], chosen["reorder_num_neighbors"])
+  assert chosen["cost"] <= tuning["automatic"]["cost"]
+  assert chosen["queries_per_second"] > 0 and tuning["automatic"]["queries_per_second"] > 0
+  assert "outside the recall sample" in tuning["held_out"]
+  # Held out: the 20 tuning items are not the check's 10 (40 items, seed 0).
+  assert report["check"]["queries"] == 10
+  # Re-measure the chosen point on the tuning items through the served model.
+  loaded = tf.saved_model.load(os.path.join(str(tmp_path), export.RETRIEVAL, "1"))
+  vectors = setup["vectors"]
+  check_rows = np.sort(np.random.default_rng(0).choice(_N, 10, replace=False))
+  held_out = np.setdiff1d(np.arange(_N), check_rows)
+  rows = held_out[np.sort(np.random.default_rng(4).choice(held_out.size, 20, replace=False))]
+  out = loaded.signatures["related_items"](item_ids=tf.constant(setup["graph"].item_ids[rows]))
+  want, _ = retrieval_exact.top_k(vectors[rows], vectors, _K, exclude=rows)
+  got = _ids_to_rows(out["neighbor_ids"].numpy())
+  assert scann_index.recall_at_k(got, want) == pytest.approx(chosen["recall"])
+
+
+def test_scann_export_keeps_explicit_search_knobs(setup, tmp_path):
+  report = _export_tree_scann(setup, str(tmp_path), scann_index.ScannConfig(
+      algorithm="tree_ah", num_leaves=4, num_leaves_to_search=1, reorder_num_neighbors=12,
+      training_sample_size=40))
+  assert (report["search"]["scann"]["num_leaves_to_search"],
+          report["search"]["scann"]["reorder_num_neighbors"]) == (1, 12)
+  assert "explicit" in report["search"]["tuning"]["skipped"]
+
+
 def test_without_pivot_embeddings_only_the_item_signatures_are_exported(setup):
   for name in (export.RETRIEVAL, export.RETRIEVAL_EXACT):
     assert set(setup["loaded"][name].signatures) == {

@@ -21,17 +21,32 @@ Every field can be set explicitly to override the choice. Scores are inner
 products (`distance_measure="dot_product"`, larger is better; the cosine for
 L2-normalised embeddings).
 
+The rules of thumb for the query-time knobs (partitions searched, candidates
+re-scored) often search more than a corpus needs. `tune_search` measures
+them on held-out queries against exact results and picks the fastest point
+that reaches `ScannConfig.target_recall` (the export does this by default);
+explicit `num_leaves_to_search` / `reorder_num_neighbors` are kept as given.
+
 Contract of `search(state, queries [B, d], k)`: float32 scores `[B, k]` sorted
 in descending order and int32 row indices `[B, k]` of the corpus.
 `recall_at_k` compares approximate and exact result lists.
+
+Threads: ScaNN's TF op parallelises a batch over its own pool of
+`cores - 1` threads in chunks of `ceil(B / (cores - 1))` queries, so on two
+cores a batch is one chunk and runs on one thread. `search` therefore splits a
+batch into `SEARCH_SHARDS` independent searches, which TensorFlow's inter-op
+threads run at the same time (each still uses ScaNN's pool on larger
+machines).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import scann  # noqa: F401  (registers ScaNN's TF ops)
@@ -43,6 +58,17 @@ BRUTE_FORCE_MAX_ITEMS = 20_000
 AH_MAX_ITEMS = 100_000
 # SavedModels holding a ScaNN searcher must allow the custom op namespace.
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
+# Concurrent ScaNN searches a batch is split into (see the module docstring).
+SEARCH_SHARDS = 2
+# Partitions searched that `tune_search` tries, as fractions of num_leaves
+# (capped at 4x the automatic choice), and candidates re-scored, as
+# multiples of k.
+TUNING_LEAF_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4)
+TUNING_REORDER_MULTIPLES = (2, 5, 10, 20, 40, 80)
+# `search_cost` of a re-scored candidate in AH-scored points (1M x 64, AH with
+# 2 dimensions per block, one thread: ~1.7 ns per scored point, ~180 ns per
+# re-scored candidate).
+REORDER_COST = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +92,10 @@ class ScannConfig:
     training_sample_size: points sampled to train the tree and codebooks.
     training_iterations: k-means iterations of the tree.
     training_threads: threads for training (0 = all cores).
+    target_recall: recall@k on held-out queries that `tune_search` tunes
+      the None query-time knobs (`num_leaves_to_search`,
+      `reorder_num_neighbors`) to; None keeps the rules of thumb.
+    tuning_queries: held-out queries `tune_search` measures on.
   """
 
   algorithm: str = "auto"
@@ -77,6 +107,8 @@ class ScannConfig:
   training_sample_size: int = 100_000
   training_iterations: int = 12
   training_threads: int = 0
+  target_recall: float | None = 0.99
+  tuning_queries: int = 1000
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -91,6 +123,12 @@ class ScannConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"ScannConfig.{name} must be a positive int, got {value!r}.")
+    if self.target_recall is not None and not 0 < self.target_recall <= 1:
+      raise ValueError(f"ScannConfig.target_recall must lie in (0, 1] or be None (no tuning), "
+                       f"got {self.target_recall!r}.")
+    if not isinstance(self.tuning_queries, int) or self.tuning_queries < 1:
+      raise ValueError(f"ScannConfig.tuning_queries must be a positive int, got "
+                       f"{self.tuning_queries!r}.")
     if self.training_threads < 0:
       raise ValueError(f"ScannConfig.training_threads must be >= 0 (0 = all cores), got "
                        f"{self.training_threads!r}.")
@@ -180,30 +218,245 @@ def build_state(vectors: np.ndarray, config: ScannConfig, k: int) -> scann_ops.S
   return builder.build().serialize_to_module()
 
 
-def search(state: scann_ops.ScannState, queries: tf.Tensor, k: int | tf.Tensor
-           ) -> tuple[tf.Tensor, tf.Tensor]:
+def search(state: scann_ops.ScannState, queries: tf.Tensor, k: int | tf.Tensor, *,
+           pre_reorder: int | tf.Tensor | None = None, leaves: int | None = None,
+           shards: int = SEARCH_SHARDS) -> tuple[tf.Tensor, tf.Tensor]:
   """Top-k inner-product search of `queries` float32 `[B, d]` in the index.
 
   Usable eagerly or inside a `tf.function` (the searcher resource is created
   from `state` by the function's first run and then reused).
 
+  Args:
+    state: a `build_state` result.
+    queries: float32 `[B, d]`.
+    k: results per query (int, or an int32 scalar tensor).
+    pre_reorder: candidates re-scored exactly (reordering indices); None =
+      the index's `reorder_num_neighbors`. A reordering index returns at most
+      this many results.
+    leaves: partitions searched (tree_ah); None = the index's
+      `num_leaves_to_search`.
+    shards: the batch is split into this many searches run concurrently.
+
   Returns:
-    (scores float32 `[B, k]` descending, indices int32 `[B, k]`).
+    (scores float32 `[B, k]` descending, indices int32 `[B, k]`); a query
+    the index answers with fewer than k results gets -inf / -1 after them.
   """
+  if shards < 1:
+    raise ValueError(f"shards must be >= 1, got {shards}.")
+  searcher = scann_ops.searcher_from_module(state)
   width = k if isinstance(k, int) else None
+  size = (tf.shape(queries)[0] + shards - 1) // shards
+  parts = []
+  for shard in range(shards):
+    # An empty part (a batch smaller than `shards`) is answered with [0, 0],
+    # which the padding makes [0, k]; no control flow in the graph.
+    result = searcher.search_batched_parallel(queries[shard * size:(shard + 1) * size],
+                                              final_num_neighbors=k,
+                                              pre_reorder_num_neighbors=pre_reorder,
+                                              leaves_to_search=leaves)
+    # Equal widths for the concatenation (the custom op has no shape function).
+    pad = [[0, 0], [0, k - tf.shape(result.indices)[1]]]
+    parts.append((tf.pad(result.distances, pad, constant_values=-np.inf),
+                  tf.pad(result.indices, pad, constant_values=-1)))
+  scores = tf.concat([p[0] for p in parts], axis=0) if shards > 1 else parts[0][0]
+  index = tf.concat([p[1] for p in parts], axis=0) if shards > 1 else parts[0][1]
+  return tf.ensure_shape(scores, [None, width]), tf.ensure_shape(index, [None, width])
 
-  def run():
-    searcher = scann_ops.searcher_from_module(state)
-    result = searcher.search_batched_parallel(queries, final_num_neighbors=k)
-    # The custom op has no shape function: restore the rank for callers.
-    return (tf.ensure_shape(result.distances, [None, width]),
-            tf.ensure_shape(result.indices, [None, width]))
 
-  def empty():
-    # ScaNN answers an empty batch with a [0, 0] result.
-    return tf.zeros([0, k], tf.float32), tf.zeros([0, k], tf.int32)
+@dataclasses.dataclass(frozen=True)
+class SearchPoint:
+  """One setting of the query-time knobs, measured on the tuning queries.
 
-  return tf.cond(tf.shape(queries)[0] > 0, run, empty)
+  Attributes:
+    leaves_to_search: partitions searched (None: not a tree).
+    reorder_num_neighbors: candidates re-scored (None: no reordering).
+    recall: recall@k against the exact results.
+    cost: `search_cost` of the setting (what the tuning minimises).
+    queries_per_second: batched search on one thread, best of the timed
+      passes (None: not timed; comparable between points of one run).
+  """
+
+  leaves_to_search: int | None
+  reorder_num_neighbors: int | None
+  recall: float
+  cost: float
+  queries_per_second: float | None = None
+
+  def to_json(self) -> dict[str, Any]:
+    qps = self.queries_per_second
+    return {"leaves_to_search": self.leaves_to_search,
+            "reorder_num_neighbors": self.reorder_num_neighbors,
+            "recall": round(self.recall, 4), "cost": round(self.cost, 1),
+            "queries_per_second": None if qps is None else round(qps, 1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+  """What `tune_search` chose and measured.
+
+  Attributes:
+    config: the input config with the chosen knobs filled in.
+    target_recall: the recall asked for.
+    queries: tuning queries measured on.
+    chosen: the point `config` holds (timed).
+    automatic: the rules-of-thumb point (`resolve_config`), timed alike.
+    target_met: whether `chosen` reaches the target (if not, it is the
+      highest-recall point tried).
+    points: every point whose recall was measured, in the order tried.
+  """
+
+  config: ScannConfig
+  target_recall: float
+  queries: int
+  chosen: SearchPoint
+  automatic: SearchPoint
+  target_met: bool
+  points: tuple[SearchPoint, ...]
+
+  def to_json(self) -> dict[str, Any]:
+    return {"target_recall": self.target_recall, "queries": self.queries,
+            "target_met": self.target_met, "chosen": self.chosen.to_json(),
+            "automatic": self.automatic.to_json(),
+            "speedup_over_automatic": (
+                round(self.chosen.queries_per_second / self.automatic.queries_per_second, 2)
+                if self.chosen.queries_per_second and self.automatic.queries_per_second
+                else None),
+            "points": [p.to_json() for p in self.points]}
+
+
+def search_cost(config: ScannConfig, num_items: int, leaves: int | None,
+                reorder: int | None) -> float:
+  """Work of one query in AH-scored points: points in the searched leaves + re-scoring.
+
+  A re-scored candidate counts `REORDER_COST` points (an exact inner product
+  on a cache-missing row vs a table lookup per block).
+  """
+  scanned = float(num_items)
+  if config.algorithm == "tree_ah" and leaves is not None:
+    scanned = num_items * min(leaves, config.num_leaves) / config.num_leaves
+  return scanned + REORDER_COST * (reorder or 0)
+
+
+def tune_search(state: scann_ops.ScannState, config: ScannConfig, requested: ScannConfig,
+                queries: np.ndarray, exact: np.ndarray, k: int,
+                exclude: np.ndarray | None = None, batch_size: int = 100,
+                timing_passes: int = 3) -> Tuning:
+  """Picks the cheapest query-time knobs whose recall@k reaches the target.
+
+  The knobs `requested` leaves None (`num_leaves_to_search` for tree_ah,
+  `reorder_num_neighbors` for ah / tree_ah) are tried on a grid
+  (`TUNING_LEAF_FRACTIONS` of num_leaves, at most 4x the automatic value;
+  `TUNING_REORDER_MULTIPLES` of the searched count, plus the automatic
+  values): for each leaves value, ascending, the smallest reorder reaching
+  `requested.target_recall`; the point of least `search_cost` wins (a
+  deterministic choice on a shared machine; the chosen and the automatic
+  points are then timed for the report). Explicit knobs are kept as given.
+  Warns when no point reaches the target and then keeps the highest-recall
+  one.
+
+  Args:
+    state: the index, built with `config`.
+    config: `resolve_config(N, k, requested)` (the automatic point).
+    requested: the user's config; its `target_recall` must not be None.
+    queries: float32 `[Q, d]` held-out queries (not the queries a quality
+      check will measure).
+    exact: int `[Q, k]` their exact top-k rows (excluded rows left out).
+    k: results compared per query.
+    exclude: optional int `[Q]`, a row each query must not return (e.g.
+      the query item itself); k + 1 results are searched and it is dropped.
+    batch_size: queries per search call.
+    timing_passes: timed passes of the chosen and automatic points (best kept).
+
+  Returns:
+    A `Tuning`; `Tuning.config` is `config` with the chosen knobs.
+  """
+  target = requested.target_recall
+  if target is None:
+    raise ValueError("requested.target_recall is None: nothing to tune.")
+  if config.algorithm in ("brute_force", "auto"):
+    raise ValueError(f"tune_search needs a resolved ah / tree_ah config, got "
+                     f"{config.algorithm!r} (brute force is exact).")
+  queries = np.ascontiguousarray(queries, np.float32)
+  exact = np.asarray(exact)
+  if queries.ndim != 2 or exact.shape != (queries.shape[0], k) or queries.shape[0] < 1:
+    raise ValueError(f"need queries [Q, d] and exact [Q, {k}] with Q >= 1, got {queries.shape} "
+                     f"and {exact.shape}.")
+  num_items = int(tf.shape(state.hashed_dataset)[0])  # ah / tree_ah: one code row per item
+  searcher = scann_ops.searcher_from_module(state)
+  extra = 0 if exclude is None else 1
+  batches = [tf.constant(queries[s:s + batch_size]) for s in range(0, len(queries), batch_size)]
+
+  def run(leaves, reorder):
+    return [searcher.search_batched(batch, final_num_neighbors=k + extra,
+                                    pre_reorder_num_neighbors=reorder,
+                                    leaves_to_search=leaves).indices.numpy()
+            for batch in batches]
+
+  measured: dict[tuple[int | None, int | None], SearchPoint] = {}
+
+  def measure(leaves, reorder) -> SearchPoint:
+    if (leaves, reorder) not in measured:
+      ids = _drop_rows(np.concatenate(run(leaves, reorder)), exclude, k)
+      measured[leaves, reorder] = SearchPoint(
+          leaves, reorder, recall_at_k(ids, exact),
+          search_cost(config, num_items, leaves, reorder))
+    return measured[leaves, reorder]
+
+  def timed(point: SearchPoint) -> SearchPoint:
+    seconds = []
+    for _ in range(timing_passes):
+      start = time.perf_counter()
+      run(point.leaves_to_search, point.reorder_num_neighbors)
+      seconds.append(time.perf_counter() - start)
+    return dataclasses.replace(point, queries_per_second=len(queries) / max(min(seconds), 1e-9))
+
+  if config.algorithm == "tree_ah" and requested.num_leaves_to_search is None:
+    cap = min(config.num_leaves, 4 * config.num_leaves_to_search)
+    leaves_grid = sorted({min(cap, max(1, round(f * config.num_leaves)))
+                          for f in TUNING_LEAF_FRACTIONS} | {config.num_leaves_to_search})
+  else:
+    leaves_grid = [config.num_leaves_to_search]
+  if requested.reorder_num_neighbors is None:
+    reorder_grid = sorted({m * (k + extra) for m in TUNING_REORDER_MULTIPLES}
+                          | {config.reorder_num_neighbors})
+  else:
+    reorder_grid = [config.reorder_num_neighbors]
+
+  automatic = measure(config.num_leaves_to_search, config.reorder_num_neighbors)
+  best: SearchPoint | None = None
+  for leaves in leaves_grid:
+    if best is not None and search_cost(config, num_items, leaves, reorder_grid[0]) >= best.cost:
+      break  # more leaves cannot be cheaper than the best point found
+    for reorder in reorder_grid:  # recall grows with reorder: the first that meets
+      point = measure(leaves, reorder)
+      if point.recall >= target:
+        if best is None or point.cost < best.cost:
+          best = point
+        break
+  points = tuple(measured.values())
+  target_met = best is not None
+  if best is None:
+    best = max(points, key=lambda p: (p.recall, -p.cost))
+    logging.warning(
+        "ScaNN tuning: no setting tried reaches recall@%d %.4f on %d held-out queries (best "
+        "%.4f with leaves_to_search=%s, reorder_num_neighbors=%s); using it. Lower "
+        "target_recall, or build a finer index (more num_leaves, smaller dimensions_per_block).",
+        k, target, len(queries), best.recall, best.leaves_to_search, best.reorder_num_neighbors)
+  tuned = dataclasses.replace(config, num_leaves_to_search=best.leaves_to_search,
+                              reorder_num_neighbors=best.reorder_num_neighbors)
+  return Tuning(config=tuned, target_recall=target, queries=len(queries), chosen=timed(best),
+                automatic=timed(automatic), target_met=target_met, points=points)
+
+
+def _drop_rows(ids: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
+  """The first k ids of each row that are not `exclude[row]` (-1 padding)."""
+  if exclude is None:
+    return ids[:, :k]
+  out = np.full((ids.shape[0], k), -1, ids.dtype)
+  for row, (found, drop) in enumerate(zip(ids, np.asarray(exclude))):
+    kept = found[found != drop][:k]
+    out[row, :len(kept)] = kept
+  return out
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:

@@ -112,3 +112,117 @@ def test_empty_batch_and_saved_model_round_trip(tmp_path):
   np.testing.assert_array_equal(loaded.top3(queries)["index"].numpy(),
                                 module.top3(queries)["index"].numpy())
   assert loaded.top3(queries)["index"].numpy()[:, 0].tolist() == [0, 1, 2, 3]
+
+
+def _clustered(n: int, d: int, seed: int) -> np.ndarray:
+  """Unit vectors around 30 centers: a tree index needs a few leaves for high recall."""
+  rng = np.random.default_rng(seed)
+  centers = rng.standard_normal((30, d)).astype(np.float32)
+  x = centers[rng.integers(0, 30, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def tree_index():
+  """A 3000 x 16 clustered corpus, a tree_ah index of 30 leaves and 200 fresh queries."""
+  corpus = _clustered(3200, 16, 5)
+  corpus, queries = corpus[:3000], corpus[3000:]
+  requested = scann_index.ScannConfig(algorithm="tree_ah", num_leaves=30)
+  config = scann_index.resolve_config(3000, 10, requested)
+  state = scann_index.build_state(corpus, config, 10)
+  exact, _ = retrieval_exact.top_k(queries, corpus, 10)
+  return corpus, queries, requested, config, state, exact
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 7])
+@pytest.mark.parametrize("shards", [2, 3])
+def test_sharded_search_equals_one_search(tree_index, batch, shards):
+  _, queries, _, _, state, _ = tree_index
+  q = tf.constant(queries[:batch])
+  want_scores, want = scann_index.search(state, q, 10, shards=1)
+  scores, index = scann_index.search(state, q, 10, shards=shards)
+  assert index.shape == (batch, 10)
+  np.testing.assert_array_equal(index.numpy(), want.numpy())
+  np.testing.assert_array_equal(scores.numpy(), want_scores.numpy())
+
+
+def test_query_time_knobs_override_the_index(tree_index):
+  _, queries, _, config, state, exact = tree_index
+  q = tf.constant(queries)
+  _, default = scann_index.search(state, q, 10)
+  _, one_leaf = scann_index.search(state, q, 10, leaves=1, pre_reorder=10)
+  _, every_leaf = scann_index.search(state, q, 10, leaves=config.num_leaves, pre_reorder=1000)
+  one, full = (scann_index.recall_at_k(x.numpy(), exact) for x in (one_leaf, every_leaf))
+  # One leaf of 30 misses most neighbors in other clusters; all leaves and
+  # 100 k candidates re-scored exactly find (almost) all of them.
+  assert one < 0.8 < 0.99 <= full
+  assert scann_index.recall_at_k(default.numpy(), exact) > one
+
+
+def test_tune_search_reaches_the_target_with_less_search(tree_index):
+  _, queries, requested, config, state, exact = tree_index
+  tuning = scann_index.tune_search(state, config, requested, queries, exact, 10)
+  chosen = tuning.chosen
+  assert tuning.target_met and chosen.recall >= 0.99
+  assert (tuning.config.num_leaves_to_search, tuning.config.reorder_num_neighbors) == (
+      chosen.leaves_to_search, chosen.reorder_num_neighbors)
+  # The recorded recall is what the served search with these knobs returns.
+  _, index = scann_index.search(state, tf.constant(queries), 10,
+                                leaves=chosen.leaves_to_search,
+                                pre_reorder=chosen.reorder_num_neighbors)
+  assert scann_index.recall_at_k(index.numpy(), exact) == pytest.approx(chosen.recall)
+  # The rules of thumb (3 of 30 leaves, 400 candidates) over-search this corpus:
+  # a cheaper point reaches the target, and it is the cheapest one tried.
+  assert (tuning.automatic.leaves_to_search, tuning.automatic.reorder_num_neighbors) == (3, 400)
+  assert chosen.cost < tuning.automatic.cost
+  assert chosen.cost == min(p.cost for p in tuning.points if p.recall >= 0.99)
+  assert chosen.queries_per_second > 0 and tuning.automatic.queries_per_second > 0
+  assert tuning.to_json()["chosen"]["leaves_to_search"] == chosen.leaves_to_search
+
+
+def test_search_cost_hand_computed():
+  tree = scann_index.ScannConfig(algorithm="tree_ah", num_leaves=30)
+  # 3 of 30 leaves of 3000 points = 300 scored points, + 100 candidates x 100.
+  assert scann_index.search_cost(tree, 3000, 3, 100) == 300 + 100 * 100
+  assert scann_index.search_cost(scann_index.ScannConfig(algorithm="ah"), 3000, None, 20) == (
+      3000 + 20 * 100)
+
+
+def test_tune_search_excludes_the_query_row(tree_index):
+  corpus, _, requested, config, state, _ = tree_index
+  rows = np.arange(0, 3000, 30)
+  exact, _ = retrieval_exact.top_k(corpus[rows], corpus, 10, exclude=rows)
+  tuning = scann_index.tune_search(state, config, requested, corpus[rows], exact, 10,
+                                   exclude=rows)
+  # Without dropping the query itself (its own best match) recall could not
+  # exceed 0.9; with it the target is reached.
+  assert tuning.target_met and tuning.chosen.recall >= 0.99
+
+
+def test_tune_search_keeps_explicit_knobs(tree_index):
+  _, queries, _, _, state, exact = tree_index
+  requested = scann_index.ScannConfig(algorithm="tree_ah", num_leaves=30, num_leaves_to_search=5)
+  config = scann_index.resolve_config(3000, 10, requested)
+  tuning = scann_index.tune_search(state, config, requested, queries, exact, 10)
+  assert {p.leaves_to_search for p in tuning.points} == {5}
+  assert tuning.config.num_leaves_to_search == 5
+
+
+def test_tune_search_warns_when_the_target_is_out_of_reach(tree_index, caplog):
+  _, queries, _, _, state, exact = tree_index
+  # One leaf of 30: neighbors in other leaves are never found.
+  requested = scann_index.ScannConfig(algorithm="tree_ah", num_leaves=30, num_leaves_to_search=1,
+                                      target_recall=0.999)
+  config = scann_index.resolve_config(3000, 10, requested)
+  with caplog.at_level("WARNING"):
+    tuning = scann_index.tune_search(state, config, requested, queries, exact, 10)
+  assert not tuning.target_met and tuning.chosen.recall < 0.999
+  assert tuning.chosen.recall == max(p.recall for p in tuning.points)
+  assert "no setting tried reaches recall@10 0.9990" in caplog.text
+
+
+def test_tuning_config_is_validated():
+  with pytest.raises(ValueError, match="target_recall"):
+    scann_index.ScannConfig(target_recall=1.5)
+  with pytest.raises(ValueError, match="tuning_queries"):
+    scann_index.ScannConfig(tuning_queries=0)

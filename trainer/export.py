@@ -34,7 +34,13 @@ ScaNN settings default to ScaNN's rules of thumb for the corpus size
 (`pinsage_tf.scann_index`); `--scann_algorithm`, `--scann_num_leaves`,
 `--scann_num_leaves_to_search`, `--scann_reorder_num_neighbors`,
 `--scann_dimensions_per_block`, `--scann_anisotropic_quantization_threshold`,
-`--scann_training_sample_size` override them.
+`--scann_training_sample_size` override them. The query-time knobs left
+automatic (partitions searched, candidates re-scored) are then tuned to
+`--scann_target_recall` (recall@k, default 0.99; 0 keeps the rules of thumb)
+on `--scann_tuning_queries` held-out items (outside the recall check's
+sample, each item's own embedding with itself excluded, against exact
+search); the chosen and the automatic point, their recall and queries/s are
+in the report's `search.tuning`.
 """
 
 from __future__ import annotations
@@ -91,6 +97,13 @@ _SCANN_AQ_THRESHOLD = flags.DEFINE_float(
 _SCANN_SAMPLE = flags.DEFINE_integer("scann_training_sample_size", 100_000,
                                      "Points sampled to train the tree and codebooks.")
 
+_SCANN_TARGET_RECALL = flags.DEFINE_float(
+    "scann_target_recall", 0.99,
+    "Recall@k the automatic leaves-to-search / reorder are tuned to on held-out items "
+    "(0 = no tuning, ScaNN's rules of thumb).")
+_SCANN_TUNING_QUERIES = flags.DEFINE_integer(
+    "scann_tuning_queries", 1000, "Held-out items the ScaNN tuning measures recall on.")
+
 flags.mark_flags_as_required(["model_dir", "graph_dir", "embeddings_dir", "export_base"])
 
 
@@ -103,7 +116,9 @@ def config_from_flags() -> export_lib.ExportConfig:
       dimensions_per_block=_SCANN_DIMS_PER_BLOCK.value,
       anisotropic_quantization_threshold=_SCANN_AQ_THRESHOLD.value,
       reorder_num_neighbors=_SCANN_REORDER.value,
-      training_sample_size=_SCANN_SAMPLE.value)
+      training_sample_size=_SCANN_SAMPLE.value,
+      target_recall=_SCANN_TARGET_RECALL.value or None,
+      tuning_queries=_SCANN_TUNING_QUERIES.value)
   return export_lib.ExportConfig(
       num_neighbors=_NUM_NEIGHBORS.value, scann=scann, recall_queries=_RECALL_QUERIES.value,
       seed=_SEED.value, exact_block_size=_EXACT_BLOCK_SIZE.value,

@@ -18,7 +18,9 @@ class ExportConfig:
 
   Attributes:
     num_neighbors: k, neighbors returned by the retrieval signatures.
-    scann: the ScaNN index settings (automatic by corpus size by default).
+    scann: the ScaNN index settings (automatic by corpus size by default;
+      with `target_recall`, the automatic query-time knobs are tuned on
+      `tuning_queries` items outside the recall sample).
     recall_queries: items sampled to measure the ScaNN model's recall@k
       against exact search (0 disables it).
     seed: seed of that sample.

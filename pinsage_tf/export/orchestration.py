@@ -412,19 +412,27 @@ def _build_embedder(staging: _Staging) -> None:
 
 
 def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
-  """`pinsage_retrieval`: a ScaNN index; its recall@k is measured on the recall sample."""
+  """`pinsage_retrieval`: a ScaNN index; its recall@k is measured on the recall sample.
+
+  With `ScannConfig.target_recall`, the query-time knobs left automatic are
+  tuned first (`_tune_scann`), on items outside the recall sample.
+  """
   inputs = staging.inputs
   k = inputs.k
-  scann_config = scann_index.resolve_config(inputs.graph.num_items, k + 1, inputs.config.scann)
+  requested = inputs.config.scann
+  scann_config = scann_index.resolve_config(inputs.graph.num_items, k + 1, requested)
+  corpus = retrieval_exact.biased_corpus(inputs.vectors, inputs.bias)
   t0 = time.perf_counter()
-  state = scann_index.build_state(retrieval_exact.biased_corpus(inputs.vectors, inputs.bias),
-                                  scann_config, k + 1)
+  state = scann_index.build_state(corpus, scann_config, k + 1)
   build_seconds = time.perf_counter() - t0
+  scann_config, tuning = _tune_scann(inputs, state, scann_config, corpus)
   module = retrieval.RetrievalModule(
       inputs.item_ids, inputs.vectors, staging.item_vocab_file(), k, state, bias=inputs.bias,
-      pivots=pivots.tables, scann_reorder=scann_config.reorder_num_neighbors)
+      pivots=pivots.tables, scann_reorder=scann_config.reorder_num_neighbors,
+      scann_leaves=scann_config.num_leaves_to_search)
   tmp = staging.build(config_lib.RETRIEVAL, module, scann_index.SAVE_OPTIONS,
                       {"search": {"algorithm": "scann", "scann": scann_config.to_json(),
+                                  "tuning": tuning,
                                   "index_build_seconds": round(build_seconds, 2)},
                        **pivots.report},
                       _retrieval_warmup(inputs, pivots))
@@ -438,6 +446,52 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   if check["queries"]:
     logging.info("%s: recall@%d = %.4f on %d queries", config_lib.RETRIEVAL, k,
                  check[f"recall@{k}"], check["queries"])
+
+
+def _tune_scann(inputs: _Inputs, state: Any, config: scann_index.ScannConfig,
+                corpus: np.ndarray) -> tuple[scann_index.ScannConfig, dict[str, Any]]:
+  """Tunes the ScaNN search to `ScannConfig.target_recall` on held-out items.
+
+  The tuning queries are `tuning_queries` items drawn with `seed + 4` among
+  those outside the recall sample (so the report's check stays on queries
+  the tuning never saw), searched like `related_items`: the item's own
+  embedding, the item itself excluded, against numpy's exact top-k.
+
+  Returns:
+    (the config to serve, the report's "tuning" entry).
+  """
+  requested = inputs.config.scann
+  k = inputs.k
+  if requested.target_recall is None:
+    return config, {"skipped": "target_recall is None: the automatic settings are used"}
+  if config.algorithm == "brute_force":
+    return config, {"skipped": "brute force search is exact"}
+  tree = config.algorithm == "tree_ah"
+  if (requested.reorder_num_neighbors is not None
+      and (not tree or requested.num_leaves_to_search is not None)):
+    return config, {"skipped": "num_leaves_to_search and reorder_num_neighbors are explicit"}
+  n = inputs.graph.num_items
+  held_out = np.setdiff1d(np.arange(n, dtype=np.int32), inputs.recall_sample)
+  if held_out.size == 0:
+    logging.warning("ScaNN tuning skipped: every item is a recall check query; lower "
+                    "recall_queries to leave items for tuning.")
+    return config, {"skipped": "no item outside the recall sample"}
+  rows = held_out[_sample(held_out.size, requested.tuning_queries, inputs.config.seed + 4)]
+  logging.info("%s: tuning the ScaNN search to recall@%d >= %s on %d held-out items",
+               config_lib.RETRIEVAL, k, requested.target_recall, rows.size)
+  queries = retrieval_exact.biased_queries(inputs.vectors[rows], inputs.bias)
+  exact, _ = retrieval_exact.top_k(queries, corpus, k, exclude=rows)
+  tuning = scann_index.tune_search(state, config, requested, queries, exact, k, exclude=rows)
+  chosen = tuning.chosen
+  logging.info("%s: leaves_to_search=%s reorder_num_neighbors=%s: recall@%d %.4f (automatic "
+               "%s/%s: %.4f, %.1fx the queries/s)", config_lib.RETRIEVAL,
+               chosen.leaves_to_search, chosen.reorder_num_neighbors, k, chosen.recall,
+               tuning.automatic.leaves_to_search, tuning.automatic.reorder_num_neighbors,
+               tuning.automatic.recall,
+               chosen.queries_per_second / max(tuning.automatic.queries_per_second, 1e-9))
+  return tuning.config, {**tuning.to_json(), "held_out": (
+      f"{rows.size} items outside the recall sample (seed {inputs.config.seed + 4}), each "
+      "searched with its own embedding, itself excluded, against exact search")}
 
 
 def _warm_item_ids(inputs: _Inputs) -> np.ndarray:

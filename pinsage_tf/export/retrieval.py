@@ -84,14 +84,17 @@ class RetrievalModule(tf.Module):
     block_size: exact search's corpus rows per step.
     bias: optional float32 `[N]` item biases added to every score.
     pivots: the pivot signatures' tables (None: no pivot signatures).
-    scann_reorder: the ScaNN index's `reorder_num_neighbors` (None without
-      reordering): a search excluding many items re-scores more candidates.
+    scann_reorder: candidates the ScaNN search re-scores (the tuned or the
+      index's `reorder_num_neighbors`; None without reordering): a search
+      excluding many items re-scores more.
+    scann_leaves: partitions the ScaNN search visits (tree_ah: the tuned or
+      the index's `num_leaves_to_search`; None: the index's default).
   """
 
   def __init__(self, item_ids: np.ndarray, vectors: np.ndarray, vocab_file: str, k: int,
                scann_state: Any = None, block_size: int = 32768,
                bias: np.ndarray | None = None, pivots: PivotTables | None = None,
-               scann_reorder: int | None = None):
+               scann_reorder: int | None = None, scann_leaves: int | None = None):
     super().__init__(name="pinsage_retrieval")
     n, dim = vectors.shape
     self._dim = int(dim)
@@ -107,6 +110,7 @@ class RetrievalModule(tf.Module):
                                 trainable=False, name="item_ids")
     self.scann = scann_state
     self._scann_reorder = scann_reorder
+    self._scann_leaves = scann_leaves
     if scann_state is None:
       self.block_size = max(min(int(block_size), n), k + 1)
       padded = math.ceil(n / self.block_size) * self.block_size
@@ -161,16 +165,18 @@ class RetrievalModule(tf.Module):
     if self.scann is None:
       return search.exact_top_k(self.embeddings, self._n, queries, self._k, self.block_size,
                                 exclude=exclude)
+    knobs = {"pre_reorder": self._scann_reorder, "leaves": self._scann_leaves}
     if exclude is None:
-      return scann_index.search(self.scann, queries, self._k)
+      return scann_index.search(self.scann, queries, self._k, **knobs)
     if exclude.shape.rank == 1:
-      scores, index = scann_index.search(self.scann, queries, self._k + 1)
+      scores, index = scann_index.search(self.scann, queries, self._k + 1, **knobs)
     else:
       excluded = tf.reduce_sum(tf.cast(exclude >= 0, tf.int32), axis=1)  # [B]
       count = tf.minimum(self._k + tf.reduce_max(tf.concat([excluded, [0]], axis=0)), self._n)
       # A reordering index returns at most its reorder size: re-score enough.
       pre_reorder = tf.maximum(count, self._scann_reorder) if self._scann_reorder else -1
-      scores, index = search.scann_search(self.scann, queries, count, pre_reorder)
+      scores, index = search.scann_search(self.scann, queries, count, pre_reorder,
+                                          leaves=self._scann_leaves)
     return search.drop_excluded(scores, index, exclude, self._k)
 
   def _outputs(self, scores, index):

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-import scann  # noqa: F401  (registers ScaNN's TF ops)
-from scann.scann_ops.py import scann_ops
+
+from pinsage_tf import scann_index
 
 
 def exact_top_k(corpus: tf.Tensor, num_items: int, queries: tf.Tensor, k: int,
@@ -113,23 +113,12 @@ def drop_excluded(scores: tf.Tensor, index: tf.Tensor, exclude: tf.Tensor, k: in
   return top.values, tf.where(tf.equal(top.values, neg_inf), -1, kept)
 
 
-def scann_search(state: Any, queries: tf.Tensor, count: tf.Tensor, pre_reorder: tf.Tensor
-                 ) -> tuple[tf.Tensor, tf.Tensor]:
+def scann_search(state: Any, queries: tf.Tensor, count: tf.Tensor, pre_reorder: tf.Tensor,
+                 leaves: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
   """`scann_index.search` of `count` neighbors re-scoring `pre_reorder` candidates.
 
   A reordering searcher (ah, tree_ah) returns at most `pre_reorder` results,
   by default its build-time `reorder_num_neighbors`, which a long exclusion
-  list can exceed.
+  list can exceed. `leaves`: partitions searched (None: the index's).
   """
-
-  def run():
-    searcher = scann_ops.searcher_from_module(state)
-    result = searcher.search_batched_parallel(queries, final_num_neighbors=count,
-                                              pre_reorder_num_neighbors=pre_reorder)
-    return (tf.ensure_shape(result.distances, [None, None]),
-            tf.ensure_shape(result.indices, [None, None]))
-
-  def empty():
-    return tf.zeros([0, count], tf.float32), tf.zeros([0, count], tf.int32)
-
-  return tf.cond(tf.shape(queries)[0] > 0, run, empty)
+  return scann_index.search(state, queries, count, pre_reorder=pre_reorder, leaves=leaves)
