@@ -50,7 +50,7 @@ run: setup
 
 # TF-Serving-compatible server on the latest export of `make run`.
 serve: setup
-	$(PY) -m serving.server --port=8500 --rest_api_port=8501 \
+	$(PY) -m serving.server --port=8500 --rest_api_port=8501 --enable_batching \
 	    --model_config_file=$(SYN)/exports/models.config
 
 # Benchmarks (JSON in bench/results/); each compares its variants in one run.

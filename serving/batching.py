@@ -51,12 +51,15 @@ class BatchingParameters:
     max_batch_size: most rows in one batched call.
     batch_timeout_micros: longest a request waits for others to join its
       batch; 0 = never wait (batches form only while the threads are busy).
-    num_batch_threads: batched calls running at once.
+    num_batch_threads: batched calls running at once. One by default: a
+      batched call already uses every core through TensorFlow's own thread
+      pools, and while it runs the next batch fills up (on 2 cores, one thread
+      gave about 15 % more gRPC throughput than two at 32 clients).
     max_enqueued_batches: queue bound, in batches of max_batch_size rows.
   """
   max_batch_size: int = 64
   batch_timeout_micros: int = 0
-  num_batch_threads: int = 2
+  num_batch_threads: int = 1
   max_enqueued_batches: int = 100
 
   def __post_init__(self):

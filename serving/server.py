@@ -101,7 +101,7 @@ _ENABLE_BATCHING = flags.DEFINE_bool(
 _BATCHING_PARAMETERS_FILE = flags.DEFINE_string(
     "batching_parameters_file", "",
     "Text-format BatchingParameters (max_batch_size { value: 64 } batch_timeout_micros "
-    "{ value: 0 } num_batch_threads { value: 2 } max_enqueued_batches { value: 100 }); "
+    "{ value: 0 } num_batch_threads { value: 1 } max_enqueued_batches { value: 100 }); "
     "empty = those defaults. Implies nothing without --enable_batching.")
 _SHUTDOWN_GRACE_SECONDS = flags.DEFINE_float(
     "shutdown_grace_seconds", 30.0, "How long shutdown waits for in-flight requests.")
