@@ -402,8 +402,28 @@ def _walk_pools(walker: _Walker, config: HardNegativeConfig, start: int, end: in
 
   `excluded` holds the (row, item) pairs `[X, 2]` that are not candidates.
   """
-  b, p, n = queries.size, config.pool_size, walker.num_items
   rows, items, counts = walker(queries)
+  return pools_from_visits(config, start, end, queries, excluded, rows, items, counts,
+                           walker.num_items)
+
+
+def pools_from_visits(config: HardNegativeConfig, start: int, end: int, queries: np.ndarray,
+                      excluded: np.ndarray, rows: np.ndarray, items: np.ndarray,
+                      counts: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pools `[B, P]` and counts `[B]` from the walks' visit counts of a query block.
+
+  Args:
+    config: a resolved "walks" config.
+    start, end: `config.window(num_items)`.
+    queries: int `[B]` query items.
+    excluded: int `[X, 2]` (row, item) pairs that are not candidates (each
+      query itself and its positives).
+    rows, items, counts: the distinct visits `[U]`: row into `queries`, the
+      visited item, its visit count, in any order (the result does not
+      depend on it, so visits may come from a distributed count).
+    num_items: N.
+  """
+  b, p, n = queries.size, config.pool_size, num_items
   keep = ~np.isin(rows * n + items, excluded[:, 0].astype(np.int64) * n + excluded[:, 1])
   rows, items, counts = rows[keep], items[keep], counts[keep]
   # Rank per row: count descending, ties by a hash (not by index).
