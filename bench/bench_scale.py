@@ -1,7 +1,7 @@
 r"""Every offline stage on synthetic graphs of growing size: wall time and peak memory.
 
     nice -n 10 .venv/bin/python bench/bench_scale.py [--sizes=100000,1000000,10000000] \
-        [--work_dir=/tmp/bench_scale] [--output_json=bench/results/scale.json]
+        [--work_dir=/tmp/bench_scale] [--output_json=results/scale.json]
 
 For each size N, the synthetic generator (`data.prepare --dataset=synthetic`)
 with `num_boards = 0.3 N` and `num_pairs = 8 N`, then each stage as its own
