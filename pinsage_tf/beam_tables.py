@@ -1,4 +1,4 @@
-r"""The hard-negative table as an Apache Beam pipeline: walks as iterative joins.
+r"""The hard-negative and neighborhood tables as Apache Beam pipelines.
 
 `hard_negatives.compute_hard_negatives` with the "walks" estimator runs its
 walkers in one process over the memory-mapped graph. For a graph whose
@@ -36,6 +36,14 @@ visits keep an empty pool, as locally). Every draw is a hash of (seed, query,
 walk, step) and the ranking does not depend on the order of the visits, so
 the table equals the local one for the same config (tested).
 `save_hard_negatives` stores it where `trainer.train` finds it.
+
+The importance-neighborhood table (`run_neighborhoods`) is a map over chunks
+of start items instead: its walks draw from `default_rng([seed, 0, chunk])`
+per chunk of `config.chunk_size` items (`neighborhoods`), so each task runs
+one chunk's walks over the memory-mapped adjacency and writes its rows
+(`nb-<start>-<stop>.npz`: ids, weights, counts); the assembled table equals
+`compute_neighborhoods` for the same config, and `save_neighborhoods` stores
+it where `trainer.train` finds it.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import numpy as np
 
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import hard_negatives as hard_lib
+from pinsage_tf import neighborhoods as nb_lib
 
 import apache_beam as beam  # pylint: disable=g-bad-import-order
 from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-bad-import-order
@@ -284,4 +293,80 @@ def _assemble(output_dir: str, config: hard_lib.HardNegativeConfig, queries: np.
   table = hard_lib.HardNegatives(pool=pool, counts=counts, queries=queries.astype(np.int32),
                                  config=config)
   table.validate(num_items)
+  return table
+
+
+class _NeighborhoodChunk(_GraphDoFn):
+  """chunk index -> its rows of the importance-neighborhood table, written as one shard."""
+
+  def __init__(self, graph_dir: str, config: nb_lib.NeighborhoodConfig, output_dir: str):
+    super().__init__(graph_dir)
+    self._config, self._output_dir = config, output_dir
+    self._adj = None
+
+  def setup(self):
+    super().setup()
+    self._adj = nb_lib._Adjacency.of(self._graph)  # pylint: disable=protected-access
+
+  def process(self, chunk: int) -> Iterator[str]:
+    config, n = self._config, self._graph.num_items
+    lo, hi = chunk * config.chunk_size, min((chunk + 1) * config.chunk_size, n)
+    t = config.num_neighbors
+    ids = np.full((hi - lo, t), -1, dtype=np.int32)
+    weights = np.zeros((hi - lo, t), dtype=np.float32)
+    counts = np.zeros(hi - lo, dtype=np.int32)
+    # The draws of the local path's chunk `chunk` (stream 0: graph items).
+    rng = np.random.default_rng([config.seed, 0, chunk])
+    seeds = np.arange(lo, hi, dtype=np.int64)
+    walkable = np.flatnonzero(self._adj.item_degree[seeds] > 0)
+    if walkable.size:
+      ids[walkable], weights[walkable], counts[walkable] = nb_lib._walk_chunk(  # pylint: disable=protected-access
+          self._adj, seeds[walkable], config, rng, n)
+    name = f"nb-{lo}-{hi}.npz"
+    path = FileSystems.join(self._output_dir, name)
+    tmp = FileSystems.join(self._output_dir, f".tmp-{uuid.uuid4().hex}-{name}")
+    buffer = io.BytesIO()
+    np.savez(buffer, ids=ids, weights=weights, counts=counts)
+    with FileSystems.create(tmp) as f:
+      f.write(buffer.getvalue())
+    if FileSystems.exists(path):
+      FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+    yield path
+
+
+def run_neighborhoods(graph_dir: str, config: nb_lib.NeighborhoodConfig, *,
+                      pipeline_args: Sequence[str] = (),
+                      output_dir: str | None = None) -> nb_lib.Neighborhoods:
+  """Computes the importance-neighborhood table of `graph_dir` with a Beam pipeline.
+
+  Returns:
+    The same `Neighborhoods` as `neighborhoods.compute_neighborhoods(graph, config)`.
+  """
+  graph_lib.load_graph(graph_dir)  # checks every file once, before launching
+  n = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
+  if output_dir is None:
+    output_dir = tempfile.mkdtemp(prefix="pinsage-beam-neighborhoods-")
+  if not FileSystems.exists(output_dir):
+    FileSystems.mkdirs(output_dir)
+  num_chunks = -(-n // config.chunk_size)
+  options = pipeline_options.PipelineOptions(list(pipeline_args))
+  with beam.Pipeline(options=options) as p:
+    _ = (p | "Chunks" >> beam.Create(list(range(num_chunks)))
+         | "Walk" >> beam.ParDo(_NeighborhoodChunk(graph_dir, config, output_dir)))
+  t = config.num_neighbors
+  ids = np.full((n, t), -1, dtype=np.int32)
+  weights = np.zeros((n, t), dtype=np.float32)
+  counts = np.zeros(n, dtype=np.int32)
+  covered = np.zeros(n, dtype=np.int64)
+  for match in FileSystems.match([FileSystems.join(output_dir, "nb-*.npz")])[0].metadata_list:
+    lo, hi = (int(x) for x in os.path.basename(match.path)[3:-4].split("-"))
+    with FileSystems.open(match.path) as f:
+      shard = np.load(io.BytesIO(f.read()), allow_pickle=False)
+      ids[lo:hi], weights[lo:hi], counts[lo:hi] = shard["ids"], shard["weights"], shard["counts"]
+    covered[lo:hi] += 1
+  if np.any(covered != 1):
+    raise RuntimeError(f"{output_dir}: the shards do not cover every item exactly once.")
+  table = nb_lib.Neighborhoods(ids=ids, weights=weights, counts=counts, config=config)
+  table.validate(n)
   return table
