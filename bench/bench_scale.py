@@ -20,8 +20,8 @@ process, in order, each reusing the previous stages' outputs:
 * evaluate: `trainer.evaluate --methods=pinsage --max_queries=10000`.
 
 Every number is measured: `seconds` is the stage process's wall time and
-`max_rss_gb` its peak resident set size (`os.wait4` of that process, so it is
-per stage). The JSON is rewritten after every stage, so an interrupted run
+`max_rss_gb` its peak resident set size, `cpu_seconds` its user + system CPU
+time (`os.wait4` of that process, so both are per stage). The JSON is rewritten after every stage, so an interrupted run
 keeps what it measured:
 
     {"sizes": [{"items": N, "edges": E, "stages": {"prepare": {"seconds": s,
@@ -76,15 +76,17 @@ def _table_stage(stage: str, graph_dir: str) -> dict:
           "mean_pool": round(float(table.counts[table.queries].mean()), 2)}
 
 
-def _run(argv: list[str], log_path: str) -> tuple[int, float, float]:
-  """Runs `argv` to completion: (exit code, wall seconds, peak RSS in GB of that process)."""
+def _run(argv: list[str], log_path: str) -> tuple[int, float, float, float]:
+  """Runs `argv` to completion: (exit code, wall seconds, peak RSS in GB, CPU seconds) of
+  that process (CPU time tells growth apart from waiting for a shared core)."""
   started = time.perf_counter()
   with open(log_path, "w") as log:
     process = subprocess.Popen(argv, cwd=_REPO, stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(process.pid, 0)
   seconds = time.perf_counter() - started
   process.returncode = os.waitstatus_to_exitcode(status)
-  return process.returncode, seconds, usage.ru_maxrss / 2**20  # KiB on Linux
+  return (process.returncode, seconds, usage.ru_maxrss / 2**20,  # KiB on Linux
+          usage.ru_utime + usage.ru_stime)
 
 
 def _stage_argv(stage: str, n: int, paths: dict[str, str]) -> list[str]:
@@ -146,8 +148,10 @@ def bench_size(n: int, work_dir: str, record: dict, write) -> None:
     if os.path.exists(paths["result"]):
       os.remove(paths["result"])
     print(f"[{n}] {stage} ...", file=sys.stderr, flush=True)
-    code, seconds, rss = _run(_stage_argv(stage, n, paths), os.path.join(root, f"{stage}.log"))
-    entry = {"seconds": round(seconds, 2), "max_rss_gb": round(rss, 3)}
+    code, seconds, rss, cpu = _run(_stage_argv(stage, n, paths),
+                                   os.path.join(root, f"{stage}.log"))
+    entry = {"seconds": round(seconds, 2), "max_rss_gb": round(rss, 3),
+             "cpu_seconds": round(cpu, 2)}
     if code != 0:
       entry["exit_code"] = code
       record["stages"][stage] = entry
