@@ -32,6 +32,7 @@ _SLOW_MODULES = frozenset({
 _SLOW_TESTS = frozenset({  # test function names, wherever their module moves
     "test_beam_equals_local_layerwise",  # one case runs 2 Beam worker processes
     "test_pivot_embeddings_equal_the_local_ones",  # likewise
+    "test_pipeline_table_equals_the_local_walks",  # likewise (Beam hard negatives)
     "test_exact_and_embedder_use_only_core_tensorflow_ops",
     "test_exact_model_with_pivots_loads_and_runs_without_scann",
     "test_training_beats_popularity_on_synthetic",

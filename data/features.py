@@ -82,3 +82,39 @@ def categorical_feature(name: str, labels_per_item: Sequence[Sequence[str]],
   values = _rows_to_csr([[index[label] for label in labels] for labels in labels_per_item])
   return SparseFeature(name=name, kind="categorical", vocab_size=len(vocab), values=values,
                        vocab=np.asarray(list(vocab), dtype=str))
+
+
+def hashed_text_feature_from_tokens(name: str, words: np.ndarray, tokens: np.ndarray,
+                                    num_buckets: int) -> SparseFeature:
+  """`hashed_text_feature` of items given as indices into a word list.
+
+  Args:
+    name: feature name ([A-Za-z0-9_]).
+    words: unicode `[W]` distinct words.
+    tokens: int `[N, L]`, item i's tokens are `words[tokens[i]]`.
+    num_buckets: hash space size.
+
+  Returns:
+    The same feature as `hashed_text_feature(name, words[tokens], num_buckets)`,
+    hashing each distinct word once instead of each token.
+  """
+  if num_buckets < 1:
+    raise ValueError(f"num_buckets must be >= 1, got {num_buckets}.")
+  buckets = np.array([stable_hash(str(word), num_buckets) for word in words], dtype=np.int64)
+  n, length = tokens.shape
+  rows = np.repeat(np.arange(n, dtype=np.int64), length)
+  values = CSR.from_pairs(rows, buckets[tokens.reshape(-1)], n)
+  return SparseFeature(name=name, kind="hashed_text", vocab_size=num_buckets, values=values)
+
+
+def categorical_feature_from_ids(name: str, ids: np.ndarray, vocab: Sequence[str]
+                                 ) -> SparseFeature:
+  """`categorical_feature` of items with one label each, given as ids `[N]` into `vocab`."""
+  if len(set(vocab)) != len(vocab):
+    raise ValueError(f"feature {name}: vocab has duplicate labels.")
+  ids = np.asarray(ids, dtype=np.int64)
+  if ids.size and (ids.min() < 0 or ids.max() >= len(vocab)):
+    raise ValueError(f"feature {name}: ids must lie in [0, {len(vocab)}).")
+  values = CSR.from_pairs(np.arange(ids.shape[0], dtype=np.int64), ids, ids.shape[0])
+  return SparseFeature(name=name, kind="categorical", vocab_size=len(vocab), values=values,
+                       vocab=np.asarray(list(vocab), dtype=str))

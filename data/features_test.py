@@ -40,3 +40,25 @@ def test_categorical_feature_uses_vocab_positions():
 def test_categorical_feature_rejects_unknown_label():
   with pytest.raises(KeyError):
     features.categorical_feature("g", [["z"]], ["a"])
+
+
+def test_hashed_text_from_tokens_equals_the_token_lists():
+  words = np.array(["hello", "toy", "alpha"])
+  tokens = np.array([[0, 1, 2], [2, 2, 2], [1, 0, 0]])
+  f = features.hashed_text_feature_from_tokens("text", words, tokens, 8)
+  g = features.hashed_text_feature("text", [list(words[row]) for row in tokens], 8)
+  assert (f.name, f.kind, f.vocab_size) == (g.name, g.kind, g.vocab_size)
+  # Rows {2, 6}, {2}, {6}: duplicates within a row collapse as in the list version.
+  np.testing.assert_array_equal(f.values.indptr, [0, 2, 3, 4])
+  np.testing.assert_array_equal(f.values.indptr, g.values.indptr)
+  np.testing.assert_array_equal(f.values.indices, g.values.indices)
+
+
+def test_categorical_from_ids_equals_the_label_lists():
+  f = features.categorical_feature_from_ids("g", np.array([1, 0, 2]), ["a", "b", "c"])
+  g = features.categorical_feature("g", [["b"], ["a"], ["c"]], ["a", "b", "c"])
+  np.testing.assert_array_equal(f.values.indices, g.values.indices)
+  np.testing.assert_array_equal(f.values.indptr, g.values.indptr)
+  np.testing.assert_array_equal(f.vocab, g.vocab)
+  with pytest.raises(ValueError, match=r"ids must lie in \[0, 3\)"):
+    features.categorical_feature_from_ids("g", np.array([3]), ["a", "b", "c"])

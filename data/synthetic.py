@@ -134,7 +134,19 @@ class _CommunitySampler:
   def sample(self, communities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Items `[K]`, one drawn from each of `communities [K]`."""
     u = rng.random(communities.shape[0])
-    index = np.searchsorted(self._keys, communities + u, side="right")
+    # One community's keys at a time: the same indices as one searchsorted over
+    # all keys (community c's keys are the only ones in (c, c + 1]), but each
+    # search stays inside a slice small enough for the cache, which keeps the
+    # draw linear in K on large catalogues.
+    order = np.argsort(communities, kind="stable")
+    bounds = np.searchsorted(communities[order], np.arange(self._last.shape[0] + 1))
+    index = np.empty(communities.shape[0], dtype=np.int64)
+    first = 0
+    for c, last in enumerate(self._last):
+      needles = order[bounds[c]:bounds[c + 1]]
+      index[needles] = first + np.searchsorted(self._keys[first:last + 1], c + u[needles],
+                                               side="right")
+      first = last + 1
     # c + u can round up to c + 1 when u is within float epsilon of 1.
     return self._items[np.minimum(index, self._last[communities])]
 
@@ -157,9 +169,13 @@ def _sessions(config: SyntheticConfig, sampler: _CommunitySampler,
     jump = first | (rng.random(session.shape[0]) >= config.session_stay)
     # Forward-fill the community drawn at each jump.
     drawn = rng.integers(0, c, size=session.shape[0])
-    last_jump = np.maximum.accumulate(np.where(jump, np.arange(session.shape[0]), 0))
+    last_jump = np.where(jump, np.arange(session.shape[0]), 0)
+    del jump
+    np.maximum.accumulate(last_jump, out=last_jump)
     community = drawn[last_jump]
+    del drawn, last_jump  # the temporaries of this loop dominate the peak memory of prepare
     item = sampler.sample(community, rng)
+    del community
     link = ~first[1:] & (item[1:] != item[:-1])
     query, positive, pair_session = item[:-1][link], item[1:][link], session[1:][link]
     if query.shape[0] >= config.num_pairs:
@@ -209,19 +225,32 @@ def generate_with_truth(config: SyntheticConfig) -> tuple[Graph, SyntheticTruth]
                        f"{s.name.lower()} split; pass more pairs.")
 
   centroids = rng.normal(size=(c, config.dense_dim))
-  dense = centroids[item_community] + config.feature_noise * rng.normal(size=(n, config.dense_dim))
+  # In place (the same floats as centroid + noise * N(0, 1)): one [N, D] buffer, not three.
+  dense = rng.normal(size=(n, config.dense_dim))
+  dense *= config.feature_noise
+  dense += centroids[item_community]
+  dense = dense.astype(np.float32)
   topic = np.where(rng.random(n) < config.topic_accuracy, item_community,
                    rng.integers(0, c, size=n))
   own = rng.random((n, config.text_tokens)) < config.text_community_share
   own_word = rng.integers(0, config.text_words_per_community, size=(n, config.text_tokens))
   shared_word = rng.integers(0, config.text_shared_words, size=(n, config.text_tokens))
-  words = [[f"w{item_community[i]:02d}x{own_word[i, t]:02d}" if own[i, t]
-            else f"s{shared_word[i, t]:03d}" for t in range(config.text_tokens)]
-           for i in range(n)]
+  # Tokens as indices into the word list (own words of every community, then the
+  # shared ones), so no per-item Python strings are built except the titles.
+  w = config.text_words_per_community
+  words = np.array([f"w{k:02d}x{j:02d}" for k in range(c) for j in range(w)]
+                   + [f"s{j:03d}" for j in range(config.text_shared_words)], dtype=str)
+  token = np.where(own, item_community[:, None] * w + own_word, c * w + shared_word)
+  del own, own_word, shared_word
+  titles = words[token[:, 0]] if config.text_tokens else np.full(n, "")
+  for t in range(1, config.text_tokens):
+    titles = np.strings.add(np.strings.add(titles, " "), words[token[:, t]])
+  # The dtype np.asarray(list_of_titles, dtype=str) would give: the longest title's width.
+  titles = titles.astype(f"U{max(1, int(np.strings.str_len(titles).max(initial=0)))}")
   vocab = [f"topic_{k:02d}" for k in range(c)]
   sparse = (
-      features_lib.categorical_feature("topic", [[vocab[t]] for t in topic.tolist()], vocab),
-      features_lib.hashed_text_feature("text", words, config.hash_buckets),
+      features_lib.categorical_feature_from_ids("topic", topic, vocab),
+      features_lib.hashed_text_feature_from_tokens("text", words, token, config.hash_buckets),
   )
   width = max(4, len(str(max(n, m) - 1)))
   graph = build_graph(
@@ -230,7 +259,7 @@ def generate_with_truth(config: SyntheticConfig) -> tuple[Graph, SyntheticTruth]
       pivot_ids=[f"board_{b:0{width}d}" for b in range(m)],
       edge_items=slot_item, edge_pivots=slot_board,
       dense=dense.astype(np.float32), dense_names=[f"f{j:02d}" for j in range(config.dense_dim)],
-      sparse=sparse, pairs=pairs, item_titles=[" ".join(w) for w in words],
+      sparse=sparse, pairs=pairs, item_titles=titles,
       metadata={"source": "synthetic", "config": dataclasses.asdict(config),
                 "sessions": num_sessions,
                 "protocol": {"edges": "distinct (pin, board) memberships",

@@ -230,6 +230,12 @@ class HeldOut:
     raise ValueError("HeldOut has only VALIDATION and TEST rows.")
 
 
+def _all_finite(array: np.ndarray, block_rows: int = 65536) -> bool:
+  """`np.isfinite(array).all()` in row blocks: no full-size temporary for a memory-mapped array."""
+  return all(np.isfinite(array[start:start + block_rows]).all()
+             for start in range(0, array.shape[0], block_rows))
+
+
 def empty_csr(num_rows: int) -> CSR:
   return CSR(np.zeros(num_rows + 1, np.int64), np.zeros(0, np.int32))
 
@@ -319,7 +325,7 @@ class Graph:
       raise GraphFormatError(f"features.dense must be float32 [{n}, D], got {f.dense.dtype} {f.dense.shape}.")
     if len(f.dense_names) != f.dense.shape[1]:
       raise GraphFormatError("features.dense_names must name every dense column.")
-    if not np.all(np.isfinite(f.dense)):
+    if not _all_finite(f.dense):
       raise GraphFormatError("features.dense contains NaN or Inf.")
     if f.log_degree.shape != (n,) or f.log_degree.dtype != np.float32:
       raise GraphFormatError(f"features.log_degree must be float32 [{n}].")

@@ -48,6 +48,28 @@ the query, and 10 iterations reproduce 99.9% of the converged window (alpha
 Sampling the pool uses a counter-based hash of (seed, query, item) as the
 random key, so the pool does not depend on the block size or evaluation order.
 
+Estimators. `estimator="exact"` is the power iteration above: O(edges) per
+query, so O(queries x edges) for the table -- quadratic in the graph.
+`estimator="walks"` estimates the same truncated PPR from `num_walks` random
+walks with restart per query (visit counts, as Pixie does for PinSage): each
+walk starts at q, stops with probability `alpha` before each item -> pivot ->
+item step and takes at most `num_iterations` steps; every item it reaches
+after a step counts one visit. The expected visit count of item i is
+`num_walks / alpha` times the score of the exact path (the same truncated
+sum), so the two rankings agree up to sampling noise, at a cost of about
+`num_walks (1 - alpha) / alpha` steps per query, independent of the graph
+size. Candidates are the visited items (minus q and its positives), so the
+reachable count R of the window rule is the number of distinct visited
+candidates: a query whose walks visit fewer than `end` candidates takes the
+lower `1 - start / end` of its visited candidates by count, never an item no
+walk reached. Visit counts tie often (many items are visited once), so ties
+are broken by a second hash of (seed, query, item), not by index (which would
+favour low ids). The walks draw their steps from a counter-based hash of
+(seed, query, walk, step), so the table does not depend on the block size.
+`estimator="auto"` (the default) picks exact up to `auto_exact_max_items`
+items and walks above; `resolve(num_items)` makes the choice explicit, and
+the stored table records the resolved config.
+
 Storage: `<graph_dir>/hard_negatives/<config.key()>/`, a derived table
 (`pinsage_tf.derived_tables`: atomic, checksummed, tied to the graph
 fingerprint); the query set is stored with the pools.
@@ -70,6 +92,8 @@ ALGORITHM_VERSION = 1
 KIND = "hard_negatives"
 _PPM = 1_000_000
 
+ESTIMATORS = ("auto", "exact", "walks")
+
 ProgressFn = Callable[[int, int], None]
 
 
@@ -90,7 +114,11 @@ class HardNegativeConfig:
     alpha: PPR restart probability per item -> pivot -> item step.
     num_iterations: power iterations.
     pool_size: P, candidates stored per query.
-    seed: seed of the pool sampling.
+    seed: seed of the pool sampling (and of the walks).
+    estimator: "exact" (power iteration), "walks" (random walks with
+      restart) or "auto" (exact up to `auto_exact_max_items` items).
+    num_walks: walks per query of the walk estimator.
+    auto_exact_max_items: the largest graph "auto" computes exactly.
   """
 
   window_start: int | None = None
@@ -101,6 +129,9 @@ class HardNegativeConfig:
   num_iterations: int = 10
   pool_size: int = 64
   seed: int = 0
+  estimator: str = "auto"
+  num_walks: int = 2000
+  auto_exact_max_items: int = 50_000
 
   def __post_init__(self):
     if (self.window_start is None) != (self.window_end is None):
@@ -114,7 +145,10 @@ class HardNegativeConfig:
                        "window_end_fraction <= 1.")
     if not 0 < self.alpha < 1:
       raise ValueError(f"HardNegativeConfig.alpha must be in (0, 1), got {self.alpha!r}.")
-    for name in ("num_iterations", "pool_size"):
+    if self.estimator not in ESTIMATORS:
+      raise ValueError(f"HardNegativeConfig.estimator must be one of {ESTIMATORS}, got "
+                       f"{self.estimator!r}.")
+    for name in ("num_iterations", "pool_size", "num_walks"):
       if getattr(self, name) < 1:
         raise ValueError(f"HardNegativeConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
     if self.seed < 0:
@@ -128,18 +162,34 @@ class HardNegativeConfig:
     end = max(start + 10, _ceil_fraction(self.window_end_fraction, num_items))
     return start, end
 
+  def resolve(self, num_items: int) -> "HardNegativeConfig":
+    """This config with "auto" replaced by the estimator used for `num_items` items."""
+    if self.estimator != "auto":
+      return self
+    exact = num_items <= self.auto_exact_max_items
+    return dataclasses.replace(self, estimator="exact" if exact else "walks")
+
   def key(self) -> str:
-    """A short, stable, file-name-safe id of the parameters (for storage)."""
+    """A short, stable, file-name-safe id of the parameters (for storage).
+
+    Only a resolved config has a key (`resolve`): "auto" names no table.
+    """
+    if self.estimator == "auto":
+      raise ValueError("HardNegativeConfig.key(): resolve(num_items) the 'auto' estimator first.")
     if self.window_start is not None:
       window = f"{self.window_start}-{self.window_end}"
     else:
       window = f"f{self.window_start_fraction!r}-{self.window_end_fraction!r}"
     return (f"v{ALGORITHM_VERSION}-win{window}-a{float(self.alpha)!r}-it{self.num_iterations}"
-            f"-P{self.pool_size}-s{self.seed}")
+            f"-P{self.pool_size}-s{self.seed}"
+            + (f"-walks{self.num_walks}" if self.estimator == "walks" else ""))
 
   def to_json(self) -> dict[str, Any]:
-    return {k: (None if v is None else (float(v) if isinstance(v, float) else int(v)))
-            for k, v in dataclasses.asdict(self).items()}
+    def plain(v):
+      if v is None or isinstance(v, str):
+        return v
+      return float(v) if isinstance(v, float) else int(v)
+    return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +330,130 @@ def _sample_pools(config: HardNegativeConfig, start: int, end: int, queries: np.
   return pool, counts
 
 
+def _hash_stream(seed: int, salt: int, queries: np.ndarray) -> np.ndarray:
+  """uint64 `[B]` per-query keys of a hash stream (seed, salt), for counter-based draws."""
+  golden = np.uint64(0x9E3779B97F4A7C15)
+  with np.errstate(over="ignore"):
+    base = _mix64(np.uint64(seed) * golden + np.uint64(salt))
+    return _mix64(base ^ (queries.astype(np.uint64) * golden))
+
+
+_WALK_SALT = 3
+_TIE_SALT = 5
+
+
+class _Walker:
+  """Visit counts of walks with restart from query blocks (the "walks" estimator)."""
+
+  def __init__(self, graph: graph_lib.Graph, config: HardNegativeConfig):
+    i2p, p2i = graph.item_to_pivot, graph.pivot_to_item
+    # Read into RAM once (random gathers on a memory map pay page faults); indices keep
+    # their stored int32, half the cache footprint of int64.
+    self._ip_ptr = np.asarray(i2p.indptr, np.int64)
+    self._ip_idx = np.array(i2p.indices)
+    self._pi_ptr = np.asarray(p2i.indptr, np.int64)
+    self._pi_idx = np.array(p2i.indices)
+    self.num_items = graph.num_items
+    self._config = config
+
+  def __call__(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Visits of `num_walks` walks from each of `queries [B]`.
+
+    Returns:
+      Sorted unique (row, item) visits as `rows [U]` (index into `queries`),
+      `items [U]` and `counts [U]` (int64); rows ascend, items ascend per row.
+    """
+    config, n, w = self._config, self.num_items, self._config.num_walks
+    ip_ptr, ip_idx, pi_ptr, pi_idx = self._ip_ptr, self._ip_idx, self._pi_ptr, self._pi_idx
+    stop_below = np.uint64(min(int(config.alpha * 2.0**64), 2**64 - 1))
+    low32, shift = np.uint64(0xFFFFFFFF), np.uint64(32)
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    query_keys = _hash_stream(config.seed, _WALK_SALT, queries)
+    # One walker per (row, walk); its draws at step t hash (row key, walk, t).
+    row = np.repeat(np.arange(queries.size, dtype=np.int64), w)
+    walk = np.tile(np.arange(w, dtype=np.uint64), queries.size)
+    at = np.repeat(queries.astype(np.int64), w)
+    visits = []
+    with np.errstate(over="ignore"):
+      for t in range(config.num_iterations):
+        counter = walk * np.uint64(config.num_iterations) + np.uint64(t)
+        h = _mix64(query_keys[row] ^ (counter * golden + golden))
+        deg = ip_ptr[at + 1] - ip_ptr[at]
+        # Stop with probability alpha before the step (and at items without pivots).
+        alive = (_mix64(h ^ golden) >= stop_below) & (deg > 0)
+        row, walk, at, h, deg = row[alive], walk[alive], at[alive], h[alive], deg[alive]
+        if not row.size:
+          break
+        # A uniform neighbor by multiply-high of 32 random bits: item -> pivot -> item.
+        pick = ((h & low32) * deg.astype(np.uint64)) >> shift
+        pivot = ip_idx[ip_ptr[at] + pick.astype(np.int64)]
+        pdeg = pi_ptr[pivot + 1] - pi_ptr[pivot]
+        pick = ((h >> shift) * pdeg.astype(np.uint64)) >> shift
+        at = pi_idx[pi_ptr[pivot] + pick.astype(np.int64)].astype(np.int64)
+        visits.append(row * n + at)
+    if not visits:
+      empty = np.zeros(0, np.int64)
+      return empty, empty, empty
+    keys, counts = np.unique(np.concatenate(visits), return_counts=True)
+    return keys // n, keys % n, counts.astype(np.int64)
+
+
+def _walk_pools(walker: _Walker, config: HardNegativeConfig, start: int, end: int,
+                queries: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Pools `[B, P]` and counts `[B]` of a query block from walk visit counts.
+
+  `excluded` holds the (row, item) pairs `[X, 2]` that are not candidates.
+  """
+  rows, items, counts = walker(queries)
+  return pools_from_visits(config, start, end, queries, excluded, rows, items, counts,
+                           walker.num_items)
+
+
+def pools_from_visits(config: HardNegativeConfig, start: int, end: int, queries: np.ndarray,
+                      excluded: np.ndarray, rows: np.ndarray, items: np.ndarray,
+                      counts: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pools `[B, P]` and counts `[B]` from the walks' visit counts of a query block.
+
+  Args:
+    config: a resolved "walks" config.
+    start, end: `config.window(num_items)`.
+    queries: int `[B]` query items.
+    excluded: int `[X, 2]` (row, item) pairs that are not candidates (each
+      query itself and its positives).
+    rows, items, counts: the distinct visits `[U]`: row into `queries`, the
+      visited item, its visit count, in any order (the result does not
+      depend on it, so visits may come from a distributed count).
+    num_items: N.
+  """
+  b, p, n = queries.size, config.pool_size, num_items
+  keep = ~np.isin(rows * n + items, excluded[:, 0].astype(np.int64) * n + excluded[:, 1])
+  rows, items, counts = rows[keep], items[keep], counts[keep]
+  # Rank per row: count descending, ties by a hash (not by index).
+  tie = _mix64(_hash_stream(config.seed, _TIE_SALT, queries)[rows]
+               ^ (items.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+  order = np.lexsort((tie, -counts, rows))
+  rows, items = rows[order], items[order]
+  reachable = np.bincount(rows, minlength=b)
+  first = np.cumsum(reachable) - reachable
+  rank = np.arange(rows.size) - first[rows]
+  full = reachable >= end
+  lo = np.where(full, start, (start * reachable) // end)
+  hi = np.where(full, end, reachable)
+  in_window = (rank >= lo[rows]) & (rank < hi[rows])
+  rows, items = rows[in_window], items[in_window]
+  # Uniform sample of P per row: the P smallest keys, as in the exact path.
+  keys = _random_keys(config.seed, queries[rows], items[:, None])[:, 0] if rows.size else (
+      np.zeros(0, np.uint64))
+  order = np.lexsort((keys, rows))
+  rows, items = rows[order], items[order]
+  width = np.bincount(rows, minlength=b)
+  slot = np.arange(rows.size) - (np.cumsum(width) - width)[rows]
+  taken = slot < p
+  pool = np.full((b, p), -1, dtype=np.int32)
+  pool[rows[taken], slot[taken]] = items[taken]
+  return pool, np.minimum(width, p).astype(np.int32)
+
+
 def compute_hard_negatives(
     graph: graph_lib.Graph,
     query_items: Sequence[int] | np.ndarray | None = None,
@@ -294,9 +468,11 @@ def compute_hard_negatives(
     graph: the training graph; its train pairs define the excluded positives.
     query_items: item indices to compute pools for (duplicates ignored);
       None means every query of a train pair.
-    config: window, PPR and pool parameters.
-    block_size: queries per power-iteration block (memory ~ `4 N block_size`
-      bytes per dense iterate); the result does not depend on it.
+    config: window, PPR and pool parameters; "auto" is resolved for the graph
+      (the returned table carries the resolved config).
+    block_size: queries per block; exact: memory ~ `4 N block_size` bytes per
+      dense iterate; walks: ~ `40 num_walks block_size` bytes. The result does
+      not depend on it.
     progress: optional `progress(queries_done, num_queries)`.
 
   Returns:
@@ -311,11 +487,16 @@ def compute_hard_negatives(
                      f"{int(queries[0])}..{int(queries[-1])}.")
   if block_size < 1:
     raise ValueError(f"block_size must be >= 1, got {block_size}.")
+  config = config.resolve(n)
   start, end = config.window(n)
   pool = np.full((n, config.pool_size), -1, dtype=np.int32)
   counts = np.zeros(n, dtype=np.int32)
   positives = train_positives(graph)
-  ranker = _PprRanker(graph, config.alpha, config.num_iterations, k=min(end, n))
+  walks = config.estimator == "walks"
+  if walks:
+    walker = _Walker(graph, config)
+  else:
+    ranker = _PprRanker(graph, config.alpha, config.num_iterations, k=min(end, n))
   total = int(queries.size)
   if progress is not None:
     progress(0, total)
@@ -329,8 +510,11 @@ def compute_hard_negatives(
     excluded = np.concatenate([
         np.stack([np.arange(block.size), block], 1),
         np.stack([rows, positives.indices[starts + offsets]], 1)]).astype(np.int32)
-    scores, items = ranker(block.astype(np.int32), excluded)
-    pool[block], counts[block] = _sample_pools(config, start, end, block, scores, items)
+    if walks:
+      pool[block], counts[block] = _walk_pools(walker, config, start, end, block, excluded)
+    else:
+      scores, items = ranker(block.astype(np.int32), excluded)
+      pool[block], counts[block] = _sample_pools(config, start, end, block, scores, items)
     if progress is not None:
       progress(min(lo + block_size, total), total)
   return HardNegatives(pool=pool, counts=counts, queries=queries.astype(np.int32), config=config)
@@ -340,7 +524,7 @@ def save_hard_negatives(graph_dir: str | os.PathLike, hard_negatives: HardNegati
   """Writes the pools to `<graph_dir>/hard_negatives/<config.key()>/` atomically."""
   num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
   hard_negatives.validate(num_items)
-  config = hard_negatives.config
+  config = hard_negatives.config.resolve(num_items)
   return derived_tables.save(
       graph_dir, KIND, config.key(),
       {"pool": hard_negatives.pool, "counts": hard_negatives.counts,
@@ -359,11 +543,12 @@ def load_hard_negatives(graph_dir: str | os.PathLike,
     derived_tables.StaleTableError: stored for another graph or config.
     derived_tables.DerivedTableError: corrupt or malformed files (named).
   """
+  num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
+  config = config.resolve(num_items)
   arrays, _ = derived_tables.load(graph_dir, KIND, config.key(), config.to_json(),
                                   ("pool", "counts", "queries"), mmap=mmap, verify=verify)
   table = HardNegatives(pool=arrays["pool"], counts=arrays["counts"], queries=arrays["queries"],
                         config=config)
-  num_items = int(graph_lib.read_manifest(graph_dir)["counts"]["items"])
   try:
     table.validate(num_items)
   except derived_tables.DerivedTableError as e:
