@@ -73,14 +73,6 @@ class CsvConfig:
                        f"{self.val_quantile} and {self.test_quantile}.")
 
 
-def _ids(table: tables.Table, name: str) -> np.ndarray:
-  values = np.asarray([v.strip() for v in table.columns[name]], dtype=str)
-  empty = np.flatnonzero(values == "")
-  if empty.size:
-    raise InputError(table.path, int(table.lines[empty[0]]), f"empty {name}.")
-  return values
-
-
 def _dense_features(path: str, item_ids: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], int]:
   """Reads the features file: (float32 [N, D], names, items without a row)."""
   table = tables.read_csv(path, ["item_id"], keep_all=True)
@@ -91,7 +83,7 @@ def _dense_features(path: str, item_ids: np.ndarray) -> tuple[np.ndarray, tuple[
     if not _FEATURE_NAME.match(name):
       raise InputError(path, 1, f"feature column name {name!r} must be non-empty "
                        "letters, digits, '_', '.', '-' or spaces.")
-  raw = _ids(table, "item_id")
+  raw = tables.ids_column(table, "item_id")
   rows = np.searchsorted(item_ids, raw)
   rows = np.minimum(rows, item_ids.shape[0] - 1)
   unknown = np.flatnonzero(item_ids[rows] != raw)
@@ -128,8 +120,8 @@ def load_csv(edges_csv: str | os.PathLike, item_features_csv: str | os.PathLike 
   start = time.perf_counter()
   edges_csv = os.fspath(edges_csv)
   table = tables.read_csv(edges_csv, ["pivot_id", "item_id"], optional=["timestamp"])
-  raw_pivots, pivot = np.unique(_ids(table, "pivot_id"), return_inverse=True)
-  item_ids, item = np.unique(_ids(table, "item_id"), return_inverse=True)
+  raw_pivots, pivot = np.unique(tables.ids_column(table, "pivot_id"), return_inverse=True)
+  item_ids, item = np.unique(tables.ids_column(table, "item_id"), return_inverse=True)
   file_order = np.arange(table.num_rows)
   logging.info("read %d interactions (%d pivots, %d items) from %s", table.num_rows,
                raw_pivots.shape[0], item_ids.shape[0], edges_csv)

@@ -65,14 +65,6 @@ class NewEdges:
   skipped_existing: int
 
 
-def _ids(table: tables.Table, name: str) -> np.ndarray:
-  values = np.asarray([v.strip() for v in table.columns[name]], dtype=str)
-  empty = np.flatnonzero(values == "")
-  if empty.size:
-    raise InputError(table.path, int(table.lines[empty[0]]), f"empty {name}.")
-  return values
-
-
 def _exact_header(table: tables.Table, allowed: tuple[str, ...], what: str) -> None:
   unknown = [name for name in table.header if name not in allowed]
   if unknown:
@@ -90,7 +82,7 @@ def read_new_edges(edges_csv: str | os.PathLike, graph: graph_lib.Graph,
   edges_csv = os.fspath(edges_csv)
   table = tables.read_csv(edges_csv, EDGE_COLUMNS, OPTIONAL_EDGE_COLUMNS, keep_all=True)
   _exact_header(table, EDGE_COLUMNS + OPTIONAL_EDGE_COLUMNS, "edges")
-  pivots, items = _ids(table, "pivot_id"), _ids(table, "item_id")
+  pivots, items = tables.ids_column(table, "pivot_id"), tables.ids_column(table, "item_id")
   timestamps = tables.float_column(table, "timestamp") if table.has("timestamp") else None
   item_index = {str(r): i for i, r in enumerate(graph.item_ids.tolist())}
   pivot_index = {str(r): i for i, r in enumerate(graph.pivot_ids.tolist())}
@@ -162,7 +154,7 @@ def _new_item_features(path: str, graph: graph_lib.Graph, new_item_ids: np.ndarr
   if not names:
     raise InputError(path, 1, "the graph has no dense features, so new items take none; "
                      "drop --new_item_features_csv.")
-  raw = _ids(table, "item_id")
+  raw = tables.ids_column(table, "item_id")
   row_of = {str(r): i for i, r in enumerate(new_item_ids.tolist())}
   item_index = set(graph.item_ids.tolist())
   dense = np.zeros((new_item_ids.shape[0], len(names)), np.float32)

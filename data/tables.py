@@ -5,7 +5,8 @@ columns and the 1-based line number of every row (the header is line 1), or
 raises `InputError` for a missing or empty file, a missing column (named), a
 row with the wrong number of fields or undecodable bytes. `int_column` /
 `float_column` convert a column with numpy in one call and, only when that
-fails, scan for the first bad value to report its line.
+fails, scan for the first bad value to report its line; `ids_column` gives
+stripped id strings, an empty one reported by its line.
 """
 
 from __future__ import annotations
@@ -147,3 +148,16 @@ def float_column(table: Table, name: str) -> np.ndarray:
       raise InputError(table.path, line,
                        f"column {name!r}: {value!r} is not a finite number.")
   raise AssertionError("unreachable: numpy and float() disagree")  # pragma: no cover
+
+
+def ids_column(table: Table, name: str) -> np.ndarray:
+  """Column `name` of `table` as stripped id strings; an empty id is an error.
+
+  Raises:
+    InputError: naming the file and line of the first empty value.
+  """
+  values = np.asarray([v.strip() for v in table.columns[name]], dtype=str)
+  empty = np.flatnonzero(values == "")
+  if empty.size:
+    raise InputError(table.path, int(table.lines[empty[0]]), f"empty {name}.")
+  return values

@@ -434,6 +434,27 @@ def neighborhoods_for_new_items(
   return _run_chunks(adj, seeds, config, n, stream=1, num_threads=num_threads, progress=None)
 
 
+def _pivot_walk_adjacency(graph: graph_lib.Graph, lists: graph_lib.CSR
+                          ) -> tuple[_Adjacency, np.ndarray]:
+  """The graph plus one virtual pivot and start item per item list, and the starts.
+
+  New pivots m..m+k-1 hold the k lists; one virtual start item n+j per list
+  links to pivot m+j only (and only when the list is not empty), so a walk
+  from item n+j is a walk from pivot j's item list.
+  """
+  n, m, k = graph.num_items, graph.num_pivots, lists.num_rows
+  pi_indptr = np.concatenate([graph.pivot_to_item.indptr,
+                              graph.pivot_to_item.nnz + lists.indptr[1:]])
+  pi_indices = np.concatenate([graph.pivot_to_item.indices, lists.indices])
+  walkable = np.diff(lists.indptr) > 0
+  ip_indptr = np.concatenate([graph.item_to_pivot.indptr,
+                              graph.item_to_pivot.nnz + np.cumsum(walkable)])
+  ip_indices = np.concatenate([graph.item_to_pivot.indices,
+                               (m + np.flatnonzero(walkable)).astype(np.int32)])
+  return (_Adjacency(ip_indptr, ip_indices, pi_indptr, pi_indices),
+          np.arange(n, n + k, dtype=np.int64))
+
+
 def _as_item_lists(item_lists: graph_lib.CSR | Sequence[Sequence[int]], num_items: int
                    ) -> graph_lib.CSR:
   """A CSR of item lists, checked against `num_items` (errors name the list)."""
@@ -485,21 +506,9 @@ def compute_pivot_neighborhoods(
   Returns:
     `Neighborhoods` with K rows; ids are item indices of `graph`.
   """
-  n, m = graph.num_items, graph.num_pivots
+  n = graph.num_items
   lists = _as_item_lists(graph.pivot_to_item if item_lists is None else item_lists, n)
-  k = lists.num_rows
-  # New pivots m..m+k-1 hold the lists; one virtual start item n+j per list
-  # links to pivot m+j only (and only when the list is not empty).
-  pi_indptr = np.concatenate([graph.pivot_to_item.indptr,
-                              graph.pivot_to_item.nnz + lists.indptr[1:]])
-  pi_indices = np.concatenate([graph.pivot_to_item.indices, lists.indices])
-  walkable = np.diff(lists.indptr) > 0
-  ip_indptr = np.concatenate([graph.item_to_pivot.indptr,
-                              graph.item_to_pivot.nnz + np.cumsum(walkable)])
-  ip_indices = np.concatenate([graph.item_to_pivot.indices,
-                               (m + np.flatnonzero(walkable)).astype(np.int32)])
-  adj = _Adjacency(ip_indptr, ip_indices, pi_indptr, pi_indices)
-  seeds = np.arange(n, n + k, dtype=np.int64)
+  adj, seeds = _pivot_walk_adjacency(graph, lists)
   return _run_chunks(adj, seeds, config, n, stream=2, num_threads=num_threads,
                      progress=progress)
 
@@ -646,17 +655,7 @@ def recompute_rows(
     stream = 0
   elif kind == PIVOT_KIND:
     lists = _as_item_lists(graph.pivot_to_item if item_lists is None else item_lists, n)
-    m, k = graph.num_pivots, lists.num_rows
-    pi_indptr = np.concatenate([graph.pivot_to_item.indptr,
-                                graph.pivot_to_item.nnz + lists.indptr[1:]])
-    pi_indices = np.concatenate([graph.pivot_to_item.indices, lists.indices])
-    walkable = np.diff(lists.indptr) > 0
-    ip_indptr = np.concatenate([graph.item_to_pivot.indptr,
-                                graph.item_to_pivot.nnz + np.cumsum(walkable)])
-    ip_indices = np.concatenate([graph.item_to_pivot.indices,
-                                 (m + np.flatnonzero(walkable)).astype(np.int32)])
-    adj = _Adjacency(ip_indptr, ip_indices, pi_indptr, pi_indices)
-    seeds = np.arange(n, n + k, dtype=np.int64)
+    adj, seeds = _pivot_walk_adjacency(graph, lists)
     stream = 2
   else:
     raise ValueError(f"kind must be {KIND!r} or {PIVOT_KIND!r}, got {kind!r}.")

@@ -29,6 +29,7 @@ from serving import grpc_service
 from serving import model_manager
 from serving import servable as servable_lib
 from serving import server_config
+from serving import testing
 from serving import toy_models
 
 _MAX_BATCH = 8
@@ -70,21 +71,9 @@ def address(tmp_path_factory):
   manager.stop(5)
 
 
-def _request(model="float", inputs=None, signature="", version=None, label=None,
-             output_filter=()):
-  request = predict_pb2.PredictRequest()
-  request.model_spec.name = model
-  request.model_spec.signature_name = signature
-  if version is not None:
-    request.model_spec.version.value = version
-  if label is not None:
-    request.model_spec.version_label = label
+def _request(model="float", inputs=None, **kwargs):
   inputs = {"x": np.ones([1, 3], np.float32)} if inputs is None else inputs
-  for alias, value in inputs.items():
-    request.inputs[alias].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto)
-                                   else tf.make_tensor_proto(value))
-  request.output_filter.extend(output_filter)
-  return request
+  return testing.predict_request(model, inputs, **kwargs)
 
 
 def _proto(dtype=types_pb2.DT_FLOAT, dims=(1, 3), **values):

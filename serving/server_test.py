@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from serving import client
 from serving import servable as servable_lib
+from serving import testing
 from serving import toy_models
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
@@ -329,18 +330,7 @@ def _grpc_error(srv: _Server, request) -> grpc.RpcError:
   return info.value
 
 
-def _request(model, inputs, signature="", version=None, label=None, output_filter=()):
-  request = predict_pb2.PredictRequest()
-  request.model_spec.name = model
-  request.model_spec.signature_name = signature
-  if version is not None:
-    request.model_spec.version.value = version
-  if label is not None:
-    request.model_spec.version_label = label
-  for alias, value in inputs.items():
-    request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
-  request.output_filter.extend(output_filter)
-  return request
+_request = testing.predict_request
 
 
 _IDS = {"item_ids": np.array([b"a"], dtype=object)}
