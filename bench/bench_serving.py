@@ -17,7 +17,7 @@ count. Besides: `first_request_ms`, the first request on the freshly loaded
 version (what warm-up replay is for), and `amplification`: one gRPC request of
 a few bytes declaring a [2e6, ...] tensor with a single value (to
 related_items_by_embedding when the model has it), with the server's answer,
-its wall time and the server's resident-memory growth. --server_root runs
+its wall time and the server's resident-memory growth (now and at its peak). --server_root runs
 another checkout's server (before/after comparisons in one run of the client).
 
 The model is a pinsage_retrieval export (--export_base, signature
@@ -197,10 +197,11 @@ def _prepare_model(workdir: str) -> tuple[str, bytes, str]:
   return version_dir, json.dumps({"instances": ["a"]}).encode(), "toy lookup model"
 
 
-def _rss_mb(pid: int) -> float:
+def _memory_mb(pid: int, field: str) -> float:
+  """A /proc/PID/status field in MB: VmRSS (resident now) or VmHWM (resident peak)."""
   with open(f"/proc/{pid}/status", encoding="utf-8") as f:
     for line in f:
-      if line.startswith("VmRSS:"):
+      if line.startswith(field + ":"):
         return int(line.split()[1]) / 1024.0
   return float("nan")
 
@@ -224,7 +225,7 @@ def _amplification(port: int, pid: int, signature: signatures_lib.Signature) -> 
     for size in dims:
       proto.tensor_shape.dim.add(size=size)
   request.inputs[alias].CopyFrom(proto)
-  rss_before = _rss_mb(pid)
+  rss_before, peak_before = _memory_mb(pid, "VmRSS"), _memory_mb(pid, "VmHWM")
   with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     started = time.perf_counter()
@@ -236,7 +237,8 @@ def _amplification(port: int, pid: int, signature: signatures_lib.Signature) -> 
     seconds = time.perf_counter() - started
   return {"request_bytes": request.ByteSize(), "declared_shape": dims, "code": code,
           "details": details[:300], "seconds": round(seconds, 4),
-          "server_rss_growth_mb": round(_rss_mb(pid) - rss_before, 1)}
+          "server_rss_growth_mb": round(_memory_mb(pid, "VmRSS") - rss_before, 1),
+          "server_peak_rss_growth_mb": round(_memory_mb(pid, "VmHWM") - peak_before, 1)}
 
 
 def main(argv: list[str]) -> None:

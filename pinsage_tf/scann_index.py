@@ -33,10 +33,11 @@ in descending order and int32 row indices `[B, k]` of the corpus.
 
 Threads: ScaNN's TF op parallelises a batch over its own pool of
 `cores - 1` threads in chunks of `ceil(B / (cores - 1))` queries, so on two
-cores a batch is one chunk and runs on one thread. `search` therefore splits a
-batch into `SEARCH_SHARDS` independent searches, which TensorFlow's inter-op
-threads run at the same time (each still uses ScaNN's pool on larger
-machines).
+cores a batch is one chunk and runs on one thread; the TF op has no setting
+for its query threads. `search(..., shards=S)` can split a batch into S
+independent searches, but on two cores that was slower than one search
+(bench: 4.5k vs 5.3k queries/s at batch 100 on 1M points), so the default is
+`SEARCH_SHARDS = 1`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ AH_MAX_ITEMS = 100_000
 # SavedModels holding a ScaNN searcher must allow the custom op namespace.
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
 # Concurrent ScaNN searches a batch is split into (see the module docstring).
-SEARCH_SHARDS = 2
+SEARCH_SHARDS = 1
 # Partitions searched that `tune_search` tries, as fractions of num_leaves
 # (capped at 4x the automatic choice), and candidates re-scored, as
 # multiples of k.
