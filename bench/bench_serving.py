@@ -45,7 +45,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from absl import app
@@ -67,6 +66,9 @@ from serving import signatures as signatures_lib  # noqa: E402
 from serving import toy_models  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loadgen  # noqa: E402  (bench/loadgen.py: the client load loop)
 
 _EXPORT_BASE = flags.DEFINE_string(
     "export_base", "", "An export base (trainer.export --export_base): serve the latest "
@@ -108,40 +110,10 @@ def _summary(latencies: list[float], errors: int, seconds: float) -> dict:
 
 
 def _load(make_call, seconds: float, clients: int) -> dict:
-  """Runs `clients` threads for `seconds`; each thread gets its call from make_call()."""
-  latencies: list[float] = []
-  errors: list[str] = []
-  lock = threading.Lock()
-  start_barrier = threading.Barrier(clients + 1)
-  stop_at = [0.0]
-
-  def worker():
-    call, close = make_call()
-    local, local_errors = [], []
-    try:
-      start_barrier.wait()
-      while time.perf_counter() < stop_at[0]:
-        start = time.perf_counter()
-        try:
-          call()
-          local.append(time.perf_counter() - start)
-        except Exception as e:  # pylint: disable=broad-except
-          local_errors.append(repr(e)[:200])
-    finally:
-      close()
-      with lock:
-        latencies.extend(local)
-        errors.extend(local_errors)
-
-  threads = [threading.Thread(target=worker) for _ in range(clients)]
-  for thread in threads:
-    thread.start()
-  stop_at[0] = time.perf_counter() + seconds
-  started = time.perf_counter()
-  start_barrier.wait()
-  for thread in threads:
-    thread.join()
-  result = _summary(latencies, len(errors), time.perf_counter() - started)
+  """Runs `clients` threads in this process for `seconds` (bench/loadgen.py's loop)."""
+  start_at = time.time() + 0.2  # every thread has made its call by then
+  latencies, errors = loadgen.run_threads(make_call, clients, start_at, start_at + seconds)
+  result = _summary(latencies, len(errors), seconds)
   if errors:
     result["first_errors"] = sorted(set(errors))[:5]
   return result

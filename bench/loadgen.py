@@ -6,6 +6,7 @@ JSON object: {"latencies": [seconds, ...], "errors": [first messages],
 "error_count"}. Requests are sent as prepared bytes: the REST body as given,
 the gRPC PredictRequest already serialised (a generic unary call with no
 client-side proto work), so the server, not the client, is what is measured.
+`run_threads` is the load loop, for in-process callers too.
 
   python bench/loadgen.py --protocol=grpc --port=8500 --request_file=req.bin \
       --threads=16 --start_at=... --stop_at=...
@@ -18,6 +19,7 @@ import http.client
 import json
 import threading
 import time
+from typing import Any, Callable
 
 import grpc
 
@@ -62,28 +64,25 @@ _PROTOCOLS = {"rest_keepalive": _rest_keepalive, "rest_new_connection": _rest_ne
               "grpc": _grpc}
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--protocol", choices=sorted(_PROTOCOLS), required=True)
-  parser.add_argument("--port", type=int, required=True)
-  parser.add_argument("--path", default="")
-  parser.add_argument("--request_file", required=True)
-  parser.add_argument("--threads", type=int, default=1)
-  parser.add_argument("--start_at", type=float, required=True)
-  parser.add_argument("--stop_at", type=float, required=True)
-  args = parser.parse_args()
-  with open(args.request_file, "rb") as f:
-    body = f.read()
+def run_threads(make_call: Callable[[], tuple[Callable[[], Any], Callable[[], None]]],
+                threads: int, start_at: float, stop_at: float) -> tuple[list[float], list[str]]:
+  """`threads` threads calling from `start_at` to `stop_at` (`time.time()` values).
+
+  Each thread gets its (call, close) pair from `make_call()` before the start.
+
+  Returns:
+    (latency in seconds of every answered call, error message of every failed one).
+  """
   latencies: list[float] = []
   errors: list[str] = []
   lock = threading.Lock()
 
   def worker():
-    call, close = _PROTOCOLS[args.protocol](args.port, args.path, body)
+    call, close = make_call()
     local, local_errors = [], []
-    time.sleep(max(0.0, args.start_at - time.time()))
+    time.sleep(max(0.0, start_at - time.time()))
     try:
-      while time.time() < args.stop_at:
+      while time.time() < stop_at:
         start = time.perf_counter()
         try:
           call()
@@ -96,11 +95,29 @@ def main() -> None:
         latencies.extend(local)
         errors.extend(local_errors)
 
-  threads = [threading.Thread(target=worker) for _ in range(args.threads)]
-  for thread in threads:
+  workers = [threading.Thread(target=worker) for _ in range(threads)]
+  for thread in workers:
     thread.start()
-  for thread in threads:
+  for thread in workers:
     thread.join()
+  return latencies, errors
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--protocol", choices=sorted(_PROTOCOLS), required=True)
+  parser.add_argument("--port", type=int, required=True)
+  parser.add_argument("--path", default="")
+  parser.add_argument("--request_file", required=True)
+  parser.add_argument("--threads", type=int, default=1)
+  parser.add_argument("--start_at", type=float, required=True)
+  parser.add_argument("--stop_at", type=float, required=True)
+  args = parser.parse_args()
+  with open(args.request_file, "rb") as f:
+    body = f.read()
+  latencies, errors = run_threads(
+      lambda: _PROTOCOLS[args.protocol](args.port, args.path, body), args.threads,
+      args.start_at, args.stop_at)
   print(json.dumps({"latencies": latencies, "errors": sorted(set(errors))[:5],
                     "error_count": len(errors)}))
 
