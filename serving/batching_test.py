@@ -40,15 +40,18 @@ class _Doubler:
     return {k: v for k, v in out.items() if not output_filter or k in output_filter}
 
 
-def _concurrently(batcher, servable, requests, output_filter=()):
-  """Runs every request of `requests` in its own thread at once; results in order."""
+def _concurrently(call, requests):
+  """call(request) for every request, each in its own thread at once; results in order.
+
+  A ServingError raised by a call is its result.
+  """
   results = [None] * len(requests)
   barrier = threading.Barrier(len(requests))
 
   def one(i):
     barrier.wait()
     try:
-      results[i] = batcher.run(servable, "s", {"x": requests[i]}, output_filter)
+      results[i] = call(requests[i])
     except ServingError as e:
       results[i] = e
 
@@ -60,11 +63,15 @@ def _concurrently(batcher, servable, requests, output_filter=()):
   return results
 
 
+def _batched(batcher, servable, output_filter=()):
+  return lambda x: batcher.run(servable, "s", {"x": x}, output_filter)
+
+
 def test_concurrent_requests_share_calls_and_get_their_own_rows():
   batcher = batching.Batcher(batching.BatchingParameters(max_batch_size=8, num_batch_threads=1))
   servable = _Doubler()
   requests = [np.full([1 + i % 2, 2], float(i), np.float32) for i in range(12)]
-  results = _concurrently(batcher, servable, requests, output_filter=["y"])
+  results = _concurrently(_batched(batcher, servable, output_filter=["y"]), requests)
   batcher.close()
   for request, result in zip(requests, results):
     np.testing.assert_array_equal(result["y"], 2 * request)
@@ -80,7 +87,7 @@ def test_a_bad_request_in_a_batch_fails_alone():
   servable = _Doubler(delay=0.0)
   requests = [np.ones([1, 2], np.float32), -np.ones([1, 2], np.float32),
               3 * np.ones([2, 2], np.float32)]
-  results = _concurrently(batcher, servable, requests)
+  results = _concurrently(_batched(batcher, servable), requests)
   batcher.close()
   assert servable.calls[0] == 4  # tried together (the timeout let all three join) ...
   np.testing.assert_array_equal(results[0]["y"], 2 * requests[0])  # ... then each alone
@@ -156,19 +163,8 @@ def test_manager_with_batching_answers_like_without(tmp_path):
   for manager in (plain, batched):
     manager.poll_once()
   requests = [np.array([v], dtype=object) for v in (b"a", b"b", b"c", b"d", b"e", b"zz")]
-  results = [None] * len(requests)
-
-  def one(i):
-    try:
-      results[i] = batched.predict(batched.get_servable("m"), "", {"item_ids": requests[i]})
-    except ServingError as e:
-      results[i] = e
-
-  threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
-  for thread in threads:
-    thread.start()
-  for thread in threads:
-    thread.join(30)
+  results = _concurrently(
+      lambda ids: batched.predict(batched.get_servable("m"), "", {"item_ids": ids}), requests)
   for request, result in zip(requests[:-1], results[:-1]):
     alone = plain.predict(plain.get_servable("m"), "", {"item_ids": request})
     assert result.keys() == alone.keys()

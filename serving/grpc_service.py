@@ -79,12 +79,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       validation.check_signature_is_runnable(signature)
       # Declared dtypes and shapes first: nothing is allocated for a request
       # the signature or the batch bound rejects.
-      validation.validate_descriptions(
-          signature, {alias: proto_codec.describe_tensor_proto(alias, proto)
-                      for alias, proto in request.inputs.items()},
-          max_batch_size=self._manager.limits.max_batch_size)
-      inputs = {alias: proto_codec.tensor_proto_to_array(alias, proto,
-                                                         max_bytes=self._max_tensor_bytes)
+      described = {alias: proto_codec.describe_tensor_proto(alias, proto)
+                   for alias, proto in request.inputs.items()}
+      validation.validate_descriptions(signature, described,
+                                       max_batch_size=self._manager.limits.max_batch_size)
+      inputs = {alias: proto_codec.tensor_proto_to_array(
+                    alias, proto, max_bytes=self._max_tensor_bytes, described=described[alias])
                 for alias, proto in request.inputs.items()}
       outputs = self._manager.predict(servable, signature.name, inputs,
                                       list(request.output_filter),

@@ -63,7 +63,9 @@ def describe_tensor_proto(alias: str, proto: Any) -> validation.TensorDescriptio
   return validation.TensorDescription(dtype, signatures.data_type_string(dtype), shape)
 
 
-def tensor_proto_to_array(alias: str, proto: Any, *, max_bytes: int = 0) -> np.ndarray:
+def tensor_proto_to_array(alias: str, proto: Any, *, max_bytes: int = 0,
+                          described: validation.TensorDescription | None = None
+                          ) -> np.ndarray:
   """A request TensorProto as an array; DT_STRING -> object array of bytes.
 
   Args:
@@ -73,13 +75,16 @@ def tensor_proto_to_array(alias: str, proto: Any, *, max_bytes: int = 0) -> np.n
       declared shape before anything is allocated: a TensorProto may declare
       far more elements than it carries values (TensorFlow repeats the last
       one), so a message of a few bytes could otherwise expand to gigabytes.
+    described: `describe_tensor_proto(alias, proto)` when the caller already
+      has it (it checked the declared shapes first).
 
   Raises:
     ServingError: INVALID_ARGUMENT "tensor parsing error: <alias>..." when the
       proto is not a valid tensor (see `describe_tensor_proto`; content of the
       wrong size) or declares more than `max_bytes`.
   """
-  described = describe_tensor_proto(alias, proto)
+  if described is None:
+    described = describe_tensor_proto(alias, proto)
   if max_bytes > 0:
     elements = math.prod(described.shape)
     itemsize = (_STRING_ELEMENT_BYTES if described.dtype == tf.string

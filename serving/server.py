@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -107,21 +108,26 @@ _SHUTDOWN_GRACE_SECONDS = flags.DEFINE_float(
     "shutdown_grace_seconds", 30.0, "How long shutdown waits for in-flight requests.")
 
 
+def _parse_flag_file(flag: flags.FlagHolder, parse: Callable[..., Any]) -> Any:
+  """`parse(text, source=path)` of the text file a flag names; errors are UsageErrors."""
+  path = flag.value
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except OSError as e:
+    raise app.UsageError(f"--{flag.name}={path}: {e}") from None
+  try:
+    return parse(text, source=path)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
 def model_configs_from_flags() -> list[server_config.ModelConfig]:
   """The served models from --model_config_file or --model_name/--model_base_path."""
   if _MODEL_CONFIG_FILE.value and _MODEL_BASE_PATH.value:
     raise app.UsageError("Pass either --model_config_file or --model_base_path, not both.")
   if _MODEL_CONFIG_FILE.value:
-    path = _MODEL_CONFIG_FILE.value
-    try:
-      with open(path, encoding="utf-8") as f:
-        text = f.read()
-    except OSError as e:
-      raise app.UsageError(f"--model_config_file={path}: {e}") from None
-    try:
-      return server_config.model_configs_from_text(text, source=path)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
+    return _parse_flag_file(_MODEL_CONFIG_FILE, server_config.model_configs_from_text)
   if not _MODEL_BASE_PATH.value:
     raise app.UsageError("Pass --model_base_path (with --model_name) or --model_config_file.")
   try:
@@ -139,30 +145,14 @@ def batching_parameters_from_flags() -> batching.BatchingParameters | None:
     return None
   if not _BATCHING_PARAMETERS_FILE.value:
     return batching.BatchingParameters()
-  path = _BATCHING_PARAMETERS_FILE.value
-  try:
-    with open(path, encoding="utf-8") as f:
-      return batching.parameters_from_text(f.read(), source=path)
-  except OSError as e:
-    raise app.UsageError(f"--batching_parameters_file={path}: {e}") from None
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  return _parse_flag_file(_BATCHING_PARAMETERS_FILE, batching.parameters_from_text)
 
 
 def prometheus_config_from_flags() -> monitoring.PrometheusConfig:
   """The metrics page settings from --monitoring_config_file (off without it)."""
-  path = _MONITORING_CONFIG_FILE.value
-  if not path:
+  if not _MONITORING_CONFIG_FILE.value:
     return monitoring.PrometheusConfig()
-  try:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
-  except OSError as e:
-    raise app.UsageError(f"--monitoring_config_file={path}: {e}") from None
-  try:
-    return monitoring.read_monitoring_config(text, source=path)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  return _parse_flag_file(_MONITORING_CONFIG_FILE, monitoring.read_monitoring_config)
 
 
 def main(argv: list[str]) -> None:
