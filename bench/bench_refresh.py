@@ -7,8 +7,9 @@ edges of drawn items, which the base graph therefore does not contain):
 1. base: the graph without the held-back edges, its neighborhood tables,
    embeddings and export version 1 (the state a deployment is in);
 2. refresh: `trainer.refresh.run_refresh` with the held-back edges as the
-   new-edges CSV (rows in a seeded random order) -- wall time per stage,
-   items walked / embedded;
+   new-edges CSV (rows in a seeded random order), once per `--variants`
+   scope (exact; bounded with walk traversals and embedding hops), each on
+   its own copy of the base -- wall time per stage, items walked / embedded;
 3. full rebuild of the same stages on the grown graph: prepare the graph
    from the raw files (same rows as the refreshed one), neighborhood tables,
    layer-wise inference of items and pivots, export;
@@ -170,6 +171,9 @@ def main():
   parser.add_argument("--model_dir", default=None)
   parser.add_argument("--work_dir", default="out/bench_refresh")
   parser.add_argument("--output_json", default=None)
+  parser.add_argument("--variants", default="exact,bounded:0:1,bounded:0:0",
+                      help="Refresh scopes run side by side: exact, or "
+                      "bounded:<walk_traversals>:<embed_hops>.")
   parser.add_argument("--sweep_only", action="store_true",
                       help="Only the walk-bound sweep (no pipeline runs).")
   args = parser.parse_args()
@@ -187,6 +191,11 @@ def main():
     parser.error("--model_dir is required (or --write_train_graph).")
   export_config = export_lib.ExportConfig()
   experiment = training.ExperimentConfig.load(args.model_dir)
+  variants = {}
+  for name in args.variants.split(","):
+    mode, *hops = name.split(":")
+    variants[name] = refresh_lib.RefreshScope(
+        mode=mode, **dict(zip(("walk_traversals", "embed_hops"), map(int, hops))))
   report = {"dataset": "gowalla (data.lightgcn, default config)", "seed": args.seed,
             "new_item_share": args.new_item_share,
             "command": " ".join(["python", *sys.argv]),
@@ -218,51 +227,61 @@ def main():
     base["seconds"]["prepare"] = round(time.perf_counter() - t - base["seconds"]["total"], 2)
     edges_csv = os.path.join(work, "new_edges.csv")
     new_rows = write_edges_csv(edges_csv, full, held, args.seed + 1)
-    print("refresh ...", flush=True)
-    t = time.perf_counter()
-    summary = refresh_job.run_refresh(os.path.join(base_dir, "graph"), edges_csv, args.model_dir,
-                                      os.path.join(base_dir, "embeddings"),
-                                      os.path.join(base_dir, "exports"),
-                                      export_config=export_config)
-    refresh_wall = time.perf_counter() - t
-    print(f"refresh: {refresh_wall:.1f} s; full rebuild ...", flush=True)
+    # Every variant refreshes its own copy of the same base deployment.
+    refreshed = {}
+    for name in variants:
+      variant_dir = os.path.join(work, f"base_{name}")
+      shutil.copytree(base_dir, variant_dir, symlinks=True)
+      print(f"refresh {name} ...", flush=True)
+      t = time.perf_counter()
+      summary = refresh_job.run_refresh(
+          os.path.join(variant_dir, "graph"), edges_csv, args.model_dir,
+          os.path.join(variant_dir, "embeddings"), os.path.join(variant_dir, "exports"),
+          export_config=export_config, scope=variants[name])
+      refreshed[name] = (summary, time.perf_counter() - t)
+      print(f"refresh {name}: {refreshed[name][1]:.1f} s", flush=True)
+    print("full rebuild ...", flush=True)
     full_order = np.concatenate([order, new_rows])
     rebuilt = rebuild(raw_dir, full_order, order.size, os.path.join(work, "full"),
                       args.model_dir, export_config)
     print(f"full rebuild: {rebuilt['seconds']['total']:.1f} s; checks and quality ...", flush=True)
-    g_ref = graph_lib.load_graph(summary["graph_dir"])
     g_full = graph_lib.load_graph(rebuilt["graph_dir"])
-    t_ref = nb_lib.load_neighborhoods(summary["graph_dir"], experiment.neighborhoods)
     t_full = nb_lib.load_neighborhoods(rebuilt["graph_dir"], experiment.neighborhoods)
-    e_ref = embeddings_io.load_embeddings(summary["embeddings_dir"], g_ref)
     e_full = embeddings_io.load_embeddings(rebuilt["embeddings_dir"], g_full)
     users = np.unique(held.pivots)
-    report["fractions"][str(held.fraction)] = {
+    entry = {
         "held_back_edges": int(held.items.size), "new_items": int(held.new_items.size),
         "base": {"items": base_graph.num_items, "edges": base_graph.num_edges,
                  "build_seconds": base["seconds"]},
-        "refresh": {"wall_seconds": round(refresh_wall, 2), "stages": summary["seconds"],
-                    "recomputed": summary["recomputed"],
-                    "skipped_existing_edges": summary["skipped_existing_edges"]},
         "full_rebuild": {"seconds": rebuilt["seconds"]},
-        "time_ratio_refresh_over_full": round(refresh_wall / rebuilt["seconds"]["total"], 3),
-        "equal_to_full_rebuild": {
-            "graph_fingerprint": graph_lib.graph_fingerprint(summary["graph_dir"])
-            == graph_lib.graph_fingerprint(rebuilt["graph_dir"]),
-            "neighborhood_table": bool(np.array_equal(t_ref.ids, t_full.ids)
-                                       and np.array_equal(t_ref.weights, t_full.weights)),
-            "max_abs_item_embedding_diff": float(np.abs(e_ref.vectors - e_full.vectors).max()),
-            "max_abs_pivot_embedding_diff": float(max(
-                np.abs(e_ref.pivot_vectors[h] - e_full.pivot_vectors[h]).max()
-                for h in e_full.pivot_vectors)),
-        },
         "quality_test": {
             "stale_base_embeddings": quality(os.path.join(base_dir, "graph"),
                                              os.path.join(base_dir, "embeddings"), users),
-            "refreshed": quality(summary["graph_dir"], summary["embeddings_dir"], users),
-            "full_rebuild": quality(rebuilt["graph_dir"], rebuilt["embeddings_dir"], users),
-        },
-    }
+            "full_rebuild": quality(rebuilt["graph_dir"], rebuilt["embeddings_dir"], users)},
+        "refresh": {}}
+    for name, (summary, wall) in refreshed.items():
+      g_ref = graph_lib.load_graph(summary["graph_dir"])
+      t_ref = nb_lib.load_neighborhoods(summary["graph_dir"], experiment.neighborhoods)
+      e_ref = embeddings_io.load_embeddings(summary["embeddings_dir"], g_ref)
+      entry["refresh"][name] = {
+          "scope": variants[name].to_json(),
+          "wall_seconds": round(wall, 2), "stages": summary["seconds"],
+          "time_ratio_refresh_over_full": round(wall / rebuilt["seconds"]["total"], 3),
+          "recomputed": summary["recomputed"],
+          "skipped_existing_edges": summary["skipped_existing_edges"],
+          "equal_to_full_rebuild": {
+              "graph_fingerprint": graph_lib.graph_fingerprint(summary["graph_dir"])
+              == graph_lib.graph_fingerprint(rebuilt["graph_dir"]),
+              "neighborhood_table": bool(np.array_equal(t_ref.ids, t_full.ids)
+                                         and np.array_equal(t_ref.weights, t_full.weights)),
+              "max_abs_item_embedding_diff": float(np.abs(e_ref.vectors - e_full.vectors).max()),
+              "max_abs_pivot_embedding_diff": float(max(
+                  np.abs(e_ref.pivot_vectors[h] - e_full.pivot_vectors[h]).max()
+                  for h in e_full.pivot_vectors)),
+          },
+          "quality_test": quality(summary["graph_dir"], summary["embeddings_dir"], users),
+      }
+    report["fractions"][str(held.fraction)] = entry
     print(json.dumps(report["fractions"][str(held.fraction)], indent=1), flush=True)
     if args.output_json:
       atomic.write_json(args.output_json, report)

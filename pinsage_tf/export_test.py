@@ -480,6 +480,22 @@ def test_embeddings_of_another_model_are_refused(setup, tmp_path):
   assert not os.listdir(tmp_path)  # checked before anything is built
 
 
+def test_consistency_is_checked_only_on_fresh_rows(setup, tmp_path):
+  """A bounded refresh keeps some rows from older tables: only the fresh ones are checked."""
+  stale = setup["vectors"].copy()
+  stale[:10] = np.roll(stale[:10], 1, axis=0)  # rows 0..9 no longer match the tables
+  config = export.ExportConfig(num_neighbors=_K, models=(export.EMBEDDER,))
+  with pytest.raises(ValueError, match="were they computed by this model"):
+    _export_again(setup, str(tmp_path / "all"), embeddings=stale, config=config)
+  out = _export_again(setup, str(tmp_path / "fresh"), embeddings=stale, config=config,
+                      fresh_items=np.arange(10, _N))
+  report = out["models"][export.EMBEDDER]["report"]
+  assert report["consistency_checked_rows"] == {"items": _N - 10, "of_items": _N,
+                                                "pivots": _M, "of_pivots": _M}
+  with pytest.raises(ValueError, match="fresh_items must be int rows"):
+    _export_again(setup, str(tmp_path / "bad"), config=config, fresh_items=np.array([_N]))
+
+
 def test_bad_arguments_fail_before_writing(setup, tmp_path):
   with pytest.raises(ValueError, match="num_neighbors=40"):
     _export_again(setup, str(tmp_path), config=export.ExportConfig(num_neighbors=_N))

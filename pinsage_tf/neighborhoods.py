@@ -623,6 +623,7 @@ def recompute_rows(
     kind: str = KIND,
     item_lists: graph_lib.CSR | None = None,
     num_threads: int | None = None,
+    whole_chunks: bool = True,
 ) -> tuple[Neighborhoods, np.ndarray]:
   """Recomputes the chunks of `table` that hold `rows`, for a changed `graph`.
 
@@ -643,6 +644,10 @@ def recompute_rows(
       lists of `item_lists`, default `graph.pivot_to_item`).
     item_lists: the pivot lists for `PIVOT_KIND`.
     num_threads: worker threads (None: one per CPU core).
+    whole_chunks: False walks only `rows` (each with its chunk's generator,
+      but the generator then serves fewer walks, so a recomputed row is a
+      fresh draw of the same distribution, not the row a full recomputation
+      gives); the cost is proportional to `rows` instead of their chunks.
 
   Returns:
     (the new table, int64 `[C]` every row that was recomputed, ascending).
@@ -673,17 +678,24 @@ def recompute_rows(
   weights = np.zeros((total, t), dtype=np.float32)
   counts = np.zeros(total, dtype=np.int32)
   ids[:old], weights[:old], counts[:old] = table.ids, table.weights, table.counts
+  rows = np.unique(rows)
   chunks = np.unique(rows // config.chunk_size)
 
   def run(chunk: int) -> None:
     lo, hi = chunk * config.chunk_size, min((chunk + 1) * config.chunk_size, total)
     rng = np.random.default_rng([config.seed, stream, chunk])
-    chunk_seeds = seeds[lo:hi]
-    ids[lo:hi], weights[lo:hi], counts[lo:hi] = -1, 0.0, 0
+    if whole_chunks:
+      local = np.arange(hi - lo)
+    else:
+      local = rows[(rows >= lo) & (rows < hi)] - lo
+    chunk_rows = lo + local
+    chunk_seeds = seeds[chunk_rows]
+    ids[chunk_rows], weights[chunk_rows], counts[chunk_rows] = -1, 0.0, 0
     walkable = np.flatnonzero(adj.item_degree[chunk_seeds] > 0)
     if walkable.size:
       i, w, c = _walk_chunk(adj, chunk_seeds[walkable], config, rng, n)
-      ids[lo + walkable], weights[lo + walkable], counts[lo + walkable] = i, w, c
+      dest = chunk_rows[walkable]
+      ids[dest], weights[dest], counts[dest] = i, w, c
 
   if num_threads is None:
     num_threads = os.cpu_count() or 1
@@ -693,8 +705,13 @@ def recompute_rows(
   else:
     with concurrent.futures.ThreadPoolExecutor(min(num_threads, chunks.size)) as pool:
       list(pool.map(run, chunks.tolist()))
-  recomputed = np.concatenate([
-      np.arange(c * config.chunk_size, min((c + 1) * config.chunk_size, total))
-      for c in chunks.tolist()]) if chunks.size else np.zeros(0, np.int64)
+  if not whole_chunks:
+    recomputed = rows
+  elif chunks.size:
+    recomputed = np.concatenate([
+        np.arange(c * config.chunk_size, min((c + 1) * config.chunk_size, total))
+        for c in chunks.tolist()])
+  else:
+    recomputed = np.zeros(0, np.int64)
   return (Neighborhoods(ids=ids, weights=weights, counts=counts, config=config),
           recomputed.astype(np.int64))

@@ -51,6 +51,29 @@ inference (`pinsage_tf.inference`) with the same model on the refreshed
 tables within float round-off (1e-5), and rows outside the closure are the
 previous rows, bit-identical.
 
+Bounded refresh (`RefreshScope(mode="bounded")`): on a dense graph the exact
+sets above are nearly everything (on Gowalla one new edge already puts every
+item inside the walk bound of 3-traversal walks, and the K = 2 closure of 1 %
+new edges holds 99.8 % of the items), so an exact refresh costs about a full
+rebuild. The bounded mode recomputes only near the change, with a stated
+staleness bound:
+
+* neighborhood rows walked again: the items within `walk_traversals`
+  item -> pivot -> item steps of I* (0: the items that got new edges, new
+  items included), each walked alone (`recompute_rows(whole_chunks=False)`);
+  pivot rows walked again: the pivots whose item list changed;
+* items embedded again: E_0 = I* + the items whose neighbor row changed,
+  grown `embed_hops` times by "has a neighbor in E_j"; pivots embedded
+  again: the ones walked again.
+
+Every row that is embedded again is computed exactly (layer-wise, on the
+refreshed tables: the invariant below holds for those rows); every other row
+-- table rows and embeddings -- is the previous row, bit for bit. A row kept
+can miss a change only through a path longer than the bound: a walk that
+reaches a changed pivot after more than `walk_traversals` steps, or a
+changed input more than `embed_hops` neighbor-table steps away, whose effect
+passes through that many importance-weighted poolings.
+
 Models with a learned per-item id embedding have no trained row for a new
 item: the encoder gives it a zero id embedding (`layers.encoders`), so it is
 placed by its features, degree and neighbors only.
@@ -74,6 +97,38 @@ from pinsage_tf import neighborhoods as nb_lib
 from pinsage_tf import pipeline
 from pinsage_tf import retrieval_exact
 from pinsage_tf import versions_on_disk
+
+
+REFRESH_MODES = ("exact", "bounded")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshScope:
+  """What a refresh recomputes (module docstring).
+
+  Attributes:
+    mode: "exact" (equal to a full rebuild with the same model) or "bounded"
+      (only near the change, with the staleness bound of the module docstring).
+    walk_traversals: bounded: items within this many traversals of an item
+      whose pivot list changed get their neighborhood walked again.
+    embed_hops: bounded: neighbor-table steps from a changed input within
+      which items are embedded again.
+  """
+
+  mode: str = "exact"
+  walk_traversals: int = 0
+  embed_hops: int = 1
+
+  def __post_init__(self):
+    if self.mode not in REFRESH_MODES:
+      raise ValueError(f"RefreshScope.mode must be one of {REFRESH_MODES}, got {self.mode!r}.")
+    for name in ("walk_traversals", "embed_hops"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"RefreshScope.{name} must be an int >= 0, got {value!r}.")
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,26 +317,64 @@ def walk_affected_pivots(graph: graph_lib.Graph, delta: GraphDelta,
   return mask
 
 
+def bounded_walk_items(graph: graph_lib.Graph, delta: GraphDelta,
+                       scope: RefreshScope) -> np.ndarray:
+  """bool `[N]`: the item rows a bounded refresh walks again (module docstring)."""
+  mask = _reach(graph, delta.changed_items, scope.walk_traversals)
+  mask[delta.num_old_items:] = True
+  return mask
+
+
 def refresh_neighborhoods(graph: graph_lib.Graph, delta: GraphDelta,
-                          table: nb_lib.Neighborhoods, *, num_threads: int | None = None
+                          table: nb_lib.Neighborhoods, *, num_threads: int | None = None,
+                          scope: RefreshScope = RefreshScope()
                           ) -> tuple[nb_lib.Neighborhoods, dict[str, int]]:
-  """The item table of the new graph (equal to a full recompute) and counts."""
-  affected = walk_affected_items(graph, delta, table.config)
+  """The item table of the new graph and counts.
+
+  Exact scope: equal to a full recompute. Bounded: the rows of
+  `bounded_walk_items` walked again, the others kept.
+  """
+  exact = scope.mode == "exact"
+  affected = (walk_affected_items(graph, delta, table.config) if exact
+              else bounded_walk_items(graph, delta, scope))
   new, recomputed = nb_lib.recompute_rows(graph, table, np.flatnonzero(affected),
-                                          num_threads=num_threads)
+                                          num_threads=num_threads, whole_chunks=exact)
   return new, {"walk_affected": int(affected.sum()), "walked": int(recomputed.size)}
 
 
 def refresh_pivot_neighborhoods(graph: graph_lib.Graph, delta: GraphDelta,
                                 table: nb_lib.Neighborhoods, lists: graph_lib.CSR,
-                                changed_lists: np.ndarray, *, num_threads: int | None = None
+                                changed_lists: np.ndarray, *, num_threads: int | None = None,
+                                scope: RefreshScope = RefreshScope()
                                 ) -> tuple[nb_lib.Neighborhoods, dict[str, int]]:
-  """The pivot table over `lists` for the new graph (equal to a full recompute)."""
-  affected = walk_affected_pivots(graph, delta, table.config, lists, changed_lists)
+  """The pivot table over `lists` for the new graph and counts.
+
+  Exact scope: equal to a full recompute. Bounded: the changed lists walked
+  again, the other rows kept.
+  """
+  exact = scope.mode == "exact"
+  affected = (walk_affected_pivots(graph, delta, table.config, lists, changed_lists) if exact
+              else np.asarray(changed_lists, bool))
   new, recomputed = nb_lib.recompute_rows(graph, table, np.flatnonzero(affected),
                                           kind=nb_lib.PIVOT_KIND, item_lists=lists,
-                                          num_threads=num_threads)
+                                          num_threads=num_threads, whole_chunks=exact)
   return new, {"walk_affected": int(affected.sum()), "walked": int(recomputed.size)}
+
+
+def bounded_embedding_set(neighbor_ids: np.ndarray, changed_inputs: np.ndarray,
+                          changed_neighbors: np.ndarray, embed_hops: int) -> np.ndarray:
+  """bool `[N]`: E_{embed_hops}, the items a bounded refresh embeds again.
+
+  Args:
+    neighbor_ids: int32 `[N, T]` the new table, self-padded (`SamplingTables`).
+    changed_inputs: bool `[N]`, items whose h^0 changed.
+    changed_neighbors: bool `[N]`, rows whose neighbor ids or weights changed.
+    embed_hops: how often E grows by the items with a neighbor in it.
+  """
+  grown = np.asarray(changed_inputs, bool) | np.asarray(changed_neighbors, bool)
+  for _ in range(embed_hops):
+    grown = grown | grown[neighbor_ids].any(axis=1)
+  return grown
 
 
 def changed_rows(old_ids: np.ndarray, old_weights: np.ndarray, new_ids: np.ndarray,
@@ -528,6 +621,9 @@ class RefreshResult:
     vectors, bias: float32 `[N, E]` / `[N]` (or None) all items.
     pivot_vectors: {history: float32 `[M, E]`} (empty without a pivot model).
     stats: counts of what was recomputed (JSON).
+    fresh_items, fresh_pivots: bounded scope: int64 item rows and "graph"
+      pivot rows embedded on the refreshed tables (the rest are kept from
+      before); None in the exact scope (every row is).
   """
 
   graph: graph_lib.Graph
@@ -539,6 +635,8 @@ class RefreshResult:
   bias: np.ndarray | None
   pivot_vectors: dict[str, np.ndarray]
   stats: dict[str, Any]
+  fresh_items: np.ndarray | None = None
+  fresh_pivots: np.ndarray | None = None
 
 
 def refresh(
@@ -558,6 +656,7 @@ def refresh(
     metadata: Mapping[str, Any] | None = None,
     num_threads: int | None = None,
     batch_size: int = 8192,
+    scope: RefreshScope = RefreshScope(),
 ) -> RefreshResult:
   """Adds the edges and brings tables and embeddings up to date (module docstring).
 
@@ -577,6 +676,7 @@ def refresh(
     metadata: merged into the new graph's metadata.
     num_threads: walk threads (None: one per core); results do not depend on it.
     batch_size: rows per inference step.
+    scope: exact (default) or bounded (module docstring).
 
   Returns:
     `RefreshResult`.
@@ -585,8 +685,9 @@ def refresh(
   new_graph, delta = append_edges(graph, pivot_ids, item_ids, new_item_dense=new_item_dense,
                                   metadata=metadata)
   n = new_graph.num_items
+  exact = scope.mode == "exact"
   table, item_stats = refresh_neighborhoods(new_graph, delta, neighborhoods,
-                                            num_threads=num_threads)
+                                            num_threads=num_threads, scope=scope)
   new_pivot_table = None
   pivot_tables: dict[str, tuple[nb_lib.Neighborhoods, np.ndarray]] = {}
   pivot_stats: dict[str, Any] = {}
@@ -597,10 +698,23 @@ def refresh(
       if history == "graph":
         new_table, stats = refresh_pivot_neighborhoods(
             new_graph, delta, pivot_neighborhoods, lists, changed_lists,
-            num_threads=num_threads)
+            num_threads=num_threads, scope=scope)
         new_pivot_table = new_table
         affected = changed_rows(pivot_neighborhoods.ids, pivot_neighborhoods.weights,
                                 new_table.ids, new_table.weights)
+      elif not exact:
+        # Not stored: only the rows embedded again (the changed lists) are walked.
+        config = pivot_neighborhoods.config
+        width = config.num_neighbors
+        blank = nb_lib.Neighborhoods(
+            ids=np.full((lists.num_rows, width), -1, np.int32),
+            weights=np.zeros((lists.num_rows, width), np.float32),
+            counts=np.zeros(lists.num_rows, np.int32), config=config)
+        affected = np.asarray(changed_lists, bool)
+        new_table, recomputed = nb_lib.recompute_rows(
+            new_graph, blank, np.flatnonzero(affected), kind=nb_lib.PIVOT_KIND,
+            item_lists=lists, num_threads=num_threads, whole_chunks=False)
+        stats = {"walk_affected": int(affected.sum()), "walked": int(recomputed.size)}
       else:
         # Not stored: walked in full (as trainer.infer does); the bound says
         # which rows can differ from the previous table.
@@ -621,8 +735,15 @@ def refresh(
   changed_inputs = np.zeros(n, bool)
   changed_inputs[delta.changed_items] = True
   changed_nb = changed_rows(neighborhoods.ids, neighborhoods.weights, table.ids, table.weights)
-  closure = embedding_closure(tables.neighbor_ids, changed_inputs, changed_nb, k_layers)
-  last_changed = closure[k_layers - 1]
+  if exact:
+    closure = embedding_closure(tables.neighbor_ids, changed_inputs, changed_nb, k_layers)
+    last_changed = closure[k_layers - 1]
+  else:
+    # `reembed` embeds closure[K] from its receptive field; the other masks are unused.
+    final = bounded_embedding_set(tables.neighbor_ids, changed_inputs, changed_nb,
+                                  scope.embed_hops)
+    closure = [final] * (k_layers + 1)
+    last_changed = np.zeros(n, bool)  # pivots: only the lists walked again
   pivot_rows: dict[str, np.ndarray] = {}
   extra_last = np.zeros(n, bool)
   for history, (new_table, affected) in pivot_tables.items():
@@ -642,6 +763,7 @@ def refresh(
         batch_size=batch_size)
     pivot_stats[history]["embedded"] = int(pivot_rows[history].size)
   stats = {
+      "scope": scope.to_json(),
       "graph": delta.to_json(),
       "items": {"total": n, "walk_affected": item_stats["walk_affected"],
                 "walked": item_stats["walked"],
@@ -653,4 +775,6 @@ def refresh(
   return RefreshResult(graph=new_graph, delta=delta, neighborhoods=table,
                        pivot_neighborhoods=new_pivot_table, tables=tables,
                        vectors=out.vectors, bias=out.bias, pivot_vectors=new_pivot_vectors,
-                       stats=stats)
+                       stats=stats,
+                       fresh_items=None if exact else out.rows,
+                       fresh_pivots=None if exact else pivot_rows.get("graph"))

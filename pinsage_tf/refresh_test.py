@@ -210,3 +210,104 @@ def test_edges_already_in_the_graph_change_nothing():
   assert result.stats["graph"]["new_edges"] == 0 and result.stats["items"]["embedded"] == 0
   np.testing.assert_array_equal(result.vectors, vectors)
   np.testing.assert_array_equal(result.pivot_vectors["graph"], pivots["graph"])
+
+
+@pytest.fixture(scope="module")
+def bounded_case():
+  graph = _graph()
+  model = _model(graph)
+  table, pivot_tables, vectors, bias, pivots = _full(model, graph)
+  scope = refresh.RefreshScope(mode="bounded", walk_traversals=0, embed_hops=1)
+  result = refresh.refresh(
+      model, graph, table, vectors, bias=bias, pivot_ids=_NEW_PIVOTS, item_ids=_NEW_ITEMS,
+      new_item_dense=np.array([[0.5, -1.0]], np.float32),
+      pivot_neighborhoods=pivot_tables["graph"], pivot_vectors=pivots, num_threads=1,
+      batch_size=32, scope=scope)
+  return {"graph": graph, "model": model, "before": (table, pivot_tables, vectors, bias, pivots),
+          "result": result}
+
+
+def test_bounded_refresh_walks_only_the_changed_items(bounded_case):
+  result = bounded_case["result"]
+  table = bounded_case["before"][0]
+  walked = np.flatnonzero(refresh.bounded_walk_items(
+      result.graph, result.delta, refresh.RefreshScope(mode="bounded")))
+  # walk_traversals=0: the endpoints of new edges (the new item included).
+  np.testing.assert_array_equal(walked, result.delta.changed_items)
+  assert result.stats["items"]["walked"] == walked.size
+  kept = np.setdiff1d(np.arange(120), walked)
+  np.testing.assert_array_equal(result.neighborhoods.ids[kept], table.ids[kept])
+  np.testing.assert_array_equal(result.neighborhoods.weights[kept], table.weights[kept])
+  assert (result.neighborhoods.counts[walked] > 0).all()
+  # The exact bound is wider: the bounded mode saves walks here.
+  exact = refresh.walk_affected_items(result.graph, result.delta, _ITEM_CONFIG)
+  assert exact.sum() > walked.size
+
+
+def test_bounded_refresh_embeds_exactly_on_its_tables_and_keeps_the_rest(bounded_case):
+  result, model = bounded_case["result"], bounded_case["model"]
+  _, pivot_tables, vectors, bias, pivots = bounded_case["before"]
+  runner = inference.LayerwiseInference(model, result.tables, batch_size=32)
+  on_tables, on_tables_bias = runner.outputs()
+  changed_inputs = np.isin(np.arange(121), result.delta.changed_items)
+  changed_nb = refresh.changed_rows(bounded_case["before"][0].ids,
+                                    bounded_case["before"][0].weights,
+                                    result.neighborhoods.ids, result.neighborhoods.weights)
+  embedded = refresh.bounded_embedding_set(result.tables.neighbor_ids, changed_inputs,
+                                           changed_nb, 1)
+  assert result.stats["items"]["embedded"] == embedded.sum() < 121
+  np.testing.assert_allclose(result.vectors[embedded], on_tables[embedded], atol=1e-5)
+  np.testing.assert_allclose(result.bias[embedded], on_tables_bias[embedded], atol=1e-5)
+  kept = np.flatnonzero(~embedded)
+  np.testing.assert_array_equal(result.vectors[kept], vectors[kept])
+  np.testing.assert_array_equal(result.bias[kept], bias[kept])
+  # Somewhere outside the set the layer-wise result on the new tables differs:
+  # the bound is an approximation, not exactness in disguise.
+  assert np.abs(result.vectors[kept] - on_tables[kept]).max() > 1e-6
+  # Pivots: the changed lists are embedded again from the refreshed table.
+  changed = result.delta.changed_pivots
+  table = result.pivot_neighborhoods
+  expected = runner.pivot_embeddings(table.ids, table.weights)
+  np.testing.assert_allclose(result.pivot_vectors["graph"][changed], expected[changed],
+                             atol=1e-5)
+  others = np.setdiff1d(np.arange(40), changed)
+  np.testing.assert_array_equal(result.pivot_vectors["graph"][others], pivots["graph"][others])
+  np.testing.assert_array_equal(result.pivot_vectors["graph+validation"][others],
+                                pivots["graph+validation"][others])
+
+
+def test_bounded_embedding_set_grows_by_neighbor_rows():
+  # Row r's neighbors; item 0 changed. Hop 1 adds 1 (neighbor 0), hop 2 adds 2.
+  neighbor_ids = np.array([[0, 0], [0, 1], [1, 2], [3, 3]], np.int32)
+  changed = np.array([True, False, False, False])
+  none = np.zeros(4, bool)
+  np.testing.assert_array_equal(refresh.bounded_embedding_set(neighbor_ids, changed, none, 0),
+                                [True, False, False, False])
+  np.testing.assert_array_equal(refresh.bounded_embedding_set(neighbor_ids, changed, none, 1),
+                                [True, True, False, False])
+  np.testing.assert_array_equal(refresh.bounded_embedding_set(neighbor_ids, changed, none, 2),
+                                [True, True, True, False])
+  row3 = np.array([False, False, False, True])
+  np.testing.assert_array_equal(refresh.bounded_embedding_set(neighbor_ids, none, row3, 0), row3)
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "approx"}, {"walk_traversals": -1},
+                                    {"embed_hops": 1.5}, {"embed_hops": True}])
+def test_refresh_scope_rejects_bad_values(kwargs):
+  with pytest.raises(ValueError, match="RefreshScope"):
+    refresh.RefreshScope(**kwargs)
+
+
+def test_recompute_rows_without_whole_chunks_walks_only_the_rows():
+  graph = _graph()
+  table = nb_lib.compute_neighborhoods(graph, _ITEM_CONFIG, num_threads=1)
+  new, _ = refresh.append_edges(graph, ["p10"], ["i40"])
+  out, recomputed = nb_lib.recompute_rows(new, table, np.array([40, 3, 40]), num_threads=1,
+                                          whole_chunks=False)
+  np.testing.assert_array_equal(recomputed, [3, 40])
+  others = np.setdiff1d(np.arange(120), [3, 40])
+  np.testing.assert_array_equal(out.ids[others], table.ids[others])
+  # Row 40 is walked on the new graph: only the new graph links it to pivot 10's items.
+  assert out.counts[40] > 0
+  assert not set(table.ids[40].tolist()) & set(new.items_of(10).tolist()) - {40}
+  assert set(out.ids[40][out.ids[40] >= 0].tolist()) & set(new.items_of(10).tolist())

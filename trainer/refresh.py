@@ -4,8 +4,15 @@ r"""Adds new edges and items, re-embeds what changed, publishes new versions: `t
         [--new_item_features_csv=FEATURES.csv] --model_dir=MODEL_DIR \
         --embeddings_dir=EMB_DIR --export_base=EXPORT_BASE [--report_json=FILE]
 
-No training: the model in MODEL_DIR embeds the grown graph. Steps
-(`pinsage_tf.refresh` states what is recomputed and why that is exact):
+No training: the model in MODEL_DIR embeds the grown graph.
+`--refresh_mode=exact` (default) gives what a full rebuild with the same
+model gives; `--refresh_mode=bounded` recomputes only near the new edges
+(`--walk_traversals`, `--embed_hops`) and keeps the other rows, which is what
+makes a refresh cheaper than a rebuild on a dense graph (`pinsage_tf.refresh`
+states what is recomputed, why the exact mode is exact and the bounded mode's
+staleness bound). The ScaNN index is rebuilt with the query-time settings
+the served `pinsage_retrieval` version was tuned to (`--retune_scann` tunes
+again). Steps:
 
 1. read the newest published versions of GRAPH and EMB_DIR
    (`pinsage_tf.versions_on_disk`: `GRAPH.latest` names it; GRAPH itself
@@ -30,6 +37,7 @@ uses them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -70,6 +78,19 @@ _NUM_NEIGHBORS = flags.DEFINE_integer("num_neighbors", 10,
                                       "k: neighbors returned by the retrieval signatures.")
 _MODELS = flags.DEFINE_list("models", list(export_lib.ALL_MODELS), "Models to export.")
 _REPORT_JSON = flags.DEFINE_string("report_json", None, "Also write the summary here.")
+_REFRESH_MODE = flags.DEFINE_enum(
+    "refresh_mode", "exact", list(refresh_lib.REFRESH_MODES),
+    "exact: equal to a full rebuild with the same model; bounded: only rows near the new edges "
+    "are walked and embedded again (pinsage_tf/refresh.py states the staleness bound).")
+_WALK_TRAVERSALS = flags.DEFINE_integer(
+    "walk_traversals", 0, "bounded: items within this many item-pivot-item traversals of an "
+    "item with new edges are walked again (0: those items).")
+_EMBED_HOPS = flags.DEFINE_integer(
+    "embed_hops", 1, "bounded: items within this many neighbor-table steps of a changed input "
+    "are embedded again.")
+_RETUNE_SCANN = flags.DEFINE_bool(
+    "retune_scann", False, "Tune the ScaNN search again instead of keeping the served version's "
+    "leaves_to_search / reorder_num_neighbors.")
 
 flags.mark_flags_as_required(["graph_dir", "new_edges_csv", "model_dir", "embeddings_dir",
                               "export_base"])
@@ -78,7 +99,9 @@ flags.mark_flags_as_required(["graph_dir", "new_edges_csv", "model_dir", "embedd
 def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_dir: str,
                 export_base: str, *, new_item_features_csv: str | None = None,
                 export_config: export_lib.ExportConfig | None = None,
-                num_threads: int | None = None) -> dict[str, Any]:
+                num_threads: int | None = None,
+                scope: refresh_lib.RefreshScope = refresh_lib.RefreshScope(),
+                retune_scann: bool = False) -> dict[str, Any]:
   """One refresh (module docstring); returns the summary.
 
   Raises:
@@ -88,6 +111,8 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
   """
   started = time.perf_counter()
   export_config = export_config or export_lib.ExportConfig()
+  if not retune_scann:
+    export_config = served_scann_settings(export_base, export_config)
   seconds: dict[str, float] = {}
 
   def lap(name: str, since: float) -> float:
@@ -133,7 +158,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
                             "new_edges_csv": os.path.abspath(new_edges_csv),
                             "new_edges_sha256": atomic.sha256_file(new_edges_csv),
                             "version": version}},
-      num_threads=num_threads, batch_size=export_config.batch_size)
+      num_threads=num_threads, batch_size=export_config.batch_size, scope=scope)
   t = lap("refresh", t)
 
   written: list[str] = []
@@ -149,7 +174,8 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
         new_emb_dir, result.vectors, result.graph.item_ids,
         {"graph_fingerprint": fingerprint, "graph_dir": new_graph_dir,
          "model_checkpoint": os.path.abspath(os.path.join(model_dir, training.MODEL_DIR)),
-         "runner": "refresh", "refreshed_from": current_emb},
+         "runner": "refresh", "refreshed_from": current_emb,
+         "refresh_scope": scope.to_json()},
         item_titles=result.graph.item_titles, item_bias=result.bias,
         pivot_ids=result.graph.pivot_ids if result.pivot_vectors else None,
         pivot_embeddings=result.pivot_vectors or None)
@@ -159,6 +185,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
         export_base, model=model, graph=result.graph, tables=result.tables,
         embeddings=result.vectors, config=export_config, item_bias=result.bias,
         pivot_embeddings=result.pivot_vectors.get("graph"),
+        fresh_items=result.fresh_items, fresh_pivots=result.fresh_pivots,
         source={"model_dir": os.path.abspath(model_dir), "graph_dir": new_graph_dir,
                 "embeddings_dir": new_emb_dir, "graph_fingerprint": fingerprint,
                 "refresh": True})
@@ -177,6 +204,40 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
           "recomputed": result.stats, "seconds": seconds}
 
 
+def served_scann_settings(export_base: str, config: export_lib.ExportConfig
+                          ) -> export_lib.ExportConfig:
+  """`config` with the ScaNN query-time settings of the newest `pinsage_retrieval` version.
+
+  The knobs `config.scann` leaves automatic take the values that version was
+  built with (its report's `search.scann`), so the refresh skips the tuning;
+  the new version's recall is still measured. Unchanged when there is no
+  such version or report, or it holds no ScaNN settings.
+  """
+  base = os.path.join(export_base, export_lib.RETRIEVAL)
+  versions = export_lib.list_versions(base)
+  if not versions:
+    return config
+  path = os.path.join(base, str(versions[-1]), export_lib.REPORT_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      served = json.load(f)["search"]["scann"]
+  except (OSError, ValueError, KeyError, TypeError):
+    logging.warning("%s: no ScaNN settings readable; the refresh tunes them again.", path)
+    return config
+  requested = config.scann
+  keep = {}
+  for name in ("num_leaves", "num_leaves_to_search", "reorder_num_neighbors"):
+    if getattr(requested, name) is None and isinstance(served.get(name), int):
+      keep[name] = served[name]
+  if requested.algorithm == "auto" and served.get("algorithm") in ("brute_force", "ah",
+                                                                    "tree_ah"):
+    keep["algorithm"] = served["algorithm"]
+  if not keep:
+    return config
+  logging.info("ScaNN settings of %s kept: %s", path, keep)
+  return dataclasses.replace(config, scann=dataclasses.replace(requested, **keep))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -186,7 +247,11 @@ def main(argv):
     summary = run_refresh(_GRAPH_DIR.value, _NEW_EDGES_CSV.value, _MODEL_DIR.value,
                           _EMBEDDINGS_DIR.value, _EXPORT_BASE.value,
                           new_item_features_csv=_NEW_ITEM_FEATURES_CSV.value,
-                          export_config=config)
+                          export_config=config,
+                          scope=refresh_lib.RefreshScope(
+                              mode=_REFRESH_MODE.value, walk_traversals=_WALK_TRAVERSALS.value,
+                              embed_hops=_EMBED_HOPS.value),
+                          retune_scann=_RETUNE_SCANN.value)
   except (InputError, ValueError, FileNotFoundError, FileExistsError,
           export_lib.ExportError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ of an existing item; afterwards:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from pinsage_tf import versions_on_disk
 from serving import errors as serving_errors
 from serving import model_manager
 from serving import server_config
+from trainer import refresh as refresh_job
 from trainer import testing
 
 pytestmark = pytest.mark.slow
@@ -175,3 +177,60 @@ def test_a_second_run_builds_on_the_published_version(setup, tmp_path):
   assert versions_on_disk.resolve(setup["emb_dir"]) == summary["embeddings_dir"]
   embeddings = embeddings_io.load_embeddings(summary["embeddings_dir"], summary["graph_dir"])
   assert embeddings.count == 81
+
+
+def test_a_bounded_run_keeps_rows_outside_its_bound(setup, tmp_path):
+  """Runs after the exact runs above: builds version 4 on version 3."""
+  before = embeddings_io.load_embeddings(versions_on_disk.resolve(setup["emb_dir"]))
+  path = tmp_path / "bounded.csv"
+  path.write_text("pivot_id,item_id\n2,5\n3,5\n")
+  out = testing.run_module([*setup["refresh"], f"--new_edges_csv={path}",
+                            "--refresh_mode=bounded", "--walk_traversals=0", "--embed_hops=0"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads(out.stdout[out.stdout.index("{"):])
+  assert summary["export_version"] == 4
+  stats = summary["recomputed"]
+  assert stats["scope"] == {"mode": "bounded", "walk_traversals": 0, "embed_hops": 0}
+  # Item 5's pivot list changed: its row alone is walked and embedded again.
+  assert stats["items"]["walked"] == stats["items"]["embedded"] == 1
+  after = embeddings_io.load_embeddings(summary["embeddings_dir"], summary["graph_dir"])
+  row = int(np.flatnonzero(after.item_ids == "5")[0])
+  others = np.setdiff1d(np.arange(after.count), [row])
+  np.testing.assert_array_equal(after.vectors[others], before.vectors[others])
+  assert not np.array_equal(after.vectors[row], before.vectors[row])
+  report_path = os.path.join(setup["export_base"], export_lib.EMBEDDER, "4",
+                             export_lib.REPORT_FILE)
+  with open(report_path) as f:
+    checked = json.load(f)["consistency_checked_rows"]
+  assert checked["items"] == 1 and checked["of_items"] == after.count
+
+
+def test_bad_refresh_scope_is_a_usage_error(setup, tmp_path):
+  path = tmp_path / "edges.csv"
+  path.write_text("pivot_id,item_id\n2,6\n")
+  out = testing.run_module([*setup["refresh"], f"--new_edges_csv={path}",
+                            "--refresh_mode=bounded", "--embed_hops=-1"])
+  assert out.returncode == 2 and "RefreshScope.embed_hops" in out.stderr
+
+
+def _report_dir(export_base, version, scann):
+  path = os.path.join(export_base, export_lib.RETRIEVAL, str(version), "assets.extra")
+  os.makedirs(path)
+  with open(os.path.join(path, "export_report.json"), "w") as f:
+    json.dump({"search": {"algorithm": "scann", "scann": scann}}, f)
+
+
+def test_served_scann_settings_are_kept_unless_given(tmp_path):
+  base = str(tmp_path)
+  config = export_lib.ExportConfig()
+  assert refresh_job.served_scann_settings(base, config) == config  # nothing served yet
+  _report_dir(base, 1, {"algorithm": "tree_ah", "num_leaves": 90, "num_leaves_to_search": 9,
+                        "reorder_num_neighbors": 400})
+  _report_dir(base, 2, {"algorithm": "tree_ah", "num_leaves": 100, "num_leaves_to_search": 3,
+                        "reorder_num_neighbors": 220})
+  kept = refresh_job.served_scann_settings(base, config).scann
+  assert (kept.algorithm, kept.num_leaves, kept.num_leaves_to_search,
+          kept.reorder_num_neighbors) == ("tree_ah", 100, 3, 220)
+  explicit = export_lib.ExportConfig(scann=dataclasses.replace(config.scann,
+                                                               reorder_num_neighbors=50))
+  assert refresh_job.served_scann_settings(base, explicit).scann.reorder_num_neighbors == 50

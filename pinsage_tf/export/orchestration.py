@@ -50,6 +50,8 @@ def export_models(
     source: Mapping[str, Any] | None = None,
     item_bias: np.ndarray | None = None,
     pivot_embeddings: np.ndarray | None = None,
+    fresh_items: np.ndarray | None = None,
+    fresh_pivots: np.ndarray | None = None,
 ) -> dict[str, Any]:
   """Builds, checks and atomically publishes one version of each requested model.
 
@@ -71,6 +73,10 @@ def export_models(
       `pivot_embeddings_graph.npy`). Pass it for a model trained with the
       pivot objective (`ExperimentConfig.learns_pivots`): the retrieval
       models then also get `items_for_pivot` and `items_for_item_set`.
+    fresh_items, fresh_pivots: int rows of the item / pivot embeddings that
+      were computed on `tables` (a bounded refresh keeps the other rows from
+      the previous tables, `pinsage_tf.refresh`); the consistency checks
+      sample only these. None: every row.
 
   Returns:
     A summary: version, each model's path and report, the config files.
@@ -84,7 +90,7 @@ def export_models(
   started = time.perf_counter()
   export_base = os.path.abspath(os.fspath(export_base))
   inputs = _validated_inputs(model, graph, tables, embeddings, config, item_bias,
-                             pivot_embeddings)
+                             pivot_embeddings, fresh_items, fresh_pivots)
   models = tuple(m for m in config_lib.ALL_MODELS if m in config.models)
   os.makedirs(export_base, exist_ok=True)
   version = _new_version(export_base, models, version)
@@ -127,6 +133,7 @@ class _Inputs:
       `config.recall_queries` is 0).
     check_sample: int32 items the exact model and the embedder are checked
       on (a few even when `recall_sample` is empty).
+    fresh_items, fresh_pivots: int64 rows the consistency checks sample from.
   """
 
   model: Any
@@ -139,6 +146,8 @@ class _Inputs:
   pivot_vectors: np.ndarray | None
   recall_sample: np.ndarray
   check_sample: np.ndarray
+  fresh_items: np.ndarray
+  fresh_pivots: np.ndarray
 
   @property
   def k(self) -> int:
@@ -147,7 +156,8 @@ class _Inputs:
 
 def _validated_inputs(model, graph: graph_lib.Graph, tables: pipeline.SamplingTables,
                       embeddings: np.ndarray, config: config_lib.ExportConfig,
-                      item_bias: np.ndarray | None, pivot_embeddings: np.ndarray | None
+                      item_bias: np.ndarray | None, pivot_embeddings: np.ndarray | None,
+                      fresh_items: np.ndarray | None, fresh_pivots: np.ndarray | None
                       ) -> _Inputs:
   """Checks that the arguments of `export_models` fit together (ValueError otherwise)."""
   vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -183,7 +193,25 @@ def _validated_inputs(model, graph: graph_lib.Graph, tables: pipeline.SamplingTa
   return _Inputs(model=model, graph=graph, tables=tables, config=config,
                  item_ids=np.asarray(graph.item_ids), vectors=vectors, bias=bias,
                  pivot_vectors=pivot_vectors, recall_sample=recall_sample,
-                 check_sample=recall_sample if recall_sample.size else _sample(n, 64, config.seed))
+                 check_sample=recall_sample if recall_sample.size else _sample(n, 64, config.seed),
+                 fresh_items=_rows_arg("fresh_items", fresh_items, n),
+                 fresh_pivots=_rows_arg("fresh_pivots", fresh_pivots, graph.num_pivots))
+
+
+def _rows_arg(name: str, rows: np.ndarray | None, count: int) -> np.ndarray:
+  """`rows` as sorted unique int64 in [0, count) (all of them for None); ValueError else."""
+  if rows is None:
+    return np.arange(count, dtype=np.int64)
+  rows = np.unique(np.asarray(rows).reshape(-1))
+  if rows.size and (not np.issubdtype(rows.dtype, np.integer) or rows[0] < 0
+                    or rows[-1] >= count):
+    raise ValueError(f"{name} must be int rows in [0, {count}).")
+  return rows.astype(np.int64)
+
+
+def _sample_rows(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
+  """`_sample` drawn among `rows` (int32, ascending)."""
+  return rows[_sample(rows.size, size, seed)].astype(np.int32)
 
 
 def _new_version(export_base: str, models: Sequence[str], version: int | None) -> int:
@@ -221,6 +249,9 @@ class _Staging:
         "format": "pinsage_tf.export", "version": version, "created": created,
         "num_items": inputs.graph.num_items, "embedding_dim": int(inputs.vectors.shape[1]),
         "num_neighbors": inputs.k, "item_bias": inputs.bias is not None,
+        "consistency_checked_rows": {
+            "items": int(inputs.fresh_items.size), "of_items": inputs.graph.num_items,
+            "pivots": int(inputs.fresh_pivots.size), "of_pivots": inputs.graph.num_pivots},
         "source": dict(source or {})}
     self._built: dict[str, str] = {}
     self._dir = ""
@@ -264,7 +295,7 @@ class _Staging:
                                                   batch_size=config.batch_size)
       diff = checks.check_consistency(
           inputs.model, inputs.tables, transformed, h_last, inputs.vectors,
-          _sample(inputs.graph.num_items, config.consistency_sample, config.seed + 1),
+          _sample_rows(inputs.fresh_items, config.consistency_sample, config.seed + 1),
           config.consistency_tolerance)
       self._layers = (transformed, h_last, diff)
     return self._layers
@@ -340,7 +371,7 @@ def _prepare_pivots(staging: _Staging) -> _Pivots:
   vocab_file = staging.pivot_vocab_file()
   diff = checks.check_pivot_consistency(
       model, tables, transformed[-1], h_last, inputs.pivot_vectors,
-      _sample(graph.num_pivots, config.consistency_sample, config.seed + 2),
+      _sample_rows(inputs.fresh_pivots, config.consistency_sample, config.seed + 2),
       config.consistency_tolerance)
   pivot_tables = retrieval.PivotTables(model=model, vocab_file=vocab_file,
                                        vectors=inputs.pivot_vectors,
