@@ -100,7 +100,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
                 export_base: str, *, new_item_features_csv: str | None = None,
                 export_config: export_lib.ExportConfig | None = None,
                 num_threads: int | None = None,
-                scope: refresh_lib.RefreshScope = refresh_lib.RefreshScope(),
+                scope: refresh_lib.RefreshScope | None = None,
                 retune_scann: bool = False) -> dict[str, Any]:
   """One refresh (module docstring); returns the summary.
 
@@ -111,6 +111,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
   """
   started = time.perf_counter()
   export_config = export_config or export_lib.ExportConfig()
+  scope = scope or refresh_lib.RefreshScope()
   if not retune_scann:
     export_config = served_scann_settings(export_base, export_config)
   seconds: dict[str, float] = {}
