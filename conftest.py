@@ -26,6 +26,7 @@ _SLOW_MODULES = frozenset({
     "trainer/evaluate_test.py",
     "trainer/export_test.py",
     "trainer/infer_test.py",
+    "trainer/multi_worker_scale_test.py",
     "trainer/refresh_test.py",
     "trainer/train_test.py",
 })

@@ -141,6 +141,12 @@ def export(model_dir: str, graph_dir: str, embeddings_dir: str, export_base: str
   fingerprint = graph_lib.graph_fingerprint(graph_dir)
   embeddings = embeddings_io.load_embeddings(embeddings_dir, inputs.graph,
                                              graph_fingerprint=fingerprint)
+  if (embeddings.manifest.get("refresh_scope") or {}).get("mode") == "bounded":
+    raise ValueError(
+        f"{embeddings_dir}: written by a bounded trainer.refresh, which keeps some rows from the "
+        "previous tables (they would fail the export's consistency check); that refresh "
+        "published its own exports. For a fresh export, re-run trainer.infer and then "
+        "trainer.export.")
   source = {"model_dir": os.path.abspath(model_dir), "graph_dir": os.path.abspath(graph_dir),
             "embeddings_dir": os.path.abspath(embeddings_dir),
             "graph_fingerprint": fingerprint,

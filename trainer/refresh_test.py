@@ -234,3 +234,14 @@ def test_served_scann_settings_are_kept_unless_given(tmp_path):
   explicit = export_lib.ExportConfig(scann=dataclasses.replace(config.scann,
                                                                reorder_num_neighbors=50))
   assert refresh_job.served_scann_settings(base, explicit).scann.reorder_num_neighbors == 50
+
+
+def test_export_of_bounded_embeddings_says_how_to_get_a_fresh_one(setup):
+  """Runs after the bounded run above: its embeddings are the latest version."""
+  graph_dir = versions_on_disk.resolve(setup["graph_dir"])
+  emb_dir = versions_on_disk.resolve(setup["emb_dir"])
+  out = testing.run_module(["trainer.export", f"--graph_dir={graph_dir}",
+                            f"--model_dir={setup['model_dir']}", f"--embeddings_dir={emb_dir}",
+                            f"--export_base={setup['root']}/other_exports"])
+  assert out.returncode == 2
+  assert "bounded trainer.refresh" in out.stderr and "re-run trainer.infer" in out.stderr
