@@ -2,17 +2,21 @@ r"""Served ScaNN retrieval beside raw ScaNN on 1M x 64 clustered unit vectors.
 
 One run, one corpus, measured side by side:
 
-* raw ScaNN: `scann_ops_pybind` built with the same configuration as the
-  export (tree + asymmetric hashing + reorder, `scann_index.resolve_config`
-  for k + 1 as `pinsage_retrieval` builds it), `search_batched_parallel` at
-  batch 100 and `search` at batch 1. "raw" uses ScaNN's default query pool
-  (cores - 1 threads), "raw_all_cores" `set_num_threads(cores)`.
+* raw ScaNN: the export's index (tree + asymmetric hashing + reorder,
+  `scann_index.resolve_config` for k + 1 as `pinsage_retrieval` builds it) as
+  a `scann_ops_pybind` searcher (`scann_index.load_searcher` of the files
+  `build_state` serialised). "raw" is `search_batched_parallel` with ScaNN's
+  default query pool (cores - 1 threads) at batch 100 and `search` at batch 1,
+  "raw_all_cores" `search_batched_parallel` after `set_num_threads(cores)`
+  at both batch sizes.
 * served: the `pinsage_retrieval` SavedModel (`RetrievalModule`, saved and
   loaded with `tf.saved_model.load` after `import scann`), its signatures
   `related_items_by_embedding` (fresh queries) and `related_items` (item ids;
   raw then searches k + 1 and drops the item), and
   `serving.servable.Servable.predict` on `related_items` (what the model
-  server runs).
+  server runs on a version without ScaNN's pybind assets), and
+  "predict_pybind": `Servable.predict` on a copy of the version with them
+  (`pinsage_tf.retrieval_pybind`, the server's default for ScaNN exports).
 * exact numpy search (`retrieval_exact.top_k`), the ground truth of recall@k.
 
 Both the automatic configuration and the one `scann_index.tune_search` picks

@@ -1,11 +1,15 @@
-"""ScaNN retrieval index over item embeddings, built with ScaNN's TensorFlow ops.
+"""ScaNN retrieval index over item embeddings, for ScaNN's TensorFlow ops and its pybind searcher.
 
-The index is a `scann.scann_ops` searcher: its state lives in a `tf.Module`
+The index is trained once with `scann_ops_pybind` and serialised in ScaNN's
+own format (`build_state(..., artifacts_dir=...)`); the `scann.scann_ops`
+searcher's state is read back from those files into a `tf.Module`
 (`ScannState`: variables holding the serialised config, partitioner, codebooks
 and datapoints), so it is saved inside a SavedModel and re-created when the
-SavedModel is loaded. Such a SavedModel contains custom "Scann>..." ops: it
-loads only in a process that has done `import scann` (this module does), and
-must be saved with `SAVE_OPTIONS` (the "Scann" op namespace allowed).
+SavedModel is loaded, and `load_searcher` loads the same index as a pybind
+searcher (same neighbors and scores) that can search on several threads.
+Such a SavedModel contains custom "Scann>..." ops: it loads only in a process
+that has done `import scann` (this module does), and must be saved with
+`SAVE_OPTIONS` (the "Scann" op namespace allowed).
 
 Configuration (`ScannConfig`, resolved for a corpus by `resolve_config`)
 follows ScaNN's own rules of thumb (google-research/scann/docs/algorithms.md):
@@ -37,7 +41,8 @@ cores a batch is one chunk and runs on one thread; the TF op has no setting
 for its query threads. `search(..., shards=S)` can split a batch into S
 independent searches, but on two cores that was slower than one search
 (bench: 4.5k vs 5.3k queries/s at batch 100 on 1M points), so the default is
-`SEARCH_SHARDS = 1`.
+`SEARCH_SHARDS = 1`. The pybind searcher of `load_searcher` takes a thread
+count (`pinsage_tf.retrieval_pybind` serves with it).
 """
 
 from __future__ import annotations
