@@ -2,17 +2,21 @@ r"""Served ScaNN retrieval beside raw ScaNN on 1M x 64 clustered unit vectors.
 
 One run, one corpus, measured side by side:
 
-* raw ScaNN: `scann_ops_pybind` built with the same configuration as the
-  export (tree + asymmetric hashing + reorder, `scann_index.resolve_config`
-  for k + 1 as `pinsage_retrieval` builds it), `search_batched_parallel` at
-  batch 100 and `search` at batch 1. "raw" uses ScaNN's default query pool
-  (cores - 1 threads), "raw_all_cores" `set_num_threads(cores)`.
+* raw ScaNN: the export's index (tree + asymmetric hashing + reorder,
+  `scann_index.resolve_config` for k + 1 as `pinsage_retrieval` builds it) as
+  a `scann_ops_pybind` searcher (`scann_index.load_searcher` of the files
+  `build_state` serialised). "raw" is `search_batched_parallel` with ScaNN's
+  default query pool (cores - 1 threads) at batch 100 and `search` at batch 1,
+  "raw_all_cores" `search_batched_parallel` after `set_num_threads(cores)`
+  at both batch sizes.
 * served: the `pinsage_retrieval` SavedModel (`RetrievalModule`, saved and
   loaded with `tf.saved_model.load` after `import scann`), its signatures
   `related_items_by_embedding` (fresh queries) and `related_items` (item ids;
   raw then searches k + 1 and drops the item), and
   `serving.servable.Servable.predict` on `related_items` (what the model
-  server runs).
+  server runs on a version without ScaNN's pybind assets), and
+  "predict_pybind": `Servable.predict` on a copy of the version with them
+  (`pinsage_tf.retrieval_pybind`, the server's default for ScaNN exports).
 * exact numpy search (`retrieval_exact.top_k`), the ground truth of recall@k.
 
 Both the automatic configuration and the one `scann_index.tune_search` picks
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -54,9 +59,9 @@ import tensorflow as tf  # noqa: E402
 
 from pinsage_tf import atomic  # noqa: E402
 from pinsage_tf import retrieval_exact  # noqa: E402
+from pinsage_tf import retrieval_pybind  # noqa: E402
 from pinsage_tf import scann_index  # noqa: E402
 from pinsage_tf.export import retrieval  # noqa: E402
-from scann.scann_ops.py import scann_ops_pybind  # noqa: E402
 from serving import servable as servable_lib  # noqa: E402
 
 _NUM_ITEMS = flags.DEFINE_integer("num_items", 1_000_000, "Corpus rows.")
@@ -96,22 +101,6 @@ def _log(message: str) -> None:
   print(f"[bench_scann {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _raw_searcher(corpus: np.ndarray, config: scann_index.ScannConfig, k: int):
-  """A `scann_ops_pybind` searcher built like `scann_index.build_state`."""
-  builder = scann_ops_pybind.builder(corpus, k, "dot_product")
-  sample = min(config.training_sample_size, corpus.shape[0])
-  if config.algorithm == "tree_ah":
-    builder = builder.tree(num_leaves=config.num_leaves,
-                           num_leaves_to_search=config.num_leaves_to_search,
-                           training_sample_size=sample,
-                           training_iterations=config.training_iterations)
-  builder = builder.score_ah(
-      config.dimensions_per_block,
-      anisotropic_quantization_threshold=config.anisotropic_quantization_threshold,
-      training_sample_size=sample)
-  return builder.reorder(config.reorder_num_neighbors).build()
-
-
 def _drop_self(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
   out = np.full((ids.shape[0], k), -1, np.int64)
   for q, (found, row) in enumerate(zip(ids, rows)):
@@ -149,7 +138,8 @@ def main(argv):
   auto = scann_index.resolve_config(n, k + 1, requested)
   _log(f"building the TF index {auto}")
   t0 = time.perf_counter()
-  state = scann_index.build_state(corpus, auto, k + 1)
+  artifacts = os.path.join(tempfile.mkdtemp(prefix="bench_scann-index-"), "index")
+  state = scann_index.build_state(corpus, auto, k + 1, artifacts_dir=artifacts)
   build_seconds = time.perf_counter() - t0
   _log("tuning")
   t0 = time.perf_counter()
@@ -157,8 +147,8 @@ def main(argv):
                                    exclude=tuning_rows)
   tuning_seconds = time.perf_counter() - t0
   _log(f"tuned: {tuning.chosen}")
-  _log("building the raw index")
-  raw = _raw_searcher(corpus, auto, k + 1)
+  _log("loading the raw index (the same files the TF state was read from)")
+  raw = scann_index.load_searcher(artifacts, cores)
 
   ids = np.array([f"i{i}" for i in range(n)])
   tmp = tempfile.mkdtemp(prefix="bench_scann-")
@@ -175,8 +165,15 @@ def main(argv):
     path = os.path.join(tmp, name, "1")
     tf.saved_model.save(module, path, signatures=module.signatures(),
                         options=scann_index.SAVE_OPTIONS)
+    fast_path = os.path.join(tmp, name + "_pybind", "1")
+    shutil.copytree(path, fast_path)
+    copied = os.path.join(tmp, name + "_index")
+    shutil.copytree(artifacts, copied)
+    retrieval_pybind.write_assets(fast_path, copied, module.pybind_search())
     served[name] = (tf.saved_model.load(path),
-                    servable_lib.Servable("pinsage_retrieval", 1, path, ["serve"]))
+                    servable_lib.Servable("pinsage_retrieval", 1, path, ["serve"]),
+                    servable_lib.Servable("pinsage_retrieval", 1, fast_path, ["serve"],
+                                          scann_threads=cores))
   del module
 
   item_bytes = np.char.encode(ids[item_rows], "utf-8").astype(object)
@@ -184,7 +181,7 @@ def main(argv):
 
   def variants(name, config):
     leaves, reorder = config.num_leaves_to_search, config.reorder_num_neighbors
-    loaded, servable = served[name]
+    loaded, servable, fast = served[name]
     by_embedding = loaded.signatures["related_items_by_embedding"]
     related = loaded.signatures["related_items"]
 
@@ -215,6 +212,13 @@ def main(argv):
     def predict_items(b):
       return _rows_of(servable.predict("related_items", {"item_ids": b})["neighbor_ids"])
 
+    def fast_items(b):
+      return _rows_of(fast.predict("related_items", {"item_ids": b})["neighbor_ids"])
+
+    def fast_embedding(qs):
+      return _rows_of(fast.predict("related_items_by_embedding",
+                                   {"embeddings": qs})["neighbor_ids"])
+
     emb, rows = "by_embedding", item_rows
     return {
         # name: (batch size, inputs, search fn, rows to drop, exact ids)
@@ -228,6 +232,8 @@ def main(argv):
                                             exact_items),
         f"served_related_b{batch}": (batch, item_bytes, sig_items, None, exact_items),
         f"predict_related_b{batch}": (batch, item_bytes, predict_items, None, exact_items),
+        f"predict_pybind_related_b{batch}": (batch, item_bytes, fast_items, None, exact_items),
+        f"predict_pybind_{emb}_b{batch}": (batch, queries, fast_embedding, None, exact_emb),
         f"raw_{emb}_b1": (1, queries[:singles], raw_single(None), None, exact_emb[:singles]),
         f"served_{emb}_b1": (1, queries[:singles], sig_embedding, None, exact_emb[:singles]),
         "raw_related_b1": (1, corpus[rows[:singles]], raw_single(rows), rows[:singles],
@@ -235,6 +241,14 @@ def main(argv):
         "served_related_b1": (1, item_bytes[:singles], sig_items, None, exact_items[:singles]),
         "predict_related_b1": (1, item_bytes[:singles], predict_items, None,
                                exact_items[:singles]),
+        f"raw_all_cores_{emb}_b1": (1, queries[:singles], raw_batched(cores, None), None,
+                                    exact_emb[:singles]),
+        "raw_all_cores_related_b1": (1, corpus[rows[:singles]], raw_batched(cores, rows),
+                                     rows[:singles], exact_items[:singles]),
+        "predict_pybind_related_b1": (1, item_bytes[:singles], fast_items, None,
+                                      exact_items[:singles]),
+        f"predict_pybind_{emb}_b1": (1, queries[:singles], fast_embedding, None,
+                                     exact_emb[:singles]),
     }
 
   raw_threads = [None]  # the raw searcher's current set_num_threads
@@ -269,7 +283,7 @@ def main(argv):
     for v in vs:
       if v.startswith("raw"):
         continue
-      kind = v.split("_", 1)[1]
+      kind = v.split("_", 2 if v.startswith("predict_pybind") else 1)[-1]
       for base in ("raw", "raw_all_cores"):
         ref = f"{base}_{kind}"
         if ref in qps:

@@ -33,6 +33,7 @@ from pinsage_tf import neighborhoods as nb_lib
 from pinsage_tf import pipeline
 from pinsage_tf import positives as positives_lib
 from pinsage_tf import retrieval_exact
+from pinsage_tf import retrieval_pybind
 from pinsage_tf import scann_index
 from pinsage_tf import training
 
@@ -253,6 +254,38 @@ def test_scann_with_reordering_rescores_enough_candidates(setup, tmp_path):
   given = [i for i in range(setup["graph"].num_items) if i not in left]
   out = loaded.signatures["items_for_item_set"](item_ids=tf.constant(_item_sets(setup, [given])))
   assert sorted(_rows(setup, out["neighbor_ids"].numpy())[0, :3]) == left
+
+
+@pytest.mark.parametrize("scann", [None, scann_index.ScannConfig(
+    algorithm="ah", reorder_num_neighbors=_K + 1)], ids=["default", "ah_short_reorder"])
+def test_pybind_search_answers_as_the_saved_model(setup, tmp_path, scann):
+  # Every pivot at once (exclusions of every length) and every item, through
+  # the pybind searcher and through the SavedModel's signatures.
+  path = os.path.join(setup["base"], export.RETRIEVAL, "1")
+  if scann is not None:
+    config = export.ExportConfig(num_neighbors=_K, recall_queries=0, models=(export.RETRIEVAL,),
+                                 scann=scann)
+    export.export_models(str(tmp_path), model=setup["model"], graph=setup["graph"],
+                         tables=setup["tables"], embeddings=setup["vectors"],
+                         item_bias=setup["bias"], pivot_embeddings=setup["pivots"], config=config)
+    path = os.path.join(str(tmp_path), export.RETRIEVAL, "1")
+  assert retrieval_pybind.has_assets(path)
+  loaded = tf.saved_model.load(path)
+  fast = retrieval_pybind.PybindRetrieval(path, loaded, num_threads=2)
+  assert "items_for_pivot" in fast.signatures and "items_for_item_set" not in fast.signatures
+  graph = setup["graph"]
+  requests = {
+      "items_for_pivot": {"pivot_ids": np.array(
+          [p.encode() for p in graph.pivot_ids.tolist()], object)},
+      "related_items": {"item_ids": np.array([i.encode() for i in graph.item_ids.tolist()],
+                                             object)},
+      "related_items_by_embedding": {"embeddings": setup["pivots"][:7]}}
+  for key, inputs in requests.items():
+    want = loaded.signatures[key](**{a: tf.constant(v) for a, v in inputs.items()})
+    got = fast.run(key, inputs)
+    np.testing.assert_array_equal(got["neighbor_ids"], want["neighbor_ids"].numpy())
+    np.testing.assert_allclose(got["scores"], want["scores"].numpy(), rtol=1e-6, atol=1e-6)
+  assert fast.run("items_for_pivot", {"pivot_ids": np.array([b"no such pivot"], object)}) is None
 
 
 def test_empty_batches_give_empty_results(setup):

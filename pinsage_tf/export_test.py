@@ -222,11 +222,11 @@ def _export_tree_scann(setup, base: str, scann: scann_index.ScannConfig) -> dict
 
 def test_scann_export_tunes_to_the_target_recall_on_held_out_items(setup, tmp_path):
   report = _export_tree_scann(setup, str(tmp_path), scann_index.ScannConfig(
-      algorithm="tree_ah", num_leaves=4, training_sample_size=40, target_recall=0.9,
+      algorithm="tree_ah", num_leaves=3, training_sample_size=40, target_recall=0.8,
       tuning_queries=20))
   search, tuning = report["search"], report["search"]["tuning"]
   chosen = tuning["chosen"]
-  assert tuning["target_met"] and chosen["recall"] >= 0.9 and tuning["queries"] == 20
+  assert tuning["target_met"] and chosen["recall"] >= 0.8 and tuning["queries"] == 20
   # The served index searches the chosen point, recorded as its config.
   assert (search["scann"]["num_leaves_to_search"], search["scann"]["reorder_num_neighbors"]) == (
       chosen["leaves_to_search"], chosen["reorder_num_neighbors"])

@@ -1,11 +1,15 @@
-"""ScaNN retrieval index over item embeddings, built with ScaNN's TensorFlow ops.
+"""ScaNN retrieval index over item embeddings, for ScaNN's TensorFlow ops and its pybind searcher.
 
-The index is a `scann.scann_ops` searcher: its state lives in a `tf.Module`
+The index is trained once with `scann_ops_pybind` and serialised in ScaNN's
+own format (`build_state(..., artifacts_dir=...)`); the `scann.scann_ops`
+searcher's state is read back from those files into a `tf.Module`
 (`ScannState`: variables holding the serialised config, partitioner, codebooks
 and datapoints), so it is saved inside a SavedModel and re-created when the
-SavedModel is loaded. Such a SavedModel contains custom "Scann>..." ops: it
-loads only in a process that has done `import scann` (this module does), and
-must be saved with `SAVE_OPTIONS` (the "Scann" op namespace allowed).
+SavedModel is loaded, and `load_searcher` loads the same index as a pybind
+searcher (same neighbors and scores) that can search on several threads.
+Such a SavedModel contains custom "Scann>..." ops: it loads only in a process
+that has done `import scann` (this module does), and must be saved with
+`SAVE_OPTIONS` (the "Scann" op namespace allowed).
 
 Configuration (`ScannConfig`, resolved for a corpus by `resolve_config`)
 follows ScaNN's own rules of thumb (google-research/scann/docs/algorithms.md):
@@ -37,13 +41,16 @@ cores a batch is one chunk and runs on one thread; the TF op has no setting
 for its query threads. `search(..., shards=S)` can split a batch into S
 independent searches, but on two cores that was slower than one search
 (bench: 4.5k vs 5.3k queries/s at batch 100 on 1M points), so the default is
-`SEARCH_SHARDS = 1`.
+`SEARCH_SHARDS = 1`. The pybind searcher of `load_searcher` takes a thread
+count (`pinsage_tf.retrieval_pybind` serves with it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tempfile
 import time
 from typing import Any
 
@@ -52,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 import scann  # noqa: F401  (registers ScaNN's TF ops)
 from scann.scann_ops.py import scann_ops
+from scann.scann_ops.py import scann_ops_pybind
 
 ALGORITHMS = ("auto", "brute_force", "ah", "tree_ah")
 # ScaNN's rules of thumb: brute force below 20k points, AH (no tree) below 100k.
@@ -70,6 +78,14 @@ TUNING_REORDER_MULTIPLES = (2, 5, 10, 20, 40, 80)
 # 2 dimensions per block, one thread: ~1.7 ns per scored point, ~180 ns per
 # re-scored candidate).
 REORDER_COST = 100
+# What `scann_ops_pybind` serialises next to its files.
+_ASSETS_FILE = "scann_assets.pbtxt"
+# The tensors of `scann_ops.ScannState`, in its order, by their serialised file names.
+_STATE_TENSORS = (("scann_config", tf.string), ("serialized_partitioner", tf.string),
+                  ("datapoint_to_token", tf.int32), ("ah_codebook", tf.string),
+                  ("hashed_dataset", tf.uint8), ("int8_dataset", tf.int8),
+                  ("int8_multipliers", tf.float32), ("dp_norms", tf.float32),
+                  ("dataset", tf.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,13 +200,22 @@ def resolve_config(num_items: int, k: int, config: ScannConfig = ScannConfig()) 
                              reorder_num_neighbors=reorder)
 
 
-def build_state(vectors: np.ndarray, config: ScannConfig, k: int) -> scann_ops.ScannState:
+def build_state(vectors: np.ndarray, config: ScannConfig, k: int,
+                artifacts_dir: str | os.PathLike | None = None) -> scann_ops.ScannState:
   """Trains a ScaNN searcher on `vectors` and returns its saveable state.
+
+  The searcher is trained once with `scann_ops_pybind`, serialised to
+  `artifacts_dir` (ScaNN's own format: `scann_assets.pbtxt`, `.pb` and `.npy`
+  files) and the TF state is read back from those files, so the TF ops and a
+  pybind searcher loaded by `load_searcher(artifacts_dir)` are one index and
+  return the same neighbors.
 
   Args:
     vectors: float32 `[N, d]` corpus (row i = item i).
     config: a config resolved by `resolve_config` (algorithm not "auto").
     k: default neighbors per query (searches may ask for another k).
+    artifacts_dir: an empty or missing directory that keeps the serialised
+      searcher; None = a temporary one, deleted once the state is read.
 
   Returns:
     The searcher's `ScannState` (a `tf.Module` of variables); attach it to the
@@ -201,7 +226,7 @@ def build_state(vectors: np.ndarray, config: ScannConfig, k: int) -> scann_ops.S
   vectors = np.ascontiguousarray(vectors, dtype=np.float32)
   if vectors.ndim != 2 or vectors.shape[0] < 1:
     raise ValueError(f"vectors must be a non-empty [N, d] array, got {vectors.shape}.")
-  builder = scann_ops.builder(vectors, k, "dot_product")
+  builder = scann_ops_pybind.builder(vectors, k, "dot_product")
   if config.algorithm == "tree_ah":
     builder = builder.tree(
         num_leaves=config.num_leaves, num_leaves_to_search=config.num_leaves_to_search,
@@ -216,7 +241,71 @@ def build_state(vectors: np.ndarray, config: ScannConfig, k: int) -> scann_ops.S
         training_sample_size=min(config.training_sample_size, vectors.shape[0]))
     builder = builder.reorder(config.reorder_num_neighbors)
   builder = builder.set_n_training_threads(config.training_threads)
-  return builder.build().serialize_to_module()
+  searcher = builder.build()
+  if artifacts_dir is not None:
+    artifacts_dir = os.fspath(artifacts_dir)
+    os.makedirs(artifacts_dir, exist_ok=True)
+    if os.listdir(artifacts_dir):
+      raise ValueError(f"artifacts_dir {artifacts_dir} is not empty.")
+    searcher.serialize(artifacts_dir, relative_path=True)
+    return state_from_artifacts(artifacts_dir)
+  with tempfile.TemporaryDirectory(prefix="scann-") as tmp:
+    searcher.serialize(tmp, relative_path=True)
+    return state_from_artifacts(tmp)
+
+
+def state_from_artifacts(artifacts_dir: str | os.PathLike) -> scann_ops.ScannState:
+  """The TF `ScannState` of a searcher serialised by `scann_ops_pybind` (see `build_state`).
+
+  Raises:
+    ValueError: `artifacts_dir` holds no `scann_assets.pbtxt` / `scann_config.pb`.
+  """
+  artifacts_dir = os.fspath(artifacts_dir)
+  _check_artifacts(artifacts_dir)
+  tensors = []
+  for name, dtype in _STATE_TENSORS:
+    npy = os.path.join(artifacts_dir, name + ".npy")
+    pb = os.path.join(artifacts_dir, name + ".pb")
+    if os.path.exists(npy):
+      tensors.append(tf.constant(np.load(npy, allow_pickle=False), dtype))
+    elif os.path.exists(pb):
+      with open(pb, "rb") as f:
+        tensors.append(tf.constant([f.read()], tf.string))
+    else:  # a part the algorithm does not use: ScaNN's ops take an empty scalar
+      tensors.append(tf.zeros([], dtype))
+  return scann_ops.ScannState(tensors)
+
+
+def load_searcher(artifacts_dir: str | os.PathLike, num_threads: int = 1) -> Any:
+  """A `scann_ops_pybind` searcher of a serialised index, searching on `num_threads` threads.
+
+  Unlike `scann_ops_pybind.load_searcher` it never reads a pickled docid file
+  (the index rows are the item rows).
+
+  Args:
+    artifacts_dir: a directory `build_state` serialised to.
+    num_threads: threads of `search_batched_parallel`.
+
+  Returns:
+    A `scann_ops_pybind.ScannSearcher` (row indices, no docids).
+  """
+  artifacts_dir = os.fspath(artifacts_dir)
+  _check_artifacts(artifacts_dir)
+  if num_threads < 1:
+    raise ValueError(f"num_threads must be >= 1, got {num_threads}.")
+  with open(os.path.join(artifacts_dir, _ASSETS_FILE), encoding="utf-8") as f:
+    assets = f.read()
+  searcher = scann_ops_pybind.ScannSearcher(
+      scann_ops_pybind.scann_pybind.ScannNumpy(artifacts_dir, assets))
+  searcher.set_num_threads(num_threads)
+  return searcher
+
+
+def _check_artifacts(artifacts_dir: str) -> None:
+  for name in (_ASSETS_FILE, "scann_config.pb"):
+    if not os.path.isfile(os.path.join(artifacts_dir, name)):
+      raise ValueError(f"{artifacts_dir} is not a serialised ScaNN searcher: {name} is "
+                       "missing (build it with scann_index.build_state(..., artifacts_dir=...)).")
 
 
 def search(state: scann_ops.ScannState, queries: tf.Tensor, k: int | tf.Tensor, *,

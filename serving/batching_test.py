@@ -12,6 +12,7 @@ import pytest
 import pinsage_tf  # noqa: F401
 import tensorflow as tf
 
+from pinsage_tf.export import warmup as export_warmup
 from serving import batching
 from serving import model_manager
 from serving import server_config
@@ -173,5 +174,40 @@ def test_manager_with_batching_answers_like_without(tmp_path):
   assert isinstance(results[-1], ServingError)
   assert results[-1].code == grpc.StatusCode.INVALID_ARGUMENT and "unknown item id" in str(
       results[-1])
+  for manager in (plain, batched):
+    manager.stop(5)
+
+
+def test_pinsage_retrieval_with_pybind_assets_batches_and_warms_up(tmp_path):
+  # The pybind path answers batched requests (and the warm-up replay) as the
+  # SavedModel answers each request alone.
+  toy_models.build_pinsage_retrieval(tmp_path / "fast" / "1")
+  toy_models.build_pinsage_retrieval(tmp_path / "plain" / "1", with_pybind=False)
+  export_warmup.write_warmup_requests(
+      str(tmp_path / "fast" / "1"), "m",
+      [("related_items", {"item_ids": np.array([b"item3", b"item4"], dtype=object)}),
+       ("related_items_by_embedding", {"embeddings": np.ones((2, 8), np.float32)})])
+  plain = model_manager.ModelManager([server_config.ModelConfig("m", str(tmp_path / "plain"))])
+  batched = model_manager.ModelManager(
+      [server_config.ModelConfig("m", str(tmp_path / "fast"))],
+      batching_parameters=batching.BatchingParameters(batch_timeout_micros=100_000))
+  for manager in (plain, batched):
+    manager.poll_once()
+  status = batched.get_model_status("m").model_version_status[0]
+  assert status.state == status.AVAILABLE and not status.status.error_message
+  assert batched.get_servable("m").pybind_signatures
+  requests = [np.array([f"item{i}".encode(), f"item{i + 7}".encode()], dtype=object)
+              for i in range(6)] + [np.array([b"nope"], dtype=object)]
+  results = _concurrently(lambda ids: batched.predict(
+      batched.get_servable("m"), "related_items", {"item_ids": ids}), requests)
+  for ids, result in zip(requests, results):
+    try:
+      alone = plain.predict(plain.get_servable("m"), "related_items", {"item_ids": ids})
+    except ServingError as e:
+      assert isinstance(result, ServingError)
+      assert (result.code, result.message) == (e.code, e.message)
+      continue
+    for alias in alone:
+      np.testing.assert_array_equal(result[alias], alone[alias])
   for manager in (plain, batched):
     manager.stop(5)

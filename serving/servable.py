@@ -11,6 +11,13 @@ Contract:
 * `Servable.predict(signature_name, inputs, ...)` validates the inputs against
   the signature (`serving.validation`) and runs it; everything it raises is a
   `ServingError` (`errors.error_from_exception` translates graph errors).
+* A `pinsage_retrieval` version exported with ScaNN's pybind index
+  (`pinsage_tf.export.retrieval_pybind.ASSETS_DIR`) answers its ScaNN
+  signatures through that searcher on `scann_threads` threads (default: every
+  core), with the SavedModel's outputs; requests it does not answer (empty
+  batches, unknown ids, non-finite embeddings) and the other signatures run the
+  SavedModel, so results and errors are the SavedModel's. Without the assets
+  every signature runs the SavedModel.
 * `import_custom_ops()` registers ScaNN's TF ops, which SavedModels with ScaNN
   retrieval need; call it once before loading.
 """
@@ -31,6 +38,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from pinsage_tf import retrieval_pybind
 from serving import errors
 from serving import signatures
 from serving import validation
@@ -64,7 +72,8 @@ class Servable:
     signature_def_map: the same as a `tensorflow.serving.SignatureDefMap` proto.
   """
 
-  def __init__(self, name: str, version: int, path: str, tags: Sequence[str]):
+  def __init__(self, name: str, version: int, path: str, tags: Sequence[str], *,
+               scann_threads: int | None = None):
     self.name = name
     self.version = version
     self.path = path
@@ -78,6 +87,17 @@ class Servable:
     }
     self._loaded = tf.saved_model.load(path, tags=list(tags))
     self._functions = dict(self._loaded.signatures.items())
+    self._pybind = None
+    if retrieval_pybind.has_assets(path):
+      self._pybind = retrieval_pybind.PybindRetrieval(
+          path, self._loaded, scann_threads or os.cpu_count() or 1)
+      logging.info("%s version %d: %s answered by ScaNN's pybind searcher", name, version,
+                   ", ".join(sorted(self._pybind.signatures)))
+
+  @property
+  def pybind_signatures(self) -> frozenset[str]:
+    """Signature keys answered by ScaNN's pybind searcher (empty: all by the SavedModel)."""
+    return self._pybind.signatures if self._pybind is not None else frozenset()
 
   def signature(self, name: str) -> signatures.Signature:
     """The named signature ("" -> serving_default) for gRPC requests.
@@ -126,6 +146,10 @@ class Servable:
       raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                          f'Serving signature key "{signature.name}" is not callable.')
     try:
+      if self._pybind is not None and signature.name in self._pybind.signatures:
+        outputs = self._pybind.run(signature.name, inputs)
+        if outputs is not None:
+          return {alias: outputs[alias] for alias in aliases}
       feeds = {alias: tf.constant(array, dtype=signature.inputs[alias].dtype)
                for alias, array in inputs.items()}
       results = function(**feeds)

@@ -87,3 +87,61 @@ def test_read_meta_graph_errors(lookup, tmp_path):
   assert info.value.code == grpc.StatusCode.NOT_FOUND
   assert info.value.message == ("Could not find meta graph def matching supplied tags: "
                                 "{ gpu serve }. Available tag sets: [['serve']]")
+
+
+# --- pinsage_retrieval with ScaNN's pybind assets -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def retrieval_pair(tmp_path_factory):
+  """The same pinsage_retrieval version with and without the pybind assets."""
+  root = tmp_path_factory.mktemp("retrieval")
+  servable_lib.import_custom_ops()
+  fast = toy_models.build_pinsage_retrieval(root / "fast" / "1")
+  plain = toy_models.build_pinsage_retrieval(root / "plain" / "1", with_pybind=False)
+  return (servable_lib.Servable("pinsage_retrieval", 1, fast, ["serve"]),
+          servable_lib.Servable("pinsage_retrieval", 1, plain, ["serve"]))
+
+
+def _item_ids(rows) -> np.ndarray:
+  return np.array([f"item{r}".encode() for r in rows], dtype=object)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 100])
+def test_pybind_path_answers_as_the_saved_model(retrieval_pair, batch):
+  fast, plain = retrieval_pair
+  assert fast.pybind_signatures == {"related_items", "serving_default",
+                                    "related_items_by_embedding"}
+  assert plain.pybind_signatures == frozenset()
+  rng = np.random.default_rng(batch)
+  requests = [("related_items", {"item_ids": _item_ids(rng.choice(2000, batch))}),
+              ("", {"item_ids": _item_ids(rng.choice(2000, batch))}),
+              ("related_items_by_embedding",
+               {"embeddings": rng.standard_normal((batch, 8)).astype(np.float32)})]
+  for signature, inputs in requests:
+    got, want = fast.predict(signature, inputs), plain.predict(signature, inputs)
+    assert sorted(got) == sorted(want) == ["neighbor_ids", "scores"]
+    for alias in want:
+      assert got[alias].dtype == want[alias].dtype and got[alias].shape == (batch, 5)
+      np.testing.assert_array_equal(got[alias], want[alias])
+  filtered = fast.predict("related_items", requests[0][1], output_filter=["scores"])
+  assert list(filtered) == ["scores"]
+
+
+@pytest.mark.parametrize("signature,inputs", [
+    ("related_items", {"item_ids": np.array([b"item1", b"nope", b"zz"], dtype=object)}),
+    ("related_items_by_embedding", {"embeddings": np.array([[np.nan] * 8], np.float32)}),
+    ("related_items_by_embedding", {"embeddings": np.zeros((1, 3), np.float32)}),
+    ("related_items", {"item_ids": np.array([1, 2], np.int64)}),
+    ("related_items", {"item_ids": np.zeros([0], dtype=object)}),
+])
+def test_pybind_path_keeps_the_saved_model_errors(retrieval_pair, signature, inputs):
+  fast, plain = retrieval_pair
+  errors = []
+  for servable in (fast, plain):
+    with pytest.raises(ServingError) as info:
+      servable.predict(signature, inputs)
+    errors.append((info.value.code, info.value.message))
+  assert errors[0] == errors[1]
+  assert errors[0][0] == grpc.StatusCode.INVALID_ARGUMENT
+

@@ -19,6 +19,15 @@ after `import scann`):
 
 over items "item0".."item199" with seeded random 8-d embeddings.
 
+`build_pinsage_retrieval(path, with_pybind=True)` is a `pinsage_retrieval`
+version as `pinsage_tf.export` writes it (`RetrievalModule` over a ScaNN
+tree + AH index of items "item0".."item1999", seeded random 8-d embeddings,
+item biases, k = 5), with ScaNN's pybind assets unless `with_pybind=False`:
+
+  related_items / serving_default: item_ids string [B] -> neighbor_ids string [B, 5],
+                                                         scores float32 [B, 5]
+  related_items_by_embedding:      embeddings float32 [B, 8] -> the same
+
 `build_float_model(path)`:
 
   serving_default: x float32 [B, 3] -> y float32 [B] = x . (1, 2, 3) + 0.5
@@ -32,6 +41,7 @@ over items "item0".."item199" with seeded random 8-d embeddings.
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 
@@ -158,3 +168,38 @@ def build_scann_model(path: str | os.PathLike, num_items: int = 200, dim: int = 
   tf.saved_model.save(model, os.fspath(path), signatures={"serving_default": model.top5},
                       options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
   return os.fspath(path)
+
+
+def build_pinsage_retrieval(path: str | os.PathLike, with_pybind: bool = True,
+                            num_items: int = 2000, dim: int = 8, k: int = 5,
+                            seed: int = 0) -> str:
+  """Saves a `pinsage_retrieval` version at `path` (see the module docstring); returns it."""
+  # The library is imported here: only this builder needs ScaNN.
+  from pinsage_tf import retrieval_pybind  # pylint: disable=g-import-not-at-top
+  from pinsage_tf import scann_index  # pylint: disable=g-import-not-at-top
+  from pinsage_tf.export import retrieval  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  scratch = path + ".build"
+  os.makedirs(scratch)
+  rng = np.random.default_rng(seed)
+  vectors = rng.standard_normal((num_items, dim)).astype(np.float32)
+  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+  bias = (0.1 * rng.standard_normal(num_items)).astype(np.float32)
+  ids = np.array([f"item{i}" for i in range(num_items)])
+  vocab = os.path.join(scratch, "items.txt")
+  with open(vocab, "w", encoding="utf-8") as f:
+    f.write("\n".join(ids) + "\n")
+  config = scann_index.resolve_config(num_items, k + 1, scann_index.ScannConfig(
+      algorithm="tree_ah", num_leaves=20, num_leaves_to_search=4, reorder_num_neighbors=30))
+  artifacts = os.path.join(scratch, "index")
+  state = scann_index.build_state(np.concatenate([vectors, bias[:, None]], axis=1), config,
+                                  k + 1, artifacts_dir=artifacts)
+  module = retrieval.RetrievalModule(ids, vectors, vocab, k, state, bias=bias,
+                                     scann_reorder=config.reorder_num_neighbors,
+                                     scann_leaves=config.num_leaves_to_search)
+  tf.saved_model.save(module, path, signatures=module.signatures(),
+                      options=scann_index.SAVE_OPTIONS)
+  if with_pybind:
+    retrieval_pybind.write_assets(path, artifacts, module.pybind_search())
+  shutil.rmtree(scratch)  # the saved model copied the vocabulary into its assets
+  return path

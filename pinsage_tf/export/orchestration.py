@@ -24,6 +24,7 @@ from pinsage_tf import atomic
 from pinsage_tf import graph as graph_lib
 from pinsage_tf import pipeline
 from pinsage_tf import retrieval_exact
+from pinsage_tf import retrieval_pybind
 from pinsage_tf import scann_index
 from pinsage_tf.export import checks
 from pinsage_tf.export import config as config_lib
@@ -266,6 +267,10 @@ class _Staging:
       shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(self._dir, ignore_errors=True)
 
+  def scratch_path(self, name: str) -> str:
+    """A path in the staging directory (deleted on exit), for intermediate files."""
+    return os.path.join(self._dir, name)
+
   def item_vocab_file(self) -> str:
     """The raw item ids, one per line (written on first use)."""
     path = os.path.join(self._dir, "item_ids.txt")
@@ -453,8 +458,11 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   requested = inputs.config.scann
   scann_config = scann_index.resolve_config(inputs.graph.num_items, k + 1, requested)
   corpus = retrieval_exact.biased_corpus(inputs.vectors, inputs.bias)
+  artifacts = staging.scratch_path("scann_index")
   t0 = time.perf_counter()
-  state = scann_index.build_state(corpus, scann_config, k + 1)
+  # One index: the SavedModel's ScaNN state is read back from these files,
+  # which the version also carries for `retrieval_pybind`.
+  state = scann_index.build_state(corpus, scann_config, k + 1, artifacts_dir=artifacts)
   build_seconds = time.perf_counter() - t0
   scann_config, tuning = _tune_scann(inputs, state, scann_config, corpus)
   module = retrieval.RetrievalModule(
@@ -464,9 +472,11 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   tmp = staging.build(config_lib.RETRIEVAL, module, scann_index.SAVE_OPTIONS,
                       {"search": {"algorithm": "scann", "scann": scann_config.to_json(),
                                   "tuning": tuning,
-                                  "index_build_seconds": round(build_seconds, 2)},
+                                  "index_build_seconds": round(build_seconds, 2),
+                                  "pybind_assets": retrieval_pybind.ASSETS_DIR},
                        **pivots.report},
                       _retrieval_warmup(inputs, pivots))
+  retrieval_pybind.write_assets(tmp, artifacts, module.pybind_search())
   sample = inputs.recall_sample
   # Like related_items' recall, the pivot signatures' is measured only with
   # recall_queries > 0.

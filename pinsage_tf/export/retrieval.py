@@ -231,6 +231,23 @@ class RetrievalModule(tf.Module):
     z = model.head(model.pivot_hidden(rows, slots, weights, training=False))  # [B, dim]
     return self._outputs(*self._search(z, index))
 
+  def pybind_search(self) -> dict[str, Any]:
+    """The settings `retrieval_pybind` searches the same ScaNN index with (JSON).
+
+    Raises:
+      ValueError: the module searches exactly (no ScaNN index).
+    """
+    if self.scann is None:
+      raise ValueError("pybind_search needs a ScaNN module (scann_state), not exact search.")
+    functions = {"related_items": "related_items",
+                 signatures_lib.DEFAULT_SIGNATURE: "related_items",
+                 "related_items_by_embedding": "related_items_by_embedding"}
+    if self.items_for_pivot is not None:
+      functions["items_for_pivot"] = "items_for_pivot"
+    return {"k": self._k, "dim": self._dim, "with_bias": self._with_bias, "num_items": self._n,
+            "pre_reorder": self._scann_reorder, "leaves": self._scann_leaves,
+            "signatures": functions}
+
   def signatures(self) -> dict[str, Any]:
     """Signature key -> concrete function, for `tf.saved_model.save`."""
     related = self.related_items.get_concrete_function()
