@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
+
+from trainer import testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
@@ -39,12 +40,6 @@ with open(sys.argv[2]) as f:
 inputs = training.prepare_inputs(sys.argv[1], config, hard_negatives=False)
 print(inputs.graph.num_items)
 """
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _listing(path: str) -> dict[str, tuple[int, int]]:
@@ -75,25 +70,11 @@ def test_two_workers_on_a_million_item_graph(tmp_path):
   assert int(out.stdout.split()[-1]) == NUM_ITEMS
   before = _listing(graph_dir)
 
-  cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-  procs = []
-  for index in range(2):
-    env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
-                                          "task": {"type": "worker", "index": index}}))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", f"--graph_dir={graph_dir}",
-         f"--model_dir={model_dir}", f"--config_json={CONFIG}", "--quiet", *SETTINGS],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outputs = []
-  try:
-    for p in procs:
-      outputs.append(p.communicate(timeout=1200))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (stdout, stderr) in zip(procs, outputs):
-    assert p.returncode == 0, stderr[-3000:]
+  results = testing.run_local_workers(
+      ["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}",
+       f"--config_json={CONFIG}", "--quiet", *SETTINGS], timeout=1200, env=ENV)
+  for returncode, stdout, stderr in results:
+    assert returncode == 0, stderr[-3000:]
     assert "2 replica(s)" in stderr
     summary = _last_json(stdout)
     assert summary["steps"] == STEPS and summary["final_loss"] == summary["final_loss"]

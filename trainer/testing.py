@@ -8,7 +8,9 @@ item biases, returning (graph_dir, model_dir) and the trainer's output.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -28,6 +30,41 @@ def run_module(args, timeout: float = 600) -> subprocess.CompletedProcess:
   """`python -m *args` in the repository root, output captured as text."""
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that was free a moment ago."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_local_workers(args, num_workers: int = 2, timeout: float = 600,
+                      env=None) -> list[tuple[int, str, str]]:
+  """`python -m *args` as `num_workers` local workers of one cluster (`TF_CONFIG`).
+
+  Each worker gets its own 127.0.0.1 port and `task.index`; all are killed if
+  one does not finish within `timeout` seconds.
+
+  Returns:
+    (return code, stdout, stderr) of each worker, in index order.
+  """
+  cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(num_workers)]}
+  procs = []
+  for index in range(num_workers):
+    worker_env = dict(env or ENV, TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    procs.append(subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=worker_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=timeout))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
 
 
 def train_tiny_pivot_model(root, *, user_without_items: bool = False,

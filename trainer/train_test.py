@@ -10,12 +10,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+
+from trainer import testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
@@ -93,36 +94,14 @@ def test_sigkill_mid_run_then_rerun_resumes_from_checkpoint(graph_dir, tmp_path)
     assert json.load(f)["train"]["steps_per_epoch"] == 200
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_multi_worker_two_local_processes(graph_dir, tmp_path):
-  ports = [_free_port(), _free_port()]
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   model_dir = str(tmp_path / "mw")
-  procs = []
-  for index in range(2):
-    env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
-                                          "task": {"type": "worker", "index": index}}))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", f"--graph_dir={graph_dir}",
-         f"--model_dir={model_dir}", *SMALL,
-         *_sets("strategy=multi_worker_mirrored", "train.epochs=1", "train.steps_per_epoch=4",
-                "train.validation_queries=0")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outputs = []
-  try:
-    for p in procs:
-      outputs.append(p.communicate(timeout=400))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (stdout, stderr) in zip(procs, outputs):
-    assert p.returncode == 0, stderr[-3000:]
+  results = testing.run_local_workers(
+      ["trainer.train", f"--graph_dir={graph_dir}", f"--model_dir={model_dir}", *SMALL,
+       *_sets("strategy=multi_worker_mirrored", "train.epochs=1", "train.steps_per_epoch=4",
+              "train.validation_queries=0")], timeout=400, env=ENV)
+  for returncode, stdout, stderr in results:
+    assert returncode == 0, stderr[-3000:]
     assert "2 replica(s)" in stderr
     assert _last_json(stdout)["steps"] == 4
   # Only the chief (worker 0) publishes the model and the config.
