@@ -538,3 +538,26 @@ def test_item_biases_are_added_to_retrieval_scores(setup, tmp_path):
   with pytest.raises(ValueError, match="model has no item_bias"):
     _export_again(setup, str(tmp_path / "d"), item_bias=bias)
   assert not os.path.exists(tmp_path / "c") and not os.path.exists(tmp_path / "d")
+
+
+def _report_dir(export_base, version, scann):
+  path = os.path.join(export_base, export.RETRIEVAL, str(version), "assets.extra")
+  os.makedirs(path)
+  with open(os.path.join(path, "export_report.json"), "w") as f:
+    json.dump({"search": {"algorithm": "scann", "scann": scann}}, f)
+
+
+def test_served_scann_settings_are_kept_unless_given(tmp_path):
+  base = str(tmp_path)
+  config = export.ExportConfig()
+  assert export.served_scann_settings(base, config) == config  # nothing served yet
+  _report_dir(base, 1, {"algorithm": "tree_ah", "num_leaves": 90, "num_leaves_to_search": 9,
+                        "reorder_num_neighbors": 400})
+  _report_dir(base, 2, {"algorithm": "tree_ah", "num_leaves": 100, "num_leaves_to_search": 3,
+                        "reorder_num_neighbors": 220})
+  kept = export.served_scann_settings(base, config).scann
+  assert (kept.algorithm, kept.num_leaves, kept.num_leaves_to_search,
+          kept.reorder_num_neighbors) == ("tree_ah", 100, 3, 220)
+  explicit = export.ExportConfig(scann=dataclasses.replace(config.scann,
+                                                               reorder_num_neighbors=50))
+  assert export.served_scann_settings(base, explicit).scann.reorder_num_neighbors == 50

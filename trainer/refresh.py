@@ -37,7 +37,6 @@ uses them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -113,7 +112,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
   export_config = export_config or export_lib.ExportConfig()
   scope = scope or refresh_lib.RefreshScope()
   if not retune_scann:
-    export_config = served_scann_settings(export_base, export_config)
+    export_config = export_lib.served_scann_settings(export_base, export_config)
   seconds: dict[str, float] = {}
 
   def lap(name: str, since: float) -> float:
@@ -203,40 +202,6 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
           "new_items": int(edges.new_item_ids.size),
           "skipped_existing_edges": edges.skipped_existing,
           "recomputed": result.stats, "seconds": seconds}
-
-
-def served_scann_settings(export_base: str, config: export_lib.ExportConfig
-                          ) -> export_lib.ExportConfig:
-  """`config` with the ScaNN query-time settings of the newest `pinsage_retrieval` version.
-
-  The knobs `config.scann` leaves automatic take the values that version was
-  built with (its report's `search.scann`), so the refresh skips the tuning;
-  the new version's recall is still measured. Unchanged when there is no
-  such version or report, or it holds no ScaNN settings.
-  """
-  base = os.path.join(export_base, export_lib.RETRIEVAL)
-  versions = export_lib.list_versions(base)
-  if not versions:
-    return config
-  path = os.path.join(base, str(versions[-1]), export_lib.REPORT_FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      served = json.load(f)["search"]["scann"]
-  except (OSError, ValueError, KeyError, TypeError):
-    logging.warning("%s: no ScaNN settings readable; the refresh tunes them again.", path)
-    return config
-  requested = config.scann
-  keep = {}
-  for name in ("num_leaves", "num_leaves_to_search", "reorder_num_neighbors"):
-    if getattr(requested, name) is None and isinstance(served.get(name), int):
-      keep[name] = served[name]
-  if requested.algorithm == "auto" and served.get("algorithm") in ("brute_force", "ah",
-                                                                    "tree_ah"):
-    keep["algorithm"] = served["algorithm"]
-  if not keep:
-    return config
-  logging.info("ScaNN settings of %s kept: %s", path, keep)
-  return dataclasses.replace(config, scann=dataclasses.replace(requested, **keep))
 
 
 def main(argv):

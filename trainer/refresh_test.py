@@ -19,7 +19,6 @@ of an existing item; afterwards:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -35,7 +34,6 @@ from pinsage_tf import versions_on_disk
 from serving import errors as serving_errors
 from serving import model_manager
 from serving import server_config
-from trainer import refresh as refresh_job
 from trainer import testing
 
 pytestmark = pytest.mark.slow
@@ -211,29 +209,6 @@ def test_bad_refresh_scope_is_a_usage_error(setup, tmp_path):
   out = testing.run_module([*setup["refresh"], f"--new_edges_csv={path}",
                             "--refresh_mode=bounded", "--embed_hops=-1"])
   assert out.returncode == 2 and "RefreshScope.embed_hops" in out.stderr
-
-
-def _report_dir(export_base, version, scann):
-  path = os.path.join(export_base, export_lib.RETRIEVAL, str(version), "assets.extra")
-  os.makedirs(path)
-  with open(os.path.join(path, "export_report.json"), "w") as f:
-    json.dump({"search": {"algorithm": "scann", "scann": scann}}, f)
-
-
-def test_served_scann_settings_are_kept_unless_given(tmp_path):
-  base = str(tmp_path)
-  config = export_lib.ExportConfig()
-  assert refresh_job.served_scann_settings(base, config) == config  # nothing served yet
-  _report_dir(base, 1, {"algorithm": "tree_ah", "num_leaves": 90, "num_leaves_to_search": 9,
-                        "reorder_num_neighbors": 400})
-  _report_dir(base, 2, {"algorithm": "tree_ah", "num_leaves": 100, "num_leaves_to_search": 3,
-                        "reorder_num_neighbors": 220})
-  kept = refresh_job.served_scann_settings(base, config).scann
-  assert (kept.algorithm, kept.num_leaves, kept.num_leaves_to_search,
-          kept.reorder_num_neighbors) == ("tree_ah", 100, 3, 220)
-  explicit = export_lib.ExportConfig(scann=dataclasses.replace(config.scann,
-                                                               reorder_num_neighbors=50))
-  assert refresh_job.served_scann_settings(base, explicit).scann.reorder_num_neighbors == 50
 
 
 def test_export_of_bounded_embeddings_says_how_to_get_a_fresh_one(setup):

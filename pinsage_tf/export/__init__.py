@@ -47,6 +47,7 @@ from pinsage_tf.export.versions import MODELS_STOCK_CONFIG
 from pinsage_tf.export.versions import REPORT_FILE
 from pinsage_tf.export.versions import list_versions
 from pinsage_tf.export.versions import next_version
+from pinsage_tf.export.versions import served_scann_settings
 from pinsage_tf.export.versions import write_models_config
 from pinsage_tf.export.warmup import WARMUP_FILE
 from pinsage_tf.export.warmup import replay_warmup_requests
@@ -59,5 +60,5 @@ __all__ = [
     "StringIndex", "check_consistency", "check_pivot_consistency", "drop_excluded",
     "exact_top_k", "existing_item_inputs", "export_models", "first_traversal_neighborhoods",
     "is_inductive", "layer_tables", "list_versions", "next_version", "replay_warmup_requests",
-    "saved_model_ops", "write_models_config", "write_warmup_requests",
+    "saved_model_ops", "served_scann_settings", "write_models_config", "write_warmup_requests",
 ]

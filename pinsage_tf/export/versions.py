@@ -9,11 +9,13 @@ records no custom ops, in `models_stock.config`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from typing import Any, Mapping, Sequence
 
+from absl import logging
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -55,6 +57,40 @@ def _read_report(version_dir: str) -> dict[str, Any] | None:
       return json.load(f)
   except (OSError, ValueError):
     return None
+
+
+def served_scann_settings(export_base: str, config: config_lib.ExportConfig
+                          ) -> config_lib.ExportConfig:
+  """`config` with the ScaNN query-time settings of the newest `pinsage_retrieval` version.
+
+  The knobs `config.scann` leaves automatic take the values that version was
+  built with (its report's `search.scann`), so the refresh skips the tuning;
+  the new version's recall is still measured. Unchanged when there is no
+  such version or report, or it holds no ScaNN settings.
+  """
+  base = os.path.join(export_base, config_lib.RETRIEVAL)
+  versions = list_versions(base)
+  if not versions:
+    return config
+  path = os.path.join(base, str(versions[-1]), REPORT_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      served = json.load(f)["search"]["scann"]
+  except (OSError, ValueError, KeyError, TypeError):
+    logging.warning("%s: no ScaNN settings readable; the refresh tunes them again.", path)
+    return config
+  requested = config.scann
+  keep = {}
+  for name in ("num_leaves", "num_leaves_to_search", "reorder_num_neighbors"):
+    if getattr(requested, name) is None and isinstance(served.get(name), int):
+      keep[name] = served[name]
+  if requested.algorithm == "auto" and served.get("algorithm") in ("brute_force", "ah",
+                                                                    "tree_ah"):
+    keep["algorithm"] = served["algorithm"]
+  if not keep:
+    return config
+  logging.info("ScaNN settings of %s kept: %s", path, keep)
+  return dataclasses.replace(config, scann=dataclasses.replace(requested, **keep))
 
 
 def write_models_config(export_base: str | os.PathLike) -> dict[str, list[str]]:
