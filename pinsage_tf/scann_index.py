@@ -344,13 +344,21 @@ def search(state: scann_ops.ScannState, queries: tf.Tensor, k: int | tf.Tensor, 
                                               final_num_neighbors=k,
                                               pre_reorder_num_neighbors=pre_reorder,
                                               leaves_to_search=leaves)
+    distances, indices = _mark_missing(result.distances, result.indices)
     # Equal widths for the concatenation (the custom op has no shape function).
-    pad = [[0, 0], [0, k - tf.shape(result.indices)[1]]]
-    parts.append((tf.pad(result.distances, pad, constant_values=-np.inf),
-                  tf.pad(result.indices, pad, constant_values=-1)))
+    pad = [[0, 0], [0, k - tf.shape(indices)[1]]]
+    parts.append((tf.pad(distances, pad, constant_values=-np.inf),
+                  tf.pad(indices, pad, constant_values=-1)))
   scores = tf.concat([p[0] for p in parts], axis=0) if shards > 1 else parts[0][0]
   index = tf.concat([p[1] for p in parts], axis=0) if shards > 1 else parts[0][1]
   return tf.ensure_shape(scores, [None, width]), tf.ensure_shape(index, [None, width])
+
+
+def _mark_missing(distances: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """-inf / -1 where ScaNN padded a short answer (it pads with index 0, score NaN)."""
+  missing = tf.math.is_nan(distances)
+  return (tf.where(missing, tf.constant(-np.inf, distances.dtype), distances),
+          tf.where(missing, tf.constant(-1, indices.dtype), indices))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +372,10 @@ class SearchPoint:
     cost: `search_cost` of the setting (what the tuning minimises).
     queries_per_second: batched search on one thread, best of the timed
       passes (None: not timed; comparable between points of one run).
+    short_queries: tuning queries answered with fewer than k results (the
+      searched leaves held fewer candidates); such a point is never chosen
+      when one without short answers reaches the target, since a served
+      list would end in empty ids.
   """
 
   leaves_to_search: int | None
@@ -371,13 +383,15 @@ class SearchPoint:
   recall: float
   cost: float
   queries_per_second: float | None = None
+  short_queries: int = 0
 
   def to_json(self) -> dict[str, Any]:
     qps = self.queries_per_second
     return {"leaves_to_search": self.leaves_to_search,
             "reorder_num_neighbors": self.reorder_num_neighbors,
             "recall": round(self.recall, 4), "cost": round(self.cost, 1),
-            "queries_per_second": None if qps is None else round(qps, 1)}
+            "queries_per_second": None if qps is None else round(qps, 1),
+            "short_queries": self.short_queries}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,14 +449,14 @@ def tune_search(state: scann_ops.ScannState, config: ScannConfig, requested: Sca
 
   The knobs `requested` leaves None (`num_leaves_to_search` for tree_ah,
   `reorder_num_neighbors` for ah / tree_ah) are tried on a grid
-  (`TUNING_LEAF_FRACTIONS` of num_leaves, at most 4x the automatic value;
+  (`TUNING_LEAF_FRACTIONS` of num_leaves and the cap, 4x the automatic value;
   `TUNING_REORDER_MULTIPLES` of the searched count, plus the automatic
   values): for each leaves value, ascending, the smallest reorder reaching
-  `requested.target_recall`; the point of least `search_cost` wins (a
-  deterministic choice on a shared machine; the chosen and the automatic
-  points are then timed for the report). Explicit knobs are kept as given.
-  Warns when no point reaches the target and then keeps the highest-recall
-  one.
+  `requested.target_recall` with every query answered by k results; the
+  point of least `search_cost` wins (a deterministic choice on a shared
+  machine; the chosen and the automatic points are then timed for the
+  report). Explicit knobs are kept as given. Warns when no point reaches the
+  target and then keeps the highest-recall one (fewest short answers first).
 
   Args:
     state: the index, built with `config`.
@@ -477,10 +491,13 @@ def tune_search(state: scann_ops.ScannState, config: ScannConfig, requested: Sca
   batches = [tf.constant(queries[s:s + batch_size]) for s in range(0, len(queries), batch_size)]
 
   def run(leaves, reorder):
-    return [searcher.search_batched(batch, final_num_neighbors=k + extra,
-                                    pre_reorder_num_neighbors=reorder,
-                                    leaves_to_search=leaves).indices.numpy()
-            for batch in batches]
+    found = []
+    for batch in batches:
+      result = searcher.search_batched(batch, final_num_neighbors=k + extra,
+                                       pre_reorder_num_neighbors=reorder, leaves_to_search=leaves)
+      index = _mark_missing(result.distances, result.indices)[1].numpy()
+      found.append(np.pad(index, ((0, 0), (0, k + extra - index.shape[1])), constant_values=-1))
+    return found
 
   measured: dict[tuple[int | None, int | None], SearchPoint] = {}
 
@@ -489,7 +506,8 @@ def tune_search(state: scann_ops.ScannState, config: ScannConfig, requested: Sca
       ids = _drop_rows(np.concatenate(run(leaves, reorder)), exclude, k)
       measured[leaves, reorder] = SearchPoint(
           leaves, reorder, recall_at_k(ids, exact),
-          search_cost(config, num_items, leaves, reorder))
+          search_cost(config, num_items, leaves, reorder),
+          short_queries=int(np.sum(np.any(ids < 0, axis=1))))
     return measured[leaves, reorder]
 
   def timed(point: SearchPoint) -> SearchPoint:
@@ -503,7 +521,7 @@ def tune_search(state: scann_ops.ScannState, config: ScannConfig, requested: Sca
   if config.algorithm == "tree_ah" and requested.num_leaves_to_search is None:
     cap = min(config.num_leaves, 4 * config.num_leaves_to_search)
     leaves_grid = sorted({min(cap, max(1, round(f * config.num_leaves)))
-                          for f in TUNING_LEAF_FRACTIONS} | {config.num_leaves_to_search})
+                          for f in TUNING_LEAF_FRACTIONS} | {config.num_leaves_to_search, cap})
   else:
     leaves_grid = [config.num_leaves_to_search]
   if requested.reorder_num_neighbors is None:
@@ -519,14 +537,14 @@ def tune_search(state: scann_ops.ScannState, config: ScannConfig, requested: Sca
       break  # more leaves cannot be cheaper than the best point found
     for reorder in reorder_grid:  # recall grows with reorder: the first that meets
       point = measure(leaves, reorder)
-      if point.recall >= target:
+      if point.recall >= target and not point.short_queries:
         if best is None or point.cost < best.cost:
           best = point
         break
   points = tuple(measured.values())
   target_met = best is not None
   if best is None:
-    best = max(points, key=lambda p: (p.recall, -p.cost))
+    best = max(points, key=lambda p: (-p.short_queries, p.recall, -p.cost))
     logging.warning(
         "ScaNN tuning: no setting tried reaches recall@%d %.4f on %d held-out queries (best "
         "%.4f with leaves_to_search=%s, reorder_num_neighbors=%s); using it. Lower "

@@ -226,3 +226,46 @@ def test_tuning_config_is_validated():
     scann_index.ScannConfig(target_recall=1.5)
   with pytest.raises(ValueError, match="tuning_queries"):
     scann_index.ScannConfig(tuning_queries=0)
+
+
+@pytest.fixture(scope="module")
+def small_leaves():
+  """40 unit vectors in a tree of 8 leaves (about 5 items each), k = 6 + 1."""
+  corpus = _unit_vectors(40, 8, 0)
+  requested = scann_index.ScannConfig(algorithm="tree_ah", num_leaves=8, training_sample_size=40,
+                                      target_recall=0.3)
+  config = scann_index.resolve_config(40, 7, requested)
+  return corpus, requested, config, scann_index.build_state(corpus, config, 7)
+
+
+def test_short_answers_are_padded_with_minus_one(small_leaves):
+  corpus, _, _, state = small_leaves
+  # One leaf of about 5 items cannot hold 7 results: ScaNN pads them with
+  # index 0 and score NaN, which `search` turns into -1 / -inf.
+  scores, index = scann_index.search(state, tf.constant(corpus), 7, leaves=1, pre_reorder=14)
+  scores, index = scores.numpy(), index.numpy()
+  short = index < 0
+  assert short.any() and not np.isnan(scores).any()
+  assert np.all(scores[short] == -np.inf) and np.all(np.isfinite(scores[~short]))
+  # Every row is its found results first, then the padding.
+  assert np.all(np.diff(short.astype(int), axis=1) >= 0)
+  # Row 0 is never a filler: where it appears it is a real result (its score
+  # is the exact inner product up to the quantised search's error).
+  rows, cols = np.nonzero(index == 0)
+  np.testing.assert_allclose(scores[rows, cols], corpus[rows] @ corpus[0], atol=0.3)
+
+
+def test_tune_search_never_chooses_a_point_with_short_answers(small_leaves):
+  corpus, requested, config, state = small_leaves
+  rows = np.arange(0, 40, 2)
+  exact, _ = retrieval_exact.top_k(corpus[rows], corpus, 6, exclude=rows)
+  tuning = scann_index.tune_search(state, config, requested, corpus[rows], exact, 6, exclude=rows)
+  # One leaf reaches recall 0.3 on its own but answers some queries short;
+  # the chosen point answers every query in full.
+  assert any(p.short_queries for p in tuning.points if p.recall >= 0.3)
+  assert tuning.target_met and tuning.chosen.short_queries == 0
+  assert tuning.to_json()["chosen"]["short_queries"] == 0
+  _, index = scann_index.search(state, tf.constant(corpus[rows]), 7,
+                                leaves=tuning.chosen.leaves_to_search,
+                                pre_reorder=tuning.chosen.reorder_num_neighbors)
+  assert np.all(index.numpy() >= 0)
