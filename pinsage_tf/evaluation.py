@@ -88,7 +88,8 @@ class EvalConfig:
     max_queries: evaluate a seeded subsample of at most this many pairs /
       users; None = all.
     seed: seed of the subsample.
-    max_block_elements: bound on `query rows * num_items` per score block.
+    max_block_elements: bound on the scores held at once: `query rows * num_items`
+      per score block, or one tile of an embedding scorer (`retrieval_exact`).
     dump_k: length of the top lists sent to `sink` (default: max cutoff).
     item_exclude: what the item protocol masks: "query" (the query item), "group_items" (the query item and the
       graph items of the pair's group, a pivot row) or "auto" (the graph's
@@ -324,35 +325,28 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
   order = np.argsort(inverse, kind="stable")
   queries, positives, inverse = queries[order], positives[order], inverse[order]
   pair_start = np.searchsorted(inverse, np.arange(uniq.shape[0] + 1))
-  n = graph.num_items
-  rows = rx.rows_per_block(n, config.max_block_elements)
-  greater = np.zeros(queries.shape[0], np.int64)
-  equal = np.zeros(queries.shape[0], np.int64)
   dump_k = config.dump_k or max(config.ks)
-  tick = _Ticker(progress, int(uniq.shape[0]))
-  for start, stop in rx.blocks(uniq.shape[0], rows):
-    block = uniq[start:stop]
-    scores = scorer.score(block)
-    scores[np.arange(block.shape[0]), block] = -np.inf  # the query itself
-    if by_group:
-      rx.mask_rows(scores, rx.take_rows(graph.pivot_to_item,
-                                        uniq_keys[start:stop] % graph.num_pivots))
-    lo, hi = pair_start[start], pair_start[stop]
-    for a, b in rx.blocks(hi - lo, rows):
-      sel = slice(lo + a, lo + b)
-      greater[sel], equal[sel] = rx.rank_counts_of_scores(
-          scores[inverse[sel] - start], positives[sel])
-    if sink is not None:
-      top, top_scores = rx.top_k_of_scores(scores, dump_k)
-      for r, q in enumerate(block):
-        pos = positives[pair_start[start + r]:pair_start[start + r + 1]]
-        record = {"method": scorer.name, "query": str(graph.item_ids[q]),
-                  "positives": _raw(pos, graph.item_ids), "topk": _raw(top[r], graph.item_ids),
-                  "scores": _rounded(top_scores[r])}
-        if by_group:
-          record["user"] = str(graph.pivot_ids[uniq_keys[start + r] % graph.num_pivots])
-        sink(record)
-    tick(stop)
+  # The masked items of each distinct query: itself, and its group's items.
+  masked = _one_per_row(uniq)
+  if by_group:
+    masked = rx.concat_rows(masked, rx.take_rows(graph.pivot_to_item,
+                                                 uniq_keys % graph.num_pivots))
+  if isinstance(scorer, EmbeddingScorer):
+    greater, equal, top = _item_ranks_by_inner_products(
+        scorer, uniq, inverse, positives, masked, config, dump_k if sink else None, progress)
+  else:
+    greater, equal, top = _item_ranks_by_score_blocks(
+        scorer, uniq, pair_start, inverse, positives, masked, config,
+        dump_k if sink else None, progress)
+  if sink is not None:
+    for r, q in enumerate(uniq):
+      pos = positives[pair_start[r]:pair_start[r + 1]]
+      record = {"method": scorer.name, "query": str(graph.item_ids[q]),
+                "positives": _raw(pos, graph.item_ids), "topk": _raw(top[0][r], graph.item_ids),
+                "scores": _rounded(top[1][r])}
+      if by_group:
+        record["user"] = str(graph.pivot_ids[uniq_keys[r] % graph.num_pivots])
+      sink(record)
   result = {
       "protocol": "item",
       "split": config.split,
@@ -377,6 +371,60 @@ def evaluate_item_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,
         clusters=np.arange(queries.shape[0]) if groups is None else groups[order],
         cluster_by="pair" if groups is None else "group")
   return result
+
+
+def _one_per_row(rows: np.ndarray) -> CSR:
+  """One id per row: row r holds `rows[r]`."""
+  return CSR(indptr=np.arange(rows.shape[0] + 1, dtype=np.int64),
+             indices=np.asarray(rows, np.int32))
+
+
+def _item_ranks_by_inner_products(scorer: EmbeddingScorer, uniq: np.ndarray, inverse: np.ndarray,
+                                  positives: np.ndarray, masked: CSR, config: EvalConfig,
+                                  dump_k: int | None, progress: Progress | None):
+  """(greater, equal, top lists or None) of an embedding scorer, in cache-sized tiles.
+
+  One query row per pair (the pair's distinct query's vector and masks), so
+  the score matrix is never held whole (`retrieval_exact.rank_counts`).
+  """
+  corpus = scorer.index_vectors()
+  pair_masks = rx.take_rows(masked, inverse)
+  tick = _Ticker(progress, int(positives.shape[0]))
+  greater, equal = rx.rank_counts(scorer.query_vectors(scorer.vectors[uniq[inverse]]), corpus,
+                                  positives, pair_masks,
+                                  max_block_elements=config.max_block_elements, progress=tick)
+  top = None
+  if dump_k is not None:
+    top = rx.top_k(scorer.query_vectors(scorer.vectors[uniq]), corpus, dump_k, masked,
+                   max_block_elements=config.max_block_elements)
+  return greater, equal, top
+
+
+def _item_ranks_by_score_blocks(scorer: ItemScorer, uniq: np.ndarray, pair_start: np.ndarray,
+                                inverse: np.ndarray, positives: np.ndarray, masked: CSR,
+                                config: EvalConfig, dump_k: int | None,
+                                progress: Progress | None):
+  """(greater, equal, top lists or None) of any scorer, from `[b, N]` score blocks."""
+  rows = rx.rows_per_block(scorer.num_items, config.max_block_elements)
+  greater = np.zeros(positives.shape[0], np.int64)
+  equal = np.zeros(positives.shape[0], np.int64)
+  top = None
+  if dump_k is not None:
+    top = (np.empty((uniq.shape[0], dump_k), np.int32),
+           np.empty((uniq.shape[0], dump_k), np.float32))
+  tick = _Ticker(progress, int(uniq.shape[0]))
+  for start, stop in rx.blocks(uniq.shape[0], rows):
+    scores = scorer.score(uniq[start:stop])
+    rx.mask_rows(scores, masked, start)
+    lo, hi = pair_start[start], pair_start[stop]
+    for a, b in rx.blocks(hi - lo, rows):
+      sel = slice(lo + a, lo + b)
+      greater[sel], equal[sel] = rx.rank_counts_of_scores(
+          scores[inverse[sel] - start], positives[sel])
+    if top is not None:
+      top[0][start:stop], top[1][start:stop] = rx.top_k_of_scores(scores, dump_k)
+    tick(stop)
+  return greater, equal, top
 
 
 def evaluate_user_protocol(graph: Graph, scorer: ItemScorer, config: EvalConfig,

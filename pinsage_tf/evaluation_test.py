@@ -405,3 +405,46 @@ def test_item_protocol_segments_by_items_without_edges():
   assert "positive_without_edges (1 pairs)" in table and "wall_time_s" not in table
   # A graph whose pairs are all warm reports no segments.
   assert "segments" not in ev.evaluate(hand_graph(), scorer, ev.EvalConfig(protocol="item"))
+
+
+class _AnyScorer(baselines.ItemScorer):
+  """An embedding scorer seen as a generic one: scored through `[b, N]` blocks."""
+
+  def __init__(self, inner):
+    super().__init__(inner.name, inner.num_items)
+    self.inner = inner
+
+  def score(self, items):
+    return self.inner.score(items)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_embedding_tiles_equal_score_blocks(grouped):
+  # The embedding path (tiles, one row per pair) and the generic block path
+  # give the same ranks, top lists and per-pair values, with biases, repeated
+  # queries, group masks and integer scores that tie.
+  graph = _random_graph(5, n=300, m=25)
+  rng = np.random.default_rng(6)
+  if grouped:
+    items, pivots = rng.integers(0, 300, 300), rng.integers(0, 25, 300)
+    # Each pair's group: a drawn pivot whose items do not hold the positive.
+    group = [next(g for g in rng.permutation(25) if not np.any(items[pivots == g] == positive))
+             for positive in graph.pairs.positive]
+    pairs = dataclasses.replace(graph.pairs, group=np.asarray(group, np.int32))
+    graph = build_graph(name="random", item_ids=graph.item_ids, pivot_ids=graph.pivot_ids,
+                        edge_items=items, edge_pivots=pivots, pairs=pairs, heldout=graph.heldout)
+  scorer = baselines.EmbeddingScorer(rng.integers(-2, 3, (300, 4)).astype(np.float32),
+                                     bias=rng.integers(0, 2, 300).astype(np.float32))
+  config = ev.EvalConfig(protocol="item", item_exclude="group_items" if grouped else "query",
+                         ks=(1, 10, 50), max_block_elements=3000)
+  records = {"tiles": [], "blocks": []}
+  results = {name: ev.evaluate_item_protocol(graph, s, config, sink=records[name].append,
+                                             keep_values=True)
+             for name, s in (("tiles", scorer), ("blocks", _AnyScorer(scorer)))}
+  assert results["tiles"]["item_exclude"] == ("group_items" if grouped else "query")
+  assert results["tiles"]["metrics"] == results["blocks"]["metrics"]
+  assert results["tiles"]["counts"] == results["blocks"]["counts"]
+  assert results["tiles"]["counts"]["ties_at_positive"] > 0  # ties are exercised
+  for key, values in results["tiles"]["per_query"].values.items():
+    np.testing.assert_array_equal(values, results["blocks"]["per_query"].values[key], key)
+  assert records["tiles"] == records["blocks"] and len(records["tiles"]) > 40

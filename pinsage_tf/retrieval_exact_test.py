@@ -130,3 +130,65 @@ def test_rows_per_block_bounds_memory():
   assert rx.rows_per_block(1000, block_size=3) == 3
   with pytest.raises(ValueError):
     rx.rows_per_block(1000, block_size=0)
+
+
+@pytest.mark.parametrize("block_size,tile_columns", [(1, 1), (4, 3), (7, 16), (None, 50)])
+def test_tiles_equal_one_block(block_size, tile_columns):
+  # Every tiling gives the lists and counts of one [Q, N] block, including
+  # ties (duplicated corpus rows, integer scores) across tile boundaries.
+  rng = np.random.default_rng(5)
+  corpus = rng.integers(-2, 3, size=(37, 3)).astype(np.float32)
+  corpus[10:14] = corpus[20]  # 5 identical rows
+  queries = rng.integers(-2, 3, size=(19, 3)).astype(np.float32)
+  targets = rng.integers(0, 37, 19)
+  targets[:3] = 20
+  excl = [np.setdiff1d(rng.choice(37, 4, replace=False), [t]) for t in targets]
+  full = queries @ corpus.T
+  for r, e in enumerate(excl):
+    full[r, e] = -np.inf
+  idx, val = rx.top_k(queries, corpus, 12, exclude=excl, block_size=block_size,
+                      tile_columns=tile_columns)
+  np.testing.assert_array_equal(idx, _naive_top_k(full, 12))
+  np.testing.assert_array_equal(val, np.take_along_axis(full, np.maximum(idx, 0), 1))
+  greater, equal = rx.rank_counts(queries, corpus, targets, exclude=excl, block_size=block_size,
+                                  tile_columns=tile_columns)
+  want = full[np.arange(19), targets]
+  np.testing.assert_array_equal(greater, np.sum(full > want[:, None], axis=1))
+  np.testing.assert_array_equal(equal, np.sum(full == want[:, None], axis=1) - 1)
+  assert equal[:3].min() >= 4  # the target's four duplicates (unless excluded) tie with it
+
+
+def test_rank_counts_progress_and_bad_target_scores():
+  corpus = np.eye(3, dtype=np.float32)
+  done = []
+  rx.rank_counts(np.ones((5, 3), np.float32), corpus, np.array([0, 1, 2, 0, 1]), block_size=2,
+                 progress=done.append)
+  assert done == [2, 4, 5]
+  with pytest.raises(ValueError, match="NaN/inf"):
+    rx.rank_counts(np.full((1, 3), np.nan, np.float32), corpus, np.array([0]))
+  with pytest.raises(ValueError, match="tile_columns"):
+    rx.top_k(np.ones((1, 3), np.float32), corpus, 2, tile_columns=0)
+
+
+@pytest.mark.parametrize("levels", [None, 50, 3])
+def test_wide_rows_match_the_full_sort(levels):
+  # 6,011 columns: the group-maxima path (groups of 128, a ragged tail) for
+  # distinct or moderately tied scores; heavy ties (3 levels) and rows with
+  # fewer than k finite scores take the partition path. Same lists either way.
+  rng = np.random.default_rng(7)
+  scores = rng.normal(size=(40, 6011)).astype(np.float32)
+  if levels is not None:
+    scores = np.floor(scores * levels / 4).astype(np.float32)
+  scores[3, :] = -np.inf
+  scores[3, [5, 6010]] = 1.0  # two finite scores for k = 10: padded
+  scores[4, 6000:] = 99.0  # the best items all in the tail
+  scores[5, rng.choice(6011, 4500, replace=False)] = -np.inf
+  idx, val = rx.top_k_of_scores(scores.copy(), 10)
+  np.testing.assert_array_equal(idx, _naive_top_k(scores, 10))
+  np.testing.assert_array_equal(val, np.where(idx >= 0, np.take_along_axis(
+      scores, np.maximum(idx, 0), 1), -np.inf))
+  assert idx[3].tolist() == [5, 6010] + [-1] * 8
+  assert idx[4].tolist() == list(range(6000, 6010))
+  scores[7, 100] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    rx.top_k_of_scores(scores, 10)
