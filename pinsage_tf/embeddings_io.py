@@ -23,7 +23,10 @@ Layout (format "pinsage_tf.embeddings", version 1):
                          "files": {name: sha256}, "projector": {...}} plus
                          whatever the writer passes in `extra_manifest`
                          (checkpoint, step, config, ...).
-    projector/          TensorBoard Embedding Projector files:
+    projector/          TensorBoard Embedding Projector files, for the first
+                        `PROJECTOR_ROWS` items by default (the projector shows
+                        ~100k points comfortably; a million-row text file
+                        would cost more to write than the embeddings):
       vectors.tsv       one tab-separated row per embedding,
       metadata.tsv      item id (and title, with a header row, when titles are
                         given), one row per embedding,
@@ -59,6 +62,7 @@ PIVOT_HISTORIES = ("graph", "graph+validation")
 MANIFEST = "manifest.json"
 PROJECTOR_DIR = "projector"
 NORM_TOLERANCE = 1e-3
+PROJECTOR_ROWS = 100_000
 _CHUNK_ROWS = 65536
 
 
@@ -122,7 +126,7 @@ def save_embeddings(
     *,
     item_titles: Sequence[str] | np.ndarray | None = None,
     overwrite: bool = False,
-    projector_max_rows: int | None = None,
+    projector_max_rows: int | None = PROJECTOR_ROWS,
     item_bias: np.ndarray | None = None,
     pivot_ids: Sequence[str] | np.ndarray | None = None,
     pivot_embeddings: Mapping[str, np.ndarray] | None = None,
@@ -138,8 +142,8 @@ def save_embeddings(
       readers can check it.
     item_titles: optional `[N]` display names for the projector metadata.
     overwrite: replace an existing `directory`.
-    projector_max_rows: write only the first rows to the projector TSVs (the
-      projector handles ~100k points comfortably); None = all.
+    projector_max_rows: write only the first rows to the projector TSVs;
+      None = all.
     item_bias: optional float `[N]` finite item biases.
     pivot_ids: `[M]` raw pivot ids, required with `pivot_embeddings`.
     pivot_embeddings: optional {history: float `[M, d]` L2-normalised}, the

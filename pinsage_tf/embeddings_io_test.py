@@ -182,3 +182,16 @@ def test_pivot_embeddings_round_trip_and_errors(tmp_path):
                       edge_items=np.array([0, 1, 2]), edge_pivots=np.array([0, 0, 1]))
   with pytest.raises(eio.EmbeddingsFormatError, match="pivots are not"):
     eio.load_embeddings(out, other, verify=False)
+
+
+def test_projector_holds_the_first_rows_by_default(tmp_path):
+  n = eio.PROJECTOR_ROWS + 5
+  angles = np.linspace(0, 6, n, dtype=np.float32)
+  vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+  manifest = eio.save_embeddings(tmp_path / "e", vectors, [f"i{i}" for i in range(n)])
+  assert manifest["count"] == n and manifest["projector"]["rows"] == eio.PROJECTOR_ROWS
+  lines = (tmp_path / "e/projector/vectors.tsv").read_text().splitlines()
+  assert len(lines) == eio.PROJECTOR_ROWS
+  assert (tmp_path / "e/projector/metadata.tsv").read_text().splitlines()[-1] == (
+      f"i{eio.PROJECTOR_ROWS - 1}")
+  assert len(np.load(tmp_path / "e/embeddings.npy")) == n  # the embeddings stay whole

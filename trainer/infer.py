@@ -22,7 +22,7 @@ go after `--`), and writes atomically:
                               plus validation items when the graph holds a
                               validation hold-out (what the test split knows)
     EMB_DIR/manifest.json     model checkpoint, graph fingerprint, dim, count
-    EMB_DIR/projector/        TensorBoard embedding-projector files
+    EMB_DIR/projector/        TensorBoard embedding-projector files (the first 100,000 items)
 """
 
 from __future__ import annotations
