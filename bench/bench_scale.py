@@ -28,6 +28,9 @@ keeps what it measured:
      "max_rss_gb": g}, "neighborhoods": {...}, ...}}], "config": {...}}
 
 A failed stage is recorded with its exit code and the size stops there.
+`--stages=infer,export,evaluate` re-measures only those stages on the outputs an
+earlier run left in `--work_dir` (e.g. after a change to one stage); the
+stages before them must have run there.
 """
 
 from __future__ import annotations
@@ -135,15 +138,24 @@ def _extra(stage: str, paths: dict[str, str]) -> dict:
   return {}
 
 
-def bench_size(n: int, work_dir: str, record: dict, write) -> None:
-  """Runs every stage for `n` items, filling `record["stages"]` and calling `write()`."""
+def bench_size(n: int, work_dir: str, record: dict, write,
+               stages: tuple[str, ...] = STAGES) -> None:
+  """Runs `stages` for `n` items, filling `record["stages"]` and calling `write()`."""
   import shutil  # pylint: disable=g-import-not-at-top
   root = os.path.join(work_dir, f"n{n}")
   paths = {name: os.path.join(root, name) for name in ("graph", "model", "embeddings", "export")}
-  for name in ("model", "export"):  # fresh: a stale checkpoint would be resumed
-    shutil.rmtree(paths[name], ignore_errors=True)
+  # Fresh outputs for the stages that run: a stale checkpoint would be resumed.
+  for stage, name in (("train", "model"), ("export", "export")):
+    if stage in stages:
+      shutil.rmtree(paths[name], ignore_errors=True)
+  first = STAGES.index(stages[0])
+  needs = {"neighborhoods": "graph", "hard_negatives": "graph", "train": "graph",
+           "infer": "model", "export": "embeddings", "evaluate": "embeddings"}
+  if first > 0 and not os.path.isdir(paths[needs[stages[0]]]):
+    raise SystemExit(f"--stages starts at {stages[0]}, but {paths[needs[stages[0]]]} is "
+                     f"missing: run the stages before it into --work_dir={work_dir} first.")
   os.makedirs(root, exist_ok=True)
-  for stage in STAGES:
+  for stage in stages:
     paths["result"] = os.path.join(root, f"{stage}.json")
     if os.path.exists(paths["result"]):
       os.remove(paths["result"])
@@ -172,6 +184,8 @@ def main() -> None:
   parser.add_argument("--sizes", default="100000,1000000,10000000")
   parser.add_argument("--work_dir", default="/tmp/bench_scale")
   parser.add_argument("--output_json", default=None)
+  parser.add_argument("--stages", default=",".join(STAGES),
+                      help="the stages to run, in order (default: all)")
   parser.add_argument("--_stage", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_graph_dir", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_result_json", default=None, help=argparse.SUPPRESS)
@@ -180,10 +194,15 @@ def main() -> None:
   if args._stage:  # pylint: disable=protected-access
     atomic.write_json(args._result_json, _table_stage(args._stage, args._graph_dir))
     return
+  stages = tuple(args.stages.split(","))
+  unknown = sorted(set(stages) - set(STAGES))
+  if unknown or list(stages) != sorted(stages, key=STAGES.index):
+    parser.error(f"--stages must list stages of {','.join(STAGES)} in that order, got "
+                 f"{args.stages!r}.")
   results = {"sizes": [], "config": {
       "config_json": os.path.relpath(_CONFIG_JSON, _REPO), "train_settings": list(_TRAIN_SETTINGS),
       "boards_per_item": 0.3, "pairs_per_item": 8, "eval_queries": _EVAL_QUERIES,
-      "cpu_count": os.cpu_count()}}
+      "cpu_count": os.cpu_count(), "stages": list(stages)}}
 
   def write():
     if args.output_json:
@@ -192,7 +211,7 @@ def main() -> None:
   for n in (int(s) for s in args.sizes.split(",")):
     record = {"items": n, "edges": None, "stages": {}}
     results["sizes"].append(record)
-    bench_size(n, args.work_dir, record, write)
+    bench_size(n, args.work_dir, record, write, stages)
   print(json.dumps(results, indent=2))
 
 
