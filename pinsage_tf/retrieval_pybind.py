@@ -213,10 +213,11 @@ def _lookup(rows: Mapping[bytes, int], values: np.ndarray) -> np.ndarray | None:
 
 def _results(scores: np.ndarray, index: np.ndarray, count: int, exclude: np.ndarray | None,
              k: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """`_padded_results`, with a shortcut for the common full answer.
+  """The k results a query keeps from the searcher's answer, as `RetrievalModule._search`.
 
-  A full answer (`count` results a row, every score finite) needs no padding,
-  and one excluded row per query needs no sort (`_drop_one`).
+  A full answer (`count` results a row, every score finite), the common case,
+  needs no padding, and one excluded row per query then needs no sort
+  (`_drop_one`); any other answer takes `_padded_results`.
 
   Args:
     scores: float32 `[B, C]` and index `[B, C]` (C <= count) as the pybind
@@ -240,7 +241,7 @@ def _results(scores: np.ndarray, index: np.ndarray, count: int, exclude: np.ndar
 
 def _padded_results(scores: np.ndarray, index: np.ndarray, count: int,
                     exclude: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """`_results` of any answer: padding as the TF search, then `_drop_excluded`."""
+  """`_results` of any answer: padded as the TF search pads, then `_drop_excluded`'s sort."""
   index = index.astype(np.int64)
   if index.shape[1] < count:  # as the TF search pads a short answer
     pad = count - index.shape[1]
