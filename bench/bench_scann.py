@@ -24,7 +24,8 @@ for `--target_recall` (as the export does: held-out corpus items, the item
 itself excluded) are measured; the raw searcher runs the tuned point through
 its query-time overrides. Passes of all variants are interleaved
 `--repeats` times (the machine is shared): queries/s best and median, and
-served / raw ratios per pass (median and best).
+served / raw ratios per pass (median and best). A pass times the calls
+only; served ids are turned into rows for recall in the untimed warm-up.
 
 Data: `--num_clusters` Gaussian centers, each point a center plus noise,
 L2-normalised; queries are fresh points from the same distribution.
@@ -109,8 +110,12 @@ def _drop_self(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
   return out
 
 
-def _rows_of(ids: np.ndarray) -> np.ndarray:
-  return np.vectorize(lambda b: int(b.decode()[1:]) if b else -1, otypes=[np.int64])(ids)
+def _as_rows(found) -> np.ndarray:
+  """Rows of a variant's answer: raw ScaNN's rows as they are, served ids ("i<row>") parsed."""
+  found = np.asarray(found)
+  if found.dtype != object:
+    return found
+  return np.vectorize(lambda b: int(b.decode()[1:]) if b else -1, otypes=[np.int64])(found)
 
 
 def main(argv):
@@ -196,28 +201,26 @@ def main(argv):
       return run
 
     def raw_single(rows):
-      def run(qs):
-        return np.stack([raw.search(q, final_num_neighbors=k + (rows is not None),
-                                    pre_reorder_num_neighbors=reorder,
-                                    leaves_to_search=-1 if leaves is None else leaves)[0]
-                         for q in qs])
+      def run(qs):  # one query
+        return raw.search(qs[0], final_num_neighbors=k + (rows is not None),
+                          pre_reorder_num_neighbors=reorder,
+                          leaves_to_search=-1 if leaves is None else leaves)[0][None]
       return run
 
     def sig_embedding(qs):
-      return _rows_of(by_embedding(embeddings=tf.constant(qs))["neighbor_ids"].numpy())
+      return by_embedding(embeddings=tf.constant(qs))["neighbor_ids"].numpy()
 
     def sig_items(b):
-      return _rows_of(related(item_ids=tf.constant(b))["neighbor_ids"].numpy())
+      return related(item_ids=tf.constant(b))["neighbor_ids"].numpy()
 
     def predict_items(b):
-      return _rows_of(servable.predict("related_items", {"item_ids": b})["neighbor_ids"])
+      return servable.predict("related_items", {"item_ids": b})["neighbor_ids"]
 
     def fast_items(b):
-      return _rows_of(fast.predict("related_items", {"item_ids": b})["neighbor_ids"])
+      return fast.predict("related_items", {"item_ids": b})["neighbor_ids"]
 
     def fast_embedding(qs):
-      return _rows_of(fast.predict("related_items_by_embedding",
-                                   {"embeddings": qs})["neighbor_ids"])
+      return fast.predict("related_items_by_embedding", {"embeddings": qs})["neighbor_ids"]
 
     emb, rows = "by_embedding", item_rows
     return {
@@ -258,7 +261,7 @@ def main(argv):
   _log("warm-up and recall")
   for c, vs in table.items():
     for v, (b, inputs, fn, drop, exact) in vs.items():
-      out = np.concatenate([np.asarray(fn(inputs[s:s + b])) for s in range(0, len(inputs), b)])
+      out = np.concatenate([_as_rows(fn(inputs[s:s + b])) for s in range(0, len(inputs), b)])
       if drop is not None:
         out = _drop_self(out, drop, k)
       recall[c, v] = scann_index.recall_at_k(out[:, :k], exact)

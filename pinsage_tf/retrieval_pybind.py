@@ -108,11 +108,17 @@ class PybindRetrieval:
     self._leaves = -1 if config["leaves"] is None else int(config["leaves"])
     self._functions = {key: fn for key, fn in config["signatures"].items() if fn in _INPUTS}
     self._corpus = np.asarray(loaded.embeddings.numpy(), np.float32)  # [N, dim (+1)]
-    self._ids = loaded.item_ids.numpy().astype(object)  # [N] bytes
-    if self._corpus.shape[0] != self._n or self._ids.shape != (self._n,):
+    ids = loaded.item_ids.numpy().astype(object)  # [N] bytes
+    if self._corpus.shape[0] != self._n or ids.shape != (self._n,):
       raise ValueError(f"{path}: num_items={self._n}, but the SavedModel holds "
-                       f"{self._corpus.shape[0]} embeddings and {self._ids.shape[0]} ids.")
-    self._rows = {item: row for row, item in enumerate(self._ids.tolist())}
+                       f"{self._corpus.shape[0]} embeddings and {ids.shape[0]} ids.")
+    self._rows = {item: row for row, item in enumerate(ids.tolist())}
+    # [N + 1]: row -1 (padding) reads "" without a mask.
+    self._ids = np.append(ids, np.array([b""], object))
+    # keep[j]: the columns of k + 1 results without column j (the query item found there).
+    self._keep = np.array([[c for c in range(self._k + 1) if c != j]
+                           for j in range(self._k + 1)], np.int64)  # [k + 1, k]
+    self._signatures = frozenset(self._functions)
     if "items_for_pivot" in self._functions.values():
       vocab = loaded.pivots.vocabulary.asset_path.numpy().decode("utf-8")
       with open(vocab, encoding="utf-8", newline="\n") as f:
@@ -127,7 +133,7 @@ class PybindRetrieval:
 
   @property
   def signatures(self) -> frozenset[str]:
-    return frozenset(self._functions)
+    return self._signatures
 
   def run(self, key: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     """The outputs of signature `key` for validated `inputs`, or None (see the module docstring)."""
@@ -139,12 +145,15 @@ class PybindRetrieval:
       rows = _lookup(self._rows, values)
       if rows is None:
         return None
-      return self._outputs(*self._search(self._corpus[rows], rows[:, None]))
+      queries = self._corpus.take(rows, axis=0)  # a copy: its bias column becomes the query's 1
+      if self._with_bias:
+        queries[:, self._dim] = 1.0
+      return self._outputs(*self._search(queries, rows[:, None]))
     if function == "related_items_by_embedding":
       queries = np.asarray(values, np.float32)
-      if not np.isfinite(queries).all():
+      if np.count_nonzero(np.isfinite(queries)) != queries.size:
         return None
-      return self._outputs(*self._search(queries, None))
+      return self._outputs(*self._search(self._queries(queries), None))
     rows = _lookup(self._pivot_rows, values)
     if rows is None:
       return None
@@ -152,17 +161,20 @@ class PybindRetrieval:
     exclude = np.full((len(rows), int((ends - starts).max(initial=0))), -1, np.int64)
     for i, (start, end) in enumerate(zip(starts, ends)):
       exclude[i, :end - start] = self._pivot_items[start:end]
-    return self._outputs(*self._search(self._pivot_vectors[rows], exclude))
+    return self._outputs(*self._search(self._queries(self._pivot_vectors[rows]), exclude))
+
+  def _queries(self, vectors: np.ndarray) -> np.ndarray:
+    """float32 `[B, dim (+1)]` C-contiguous queries of `[B, dim]` vectors."""
+    if not self._with_bias:
+      return np.ascontiguousarray(vectors, np.float32)
+    biased = np.empty((vectors.shape[0], self._dim + 1), np.float32)  # [q, 1] . [z_i, b_i]
+    biased[:, :self._dim] = vectors[:, :self._dim]
+    biased[:, self._dim] = 1.0
+    return biased
 
   def _search(self, queries: np.ndarray, exclude: np.ndarray | None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """As `RetrievalModule._search`: (scores float32 `[B, k]`, rows int64 `[B, k]`, -1 padding)."""
-    if self._with_bias:  # [q, 1] . [z_i, b_i] = q . z_i + b_i
-      biased = np.empty((queries.shape[0], self._dim + 1), np.float32)
-      biased[:, :self._dim] = queries[:, :self._dim]
-      biased[:, self._dim] = 1.0
-      queries = biased
-    queries = np.ascontiguousarray(queries, np.float32)
+    """As `RetrievalModule._search`: (scores float32 `[B, k]`, rows `[B, k]`, -1 padding)."""
     reorder = self._pre_reorder
     if exclude is None:
       count, pre_reorder = self._k, reorder
@@ -171,36 +183,103 @@ class PybindRetrieval:
     else:
       count = min(self._k + int((exclude >= 0).sum(axis=1).max(initial=0)), self._n)
       pre_reorder = max(count, reorder) if reorder else -1
+    # Batched even for one query: ScaNN's single-query `search` can score in
+    # another float order than the TF op's batched search (last bit).
     index, scores = self._searcher.search_batched_parallel(
         queries, final_num_neighbors=count,
         pre_reorder_num_neighbors=-1 if pre_reorder is None else pre_reorder,
         leaves_to_search=self._leaves)
-    index = index.astype(np.int64)
-    if index.shape[1] < count:  # as the TF search pads a short answer
-      pad = count - index.shape[1]
-      index = np.pad(index, ((0, 0), (0, pad)), constant_values=-1)
-      scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    missing = np.isnan(scores)  # pybind pads a short answer with (0, NaN)
-    index[missing], scores[missing] = -1, -np.inf
-    if exclude is None:
-      return scores, index
-    return _drop_excluded(scores, index, exclude, self._k)
+    return _results(scores, index, count, exclude, self._k, self._keep)
 
   def _outputs(self, scores: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
-    ids = self._ids[np.maximum(index, 0)]
-    ids[index < 0] = b""
-    return {"neighbor_ids": ids, "scores": scores}
+    return {"neighbor_ids": self._ids.take(index), "scores": scores}
 
 
 def _lookup(rows: Mapping[bytes, int], values: np.ndarray) -> np.ndarray | None:
   """int64 rows of raw ids (bytes or str), or None if one is unknown."""
-  out = np.empty(values.shape[0], np.int64)
-  for i, value in enumerate(values.tolist()):
-    row = rows.get(value.encode("utf-8") if isinstance(value, str) else value)
+  keys = values.tolist()
+  try:
+    return np.array([rows[key] for key in keys], np.int64)
+  except KeyError:  # an unknown id, or str ids (the table holds bytes)
+    pass
+  found = []
+  for key in keys:
+    row = rows.get(key.encode("utf-8") if isinstance(key, str) else key)
     if row is None:
       return None
-    out[i] = row
-  return out
+    found.append(row)
+  return np.array(found, np.int64)
+
+
+def _results(scores: np.ndarray, index: np.ndarray, count: int, exclude: np.ndarray | None,
+             k: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The k results a query keeps from the searcher's answer, as `RetrievalModule._search`.
+
+  A full answer (`count` results a row, every score finite), the common case,
+  needs no padding, and one excluded row per query then needs no sort
+  (`_drop_one`); any other answer takes `_padded_results`.
+
+  Args:
+    scores: float32 `[B, C]` and index `[B, C]` (C <= count) as the pybind
+      searcher returns them: each row best first, short answers padded with
+      (0, NaN) or cut.
+    count: results searched for.
+    exclude: None, or int64 `[B, L]` rows to drop per query (-1 = none).
+    k: results kept.
+    keep: int64 `[k + 1, k]`, row j the columns 0..k without j.
+
+  Returns:
+    (scores float32 `[B, k]`, rows `[B, k]`), -inf and -1 where fewer than k remain.
+  """
+  if index.shape[1] == count and np.count_nonzero(np.isfinite(scores)) == scores.size:
+    if exclude is None:
+      return scores, index
+    if exclude.shape[1] == 1 and count == k + 1:
+      return _drop_one(scores, index, exclude[:, 0], keep)
+  return _padded_results(scores, index, count, exclude, k)
+
+
+def _padded_results(scores: np.ndarray, index: np.ndarray, count: int,
+                    exclude: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """`_results` of any answer: padded as the TF search pads, then `_drop_excluded`'s sort."""
+  index = index.astype(np.int64)
+  if index.shape[1] < count:  # as the TF search pads a short answer
+    pad = count - index.shape[1]
+    index = np.pad(index, ((0, 0), (0, pad)), constant_values=-1)
+    scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+  missing = np.isnan(scores)  # pybind pads a short answer with (0, NaN)
+  index[missing], scores[missing] = -1, -np.inf
+  if exclude is None:
+    return scores, index
+  return _drop_excluded(scores, index, exclude, k)
+
+
+def _drop_one(scores: np.ndarray, index: np.ndarray, exclude: np.ndarray, keep: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """`_drop_excluded` of one row per query from a full answer, without a sort.
+
+  Args:
+    scores: float32 `[B, k + 1]`, every score finite, each row best first (as
+      ScaNN returns it).
+    index: `[B, k + 1]` rows, distinct within a row.
+    exclude: int64 `[B]`, the row to drop from each query's results.
+    keep: int64 `[k + 1, k]`, row j the columns without column j.
+
+  Returns:
+    (scores `[B, k]`, index `[B, k]`): each row without `exclude` where it was
+    found, else without its last result; what the stable sort of
+    `_drop_excluded` keeps from such an answer.
+  """
+  if index.shape[0] == 1:  # a list search costs less than numpy's calls for one row
+    found = index[0].tolist()
+    row = int(exclude[0])
+    columns = keep[found.index(row) if row in found else len(found) - 1]
+    return scores.take(columns, axis=1), index.take(columns, axis=1)
+  hit = index == exclude[:, None]  # [B, k + 1], at most one True a row
+  hit[:, -1] = True  # not found: argmax picks the last column
+  flat = keep.take(hit.argmax(axis=1), axis=0)  # [B, k] columns
+  flat += np.arange(0, index.size, index.shape[1])[:, None]  # flat positions
+  return scores.take(flat), index.take(flat)
 
 
 def _drop_excluded(scores: np.ndarray, index: np.ndarray, exclude: np.ndarray, k: int

@@ -104,6 +104,60 @@ def test_requests_it_does_not_answer_return_none(saved):
   assert fast.run("related_items_by_embedding", {"embeddings": bad}) is None
 
 
+def test_str_ids_are_looked_up_as_their_utf8_bytes(saved):
+  fast = saved["fast"]
+  want = fast.run("related_items", {"item_ids": np.array([b"item_3", b"item_9"], object)})
+  got = fast.run("related_items", {"item_ids": np.array(["item_3", "item_9"])})
+  np.testing.assert_array_equal(got["neighbor_ids"], want["neighbor_ids"])
+  np.testing.assert_array_equal(got["scores"], want["scores"])
+  assert fast.run("related_items", {"item_ids": np.array(["item_3", "nope"])}) is None
+
+
+# --- Turning the searcher's answer into results, on hand-made answers -------------
+# k = 3: a query item searches k + 1 = 4. Rows best first, as ScaNN returns them.
+_SCORES = np.array([[0.9, 0.8, 0.7, 0.6],
+                    [0.5, 0.5, 0.4, 0.3],   # a tie: its order is kept
+                    [0.9, 0.2, 0.2, 0.1],
+                    [0.4, 0.3, 0.2, 0.1]], np.float32)
+_INDEX = np.array([[10, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33], [40, 41, 42, 43]])
+_KEEP = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])  # keep[j]: all columns but j
+# Query items 12, 20 and 43 are found (in columns 2, 0 and 3) and dropped; 99 is
+# not among row 2's results, which then keeps its first 3.
+_EXCLUDE = np.array([[12], [20], [99], [43]])
+_KEPT_COLUMNS = np.array([[0, 1, 3], [1, 2, 3], [0, 1, 2], [0, 1, 2]])
+
+
+@pytest.mark.parametrize("rows", [[0], [1], [2], [3], [0, 1, 2, 3], [3, 2]])
+def test_one_excluded_row_is_dropped_as_the_sort_drops_it(rows):
+  want_index = np.take_along_axis(_INDEX, _KEPT_COLUMNS, 1)[rows]
+  want_scores = np.take_along_axis(_SCORES, _KEPT_COLUMNS, 1)[rows]
+  scores, index = retrieval_pybind._results(_SCORES[rows], _INDEX[rows], 4, _EXCLUDE[rows],
+                                            3, _KEEP)
+  np.testing.assert_array_equal(index, want_index)
+  np.testing.assert_array_equal(scores, want_scores)
+  scores, index = retrieval_pybind._padded_results(_SCORES[rows], _INDEX[rows], 4,
+                                                   _EXCLUDE[rows], 3)  # the sort
+  np.testing.assert_array_equal(index, want_index)
+  np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_short_answers_are_padded_before_the_query_item_is_dropped():
+  # Two results found, searched for 4: pybind pads with (0, NaN) or cuts the row.
+  def padded():
+    return np.array([[0.5, 0.25, np.nan, np.nan]], np.float32), np.array([[10, 12, 0, 0]])
+
+  def cut():
+    return np.array([[0.5, 0.25]], np.float32), np.array([[10, 12]])
+
+  for answer in (padded, cut):
+    scores, index = retrieval_pybind._results(*answer(), 4, np.array([[12]]), 3, _KEEP)
+    np.testing.assert_array_equal(index, [[10, -1, -1]])
+    np.testing.assert_array_equal(scores, [[0.5, -np.inf, -np.inf]])
+  scores, index = retrieval_pybind._results(*padded(), 4, None, 4, _KEEP)
+  np.testing.assert_array_equal(index, [[10, 12, -1, -1]])
+  np.testing.assert_array_equal(scores, [[0.5, 0.25, -np.inf, -np.inf]])
+
+
 def test_search_settings_round_trip(saved):
   with open(os.path.join(saved["path"], retrieval_pybind.ASSETS_DIR,
                          retrieval_pybind.SEARCH_FILE), encoding="utf-8") as f:

@@ -34,6 +34,14 @@ from serving.errors import ServingError
 _RUNNABLE_METHODS = (signatures.PREDICT_METHOD, signatures.CLASSIFY_METHOD,
                      signatures.REGRESS_METHOD)
 
+# numpy dtype -> TF dtype of the numeric types requests usually carry; other
+# types take `describe_array`. TF interns its DTypes, so `is` compares them
+# (`!=` is a Python call); a miss only means the slower check decides.
+_NUMERIC = {np.dtype(t): tf.dtypes.as_dtype(t) for t in (
+    np.float32, np.float64, np.float16, np.int32, np.int64, np.int8, np.int16, np.uint8,
+    np.uint16, np.uint32, np.uint64, np.bool_)}
+_STRING = tf.string
+
 
 def check_signature_is_runnable(signature: signatures.Signature) -> None:
   """TF Serving's VerifySignature: only predict/classify/regress signatures run."""
@@ -47,8 +55,12 @@ def check_signature_is_runnable(signature: signatures.Signature) -> None:
 def _compatible(shape: tuple[int, ...], expected: tuple[int | None, ...] | None) -> bool:
   if expected is None:
     return True
-  return len(shape) == len(expected) and all(
-      e is None or e == s for s, e in zip(shape, expected))
+  if len(shape) != len(expected):
+    return False
+  for s, e in zip(shape, expected):  # a loop: every request runs it, `all(...)` costs more
+    if e is not None and e != s:
+      return False
+  return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +92,41 @@ def validate_inputs(signature: signatures.Signature, inputs: Mapping[str, np.nda
                     max_batch_size: int = 0) -> None:
   """Checks request arrays against the signature before running it.
 
-  See `validate_descriptions`, which this applies to `describe_array` of each input.
+  See `validate_descriptions`, which this applies to `describe_array` of each
+  input unless `_conforms` accepts the arrays first.
   """
+  if _conforms(signature, inputs, max_batch_size):
+    return
   validate_descriptions(signature, {alias: describe_array(array)
                                     for alias, array in inputs.items()},
                         max_batch_size=max_batch_size)
+
+
+def _conforms(signature: signatures.Signature, inputs: Mapping[str, np.ndarray],
+              max_batch_size: int) -> bool:
+  """Whether `validate_descriptions` accepts `inputs`, decided without building descriptions.
+
+  True only for inputs it accepts; False leaves the decision (and the
+  message) to it. Every request pays this check, so it stays a few
+  comparisons.
+  """
+  specs = signature.inputs
+  if len(inputs) != len(specs):
+    return False
+  for alias, array in inputs.items():
+    spec = specs.get(alias)
+    if spec is None or spec.dtype is None:
+      return False
+    dtype = array.dtype
+    if (_STRING if dtype.kind in ("O", "S", "U") else _NUMERIC.get(dtype)) is not spec.dtype:
+      return False
+    shape = array.shape
+    if not _compatible(shape, spec.shape):
+      return False
+    if spec.shape and spec.shape[0] is None and (
+        shape[0] == 0 or 0 < max_batch_size < shape[0]):
+      return False
+  return True
 
 
 def validate_descriptions(signature: signatures.Signature,

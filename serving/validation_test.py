@@ -38,6 +38,30 @@ def test_validate_inputs_messages():
     assert expected in info.value.message
 
 
+@pytest.mark.parametrize("signature,inputs,accepted", [
+    (_FLOAT_X, {"x": np.zeros([2, 3], np.float32)}, True),
+    (_STR_IDS, {"item_ids": np.array([b"a", b"b"], object)}, True),
+    (_STR_IDS, {"item_ids": np.array(["a", "b"])}, True),
+    (_STR_IDS, {"item_ids": np.array([b"a", b"b"])}, True),
+    (_FLOAT_X, {"x": np.zeros([2, 3], np.float64)}, False),
+    (_FLOAT_X, {"x": np.zeros([2, 3], ">f4")}, False),  # a float, but left to the full check
+    (_STR_IDS, {"item_ids": np.zeros([2], np.float32)}, False),
+    (_FLOAT_X, {"x": np.zeros([2, 4], np.float32)}, False),
+    (_FLOAT_X, {"x": np.zeros([2, 3, 1], np.float32)}, False),
+    (_FLOAT_X, {"x": np.zeros([0, 3], np.float32)}, False),
+    (_FLOAT_X, {"x": np.zeros([3, 3], np.float32)}, False),
+    (_FLOAT_X, {"z": np.zeros([2, 3], np.float32)}, False),
+    (_FLOAT_X, {"x": np.zeros([2, 3], np.float32), "z": np.zeros([2, 3], np.float32)}, False),
+    (_FLOAT_X, {}, False),
+])
+def test_quick_check_accepts_only_what_the_full_check_accepts(signature, inputs, accepted):
+  assert validation._conforms(signature, inputs, max_batch_size=2) == accepted
+  if accepted:
+    validation.validate_descriptions(
+        signature, {a: validation.describe_array(v) for a, v in inputs.items()},
+        max_batch_size=2)
+
+
 def test_output_filter():
   assert validation.check_output_filter(_STR_IDS, []) == ["ids", "scores"]
   assert validation.check_output_filter(_STR_IDS, ["scores"]) == ["scores"]
