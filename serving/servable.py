@@ -12,7 +12,7 @@ Contract:
   the signature (`serving.validation`) and runs it; everything it raises is a
   `ServingError` (`errors.error_from_exception` translates graph errors).
 * A `pinsage_retrieval` version exported with ScaNN's pybind index
-  (`pinsage_tf.export.retrieval_pybind.ASSETS_DIR`) answers its ScaNN
+  (`pinsage_tf.retrieval_pybind.ASSETS_DIR`) answers its ScaNN
   signatures through that searcher on `scann_threads` threads (default: every
   core), with the SavedModel's outputs; requests it does not answer (empty
   batches, unknown ids, non-finite embeddings) and the other signatures run the
