@@ -240,9 +240,9 @@ def _top_k_by_partition(scores: np.ndarray, k_eff: int
   # The k-th largest value of each row; everything above it is in the list
   # (fewer than k per row), and the remaining slots go to the lowest-index
   # finite items equal to it. Only those <= k per row are sorted.
-  kth = np.partition(scores, n - k_eff, axis=1)[:, n - k_eff]
-  if np.isnan(kth).any():
+  if np.isnan(scores).any():  # a partition ranks NaN highest: kth alone would not show it
     raise ValueError("scores contain NaN.")
+  kth = np.partition(scores, n - k_eff, axis=1)[:, n - k_eff]
   above_rows, above_cols = np.nonzero(scores > kth[:, None])
   tied_rows, tied_cols = np.nonzero((scores == kth[:, None]) & np.isfinite(kth)[:, None])
   need = k_eff - np.bincount(above_rows, minlength=b)

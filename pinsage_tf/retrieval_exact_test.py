@@ -192,3 +192,13 @@ def test_wide_rows_match_the_full_sort(levels):
   scores[7, 100] = np.nan
   with pytest.raises(ValueError, match="NaN"):
     rx.top_k_of_scores(scores, 10)
+
+
+def test_nan_is_an_error_on_either_path():
+  # Narrow rows take the partition, wide rows the group maxima; a NaN that is
+  # not the k-th value must still be reported.
+  for width in (50, 6000):
+    scores = np.arange(2 * width, dtype=np.float32).reshape(2, width)
+    scores[1, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+      rx.top_k_of_scores(scores, 5)
