@@ -189,7 +189,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
         source={"model_dir": os.path.abspath(model_dir), "graph_dir": new_graph_dir,
                 "embeddings_dir": new_emb_dir, "graph_fingerprint": fingerprint,
                 "refresh": True},
-        reuse_graphs=True)
+        reuse_graphs=True, checks_on_fresh_rows=True)
     t = lap("export", t)
   except BaseException:
     for path in written:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 import shutil
 import tempfile
@@ -36,6 +37,9 @@ from pinsage_tf.export import signatures as signatures_lib
 from pinsage_tf.export import versions
 from pinsage_tf.export import warmup
 
+# Fewest queries of a model check drawn among fresh rows (`checks_on_fresh_rows`).
+MIN_FRESH_CHECK_QUERIES = 64
+
 # (signature name, {input alias: array}) pairs replayed when a version loads.
 _Requests = Sequence[tuple[str, Mapping[str, np.ndarray]]]
 
@@ -55,6 +59,7 @@ def export_models(
     fresh_items: np.ndarray | None = None,
     fresh_pivots: np.ndarray | None = None,
     reuse_graphs: bool = False,
+    checks_on_fresh_rows: bool = False,
 ) -> dict[str, Any]:
   """Builds, checks and atomically publishes one version of each requested model.
 
@@ -85,6 +90,13 @@ def export_models(
       that version's graph with this export's variables and vocabularies,
       without tracing or `tf.saved_model.save` (`pinsage_tf.export.reuse`;
       what a refresh does). Every version is checked alike.
+    checks_on_fresh_rows: the checks that query the built models
+      (`related_items`, the pivot signatures, ScaNN's recall@k) draw their
+      queries among `fresh_items` / `fresh_pivots` only, as many as the
+      fresh rows' share of `config.recall_queries` (at least
+      `MIN_FRESH_CHECK_QUERIES`): the other rows are a previous version's,
+      checked when it was built (what a bounded refresh does). The report's
+      `check_queries` says which rows were drawn.
 
   Returns:
     A summary: version, each model's path and report, the config files.
@@ -98,7 +110,7 @@ def export_models(
   started = time.perf_counter()
   export_base = os.path.abspath(os.fspath(export_base))
   inputs = _validated_inputs(model, graph, tables, embeddings, config, item_bias,
-                             pivot_embeddings, fresh_items, fresh_pivots)
+                             pivot_embeddings, fresh_items, fresh_pivots, checks_on_fresh_rows)
   models = tuple(m for m in config_lib.ALL_MODELS if m in config.models)
   os.makedirs(export_base, exist_ok=True)
   version = _new_version(export_base, models, version)
@@ -142,6 +154,7 @@ class _Inputs:
     check_sample: int32 items the exact model and the embedder are checked
       on (a few even when `recall_sample` is empty).
     fresh_items, fresh_pivots: int64 rows the consistency checks sample from.
+    checks_on_fresh_rows: the model checks query fresh rows only.
   """
 
   model: Any
@@ -156,6 +169,7 @@ class _Inputs:
   check_sample: np.ndarray
   fresh_items: np.ndarray
   fresh_pivots: np.ndarray
+  checks_on_fresh_rows: bool = False
 
   @property
   def k(self) -> int:
@@ -165,8 +179,8 @@ class _Inputs:
 def _validated_inputs(model, graph: graph_lib.Graph, tables: pipeline.SamplingTables,
                       embeddings: np.ndarray, config: config_lib.ExportConfig,
                       item_bias: np.ndarray | None, pivot_embeddings: np.ndarray | None,
-                      fresh_items: np.ndarray | None, fresh_pivots: np.ndarray | None
-                      ) -> _Inputs:
+                      fresh_items: np.ndarray | None, fresh_pivots: np.ndarray | None,
+                      checks_on_fresh_rows: bool) -> _Inputs:
   """Checks that the arguments of `export_models` fit together (ValueError otherwise)."""
   vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
   n = graph.num_items
@@ -197,13 +211,18 @@ def _validated_inputs(model, graph: graph_lib.Graph, tables: pipeline.SamplingTa
         or not np.all(np.isfinite(pivot_vectors))):
       raise ValueError(f"pivot_embeddings must be [{graph.num_pivots}, {vectors.shape[1]}] finite "
                        f"floats (one row per graph pivot), got {pivot_vectors.shape}.")
-  recall_sample = _sample(n, config.recall_queries, config.seed)
+  fresh_items = _rows_arg("fresh_items", fresh_items, n)
+  everything = np.arange(n, dtype=np.int64)
+  recall_sample = _check_rows(everything, fresh_items, n, config.recall_queries, config.seed,
+                              checks_on_fresh_rows)
   return _Inputs(model=model, graph=graph, tables=tables, config=config,
                  item_ids=np.asarray(graph.item_ids), vectors=vectors, bias=bias,
                  pivot_vectors=pivot_vectors, recall_sample=recall_sample,
-                 check_sample=recall_sample if recall_sample.size else _sample(n, 64, config.seed),
-                 fresh_items=_rows_arg("fresh_items", fresh_items, n),
-                 fresh_pivots=_rows_arg("fresh_pivots", fresh_pivots, graph.num_pivots))
+                 check_sample=recall_sample if recall_sample.size else _check_rows(
+                     everything, fresh_items, n, 64, config.seed, checks_on_fresh_rows),
+                 fresh_items=fresh_items,
+                 fresh_pivots=_rows_arg("fresh_pivots", fresh_pivots, graph.num_pivots),
+                 checks_on_fresh_rows=checks_on_fresh_rows)
 
 
 def _rows_arg(name: str, rows: np.ndarray | None, count: int) -> np.ndarray:
@@ -215,6 +234,24 @@ def _rows_arg(name: str, rows: np.ndarray | None, count: int) -> np.ndarray:
                     or rows[-1] >= count):
     raise ValueError(f"{name} must be int rows in [0, {count}).")
   return rows.astype(np.int64)
+
+
+def _check_rows(candidates: np.ndarray, fresh: np.ndarray, total: int, queries: int, seed: int,
+                on_fresh: bool) -> np.ndarray:
+  """The int32 rows a model check queries: `queries` of `candidates` drawn with `seed`.
+
+  With `on_fresh` and fewer `fresh` rows than `total`, only candidates among
+  them are drawn, as many as their share of `queries` (at least
+  `MIN_FRESH_CHECK_QUERIES`); all candidates when none is fresh.
+  """
+  if on_fresh and fresh.size < total:
+    pool = np.intersect1d(candidates, fresh)
+    if pool.size:
+      if queries:
+        queries = min(queries, max(MIN_FRESH_CHECK_QUERIES,
+                                   math.ceil(queries * fresh.size / total)))
+      candidates = pool
+  return candidates[_sample(candidates.size, queries, seed)].astype(np.int32)
 
 
 def _sample_rows(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -261,6 +298,10 @@ class _Staging:
         "consistency_checked_rows": {
             "items": int(inputs.fresh_items.size), "of_items": inputs.graph.num_items,
             "pivots": int(inputs.fresh_pivots.size), "of_pivots": inputs.graph.num_pivots},
+        "check_queries": {"items": int(inputs.check_sample.size),
+                          "drawn_from": ("fresh rows" if inputs.checks_on_fresh_rows
+                                         and inputs.fresh_items.size < inputs.graph.num_items
+                                         else "all rows")},
         "source": dict(source or {})}
     self._built: dict[str, str] = {}
     self._dir = ""
@@ -422,7 +463,8 @@ def _prepare_pivots(staging: _Staging) -> _Pivots:
                                        vectors=inputs.pivot_vectors,
                                        pivot_to_item=graph.pivot_to_item, last_inputs=h_last)
   with_items = np.flatnonzero(graph.pivot_to_item.degrees() > 0)
-  sample = with_items[_sample(with_items.size, config.recall_queries or 64, config.seed + 3)]
+  sample = _check_rows(with_items, inputs.fresh_pivots, graph.num_pivots,
+                       config.recall_queries or 64, config.seed + 3, inputs.checks_on_fresh_rows)
   expected = None
   cosine = np.zeros(0)
   if sample.size:
