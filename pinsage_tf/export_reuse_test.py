@@ -60,7 +60,7 @@ def _export(base, model, deployment, reuse_graphs, config=None):
   config = config or export.ExportConfig(num_neighbors=_K, recall_queries=20,
                                          exact_block_size=16)
   return export.export_models(base, model=model, config=config, reuse_graphs=reuse_graphs,
-                              **deployment)
+                              update_index=reuse_graphs, **deployment)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,8 @@ def setup(tmp_path_factory):
   model_lib.build_variables(model)
   root = tmp_path_factory.mktemp("reuse")
   base = str(root / "exports")
-  first = _export(base, model, _deployment(model, graph), reuse_graphs=True)
+  before = _deployment(model, graph)
+  first = _export(base, model, before, reuse_graphs=True)
   grown, _ = refresh_lib.append_edges(
       graph, ["board0", "board3", "board_new"], ["item_new", "item_new", "item2"],
       new_item_dense=np.ones((1, 3), np.float32))
@@ -81,7 +82,7 @@ def setup(tmp_path_factory):
   reused = _export(base, model, deployment, reuse_graphs=True)
   traced = _export(str(root / "traced"), model, deployment, reuse_graphs=False)
   return {"base": base, "first": first, "reused": reused, "traced": traced, "model": model,
-          "deployment": deployment, "grown": grown}
+          "before": before, "deployment": deployment, "grown": grown}
 
 
 def test_every_model_reuses_the_previous_graph(setup):
@@ -96,6 +97,9 @@ def test_every_model_reuses_the_previous_graph(setup):
       assert f1.read() == f2.read()
     assert report["num_items"] == _N + 1
     assert os.path.isfile(os.path.join(setup["base"], name, "2", "fingerprint.pb"))
+  # Most rows of the 2-layer embeddings changed: the ScaNN index is trained anew.
+  assert setup["reused"]["models"][export.RETRIEVAL]["report"]["search"]["index"] == {
+      "trained": True}
 
 
 def _load(summary, name):
@@ -137,6 +141,29 @@ def test_reused_embedder_answers_like_a_traced_one(setup):
   np.testing.assert_allclose(reused.signatures["embed_new_items"](**inputs)["embeddings"],
                              traced.signatures["embed_new_items"](**inputs)["embeddings"],
                              atol=1e-6)
+
+
+def test_the_index_is_updated_when_few_rows_changed(setup, tmp_path):
+  """Like a bounded refresh: old rows kept, the new item embedded on the grown tables."""
+  base = str(tmp_path)
+  config = export.ExportConfig(num_neighbors=_K, recall_queries=20,
+                               models=(export.RETRIEVAL,))
+  export.export_models(base, model=setup["model"], config=config, **setup["before"])
+  grown = dict(setup["deployment"])
+  for key in ("embeddings", "item_bias"):
+    grown[key] = np.concatenate([setup["before"][key], setup["deployment"][key][_N:]])
+  out = export.export_models(base, model=setup["model"], config=config, reuse_graphs=True,
+                             update_index=True, fresh_items=np.array([_N]), **grown)
+  report = out["models"][export.RETRIEVAL]["report"]
+  assert report["search"]["index"] == {
+      "trained": False, "updated_from": os.path.join(base, export.RETRIEVAL, "1", "assets.extra",
+                                                     "scann", "index"),
+      "previous_rows": _N, "changed_rows": 0, "new_rows": 1}
+  assert report["check"][f"recall@{_K}"] >= 0.99
+  loaded = tf.saved_model.load(out["models"][export.RETRIEVAL]["path"])
+  found = loaded.signatures["related_items_by_embedding"](
+      embeddings=tf.constant(grown["embeddings"][_N:]))
+  assert found["neighbor_ids"][0, 0].numpy() == b"item_new"
 
 
 def test_other_settings_trace_a_new_graph(setup, tmp_path):

@@ -10,9 +10,14 @@ model gives; `--refresh_mode=bounded` recomputes only near the new edges
 (`--walk_traversals`, `--embed_hops`) and keeps the other rows, which is what
 makes a refresh cheaper than a rebuild on a dense graph (`pinsage_tf.refresh`
 states what is recomputed, why the exact mode is exact and the bounded mode's
-staleness bound). The ScaNN index is rebuilt with the query-time settings
-the served `pinsage_retrieval` version was tuned to (`--retune_scann` tunes
-again). Steps:
+staleness bound). The ScaNN search keeps the query-time settings the served
+`pinsage_retrieval` version was tuned to (`--retune_scann` tunes again).
+The export is incremental: each model's new version reuses the previous
+version's graph (nothing is traced; `pinsage_tf.export.reuse`), the ScaNN
+index is the previous one with the changed and new rows upserted while few
+rows changed (`scann_index.update_state`), and the checks that query the
+built models draw their queries among the rows the refresh recomputed (the
+scope's `fresh` rows, all rows in the exact scope). Steps:
 
 1. read the newest published versions of GRAPH and EMB_DIR
    (`pinsage_tf.versions_on_disk`: `GRAPH.latest` names it; GRAPH itself
@@ -23,9 +28,9 @@ again). Steps:
    change, embed again the items (and pivots) whose K-layer inputs changed;
 3. write `GRAPH.v<N>` (graph, checksums, neighborhood tables) and
    `EMB_DIR.v<N>` (the embeddings directory format of `trainer.infer`),
-   export a new integer version of every model into EXPORT_BASE (ScaNN
-   index rebuilt; `pinsage_tf.export`), which a running `serving.server`
-   loads and swaps to;
+   export a new integer version of every model into EXPORT_BASE
+   (`pinsage_tf.export`, incrementally as above), which a running
+   `serving.server` loads and swaps to;
 4. only then move the pointers `GRAPH.latest` and `EMB_DIR.latest`.
 
 A file whose edges are all in the graph already publishes nothing (the
@@ -189,7 +194,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
         source={"model_dir": os.path.abspath(model_dir), "graph_dir": new_graph_dir,
                 "embeddings_dir": new_emb_dir, "graph_fingerprint": fingerprint,
                 "refresh": True},
-        reuse_graphs=True, checks_on_fresh_rows=True)
+        reuse_graphs=True, update_index=True, checks_on_fresh_rows=True)
     t = lap("export", t)
   except BaseException:
     for path in written:

@@ -59,6 +59,7 @@ def export_models(
     fresh_items: np.ndarray | None = None,
     fresh_pivots: np.ndarray | None = None,
     reuse_graphs: bool = False,
+    update_index: bool = False,
     checks_on_fresh_rows: bool = False,
 ) -> dict[str, Any]:
   """Builds, checks and atomically publishes one version of each requested model.
@@ -90,6 +91,12 @@ def export_models(
       that version's graph with this export's variables and vocabularies,
       without tracing or `tf.saved_model.save` (`pinsage_tf.export.reuse`;
       what a refresh does). Every version is checked alike.
+    update_index: the ScaNN index is the newest published
+      `pinsage_retrieval` version's with the changed and new rows upserted,
+      without training (`scann_index.update_state`), when that version was
+      built with the same index settings and at most
+      `scann_index.MAX_UPDATED_SHARE` of its rows changed; trained anew
+      otherwise. Its recall@k is measured alike.
     checks_on_fresh_rows: the checks that query the built models
       (`related_items`, the pivot signatures, ScaNN's recall@k) draw their
       queries among `fresh_items` / `fresh_pivots` only, as many as the
@@ -114,7 +121,7 @@ def export_models(
   models = tuple(m for m in config_lib.ALL_MODELS if m in config.models)
   os.makedirs(export_base, exist_ok=True)
   version = _new_version(export_base, models, version)
-  with _Staging(export_base, version, inputs, source, reuse_graphs) as staging:
+  with _Staging(export_base, version, inputs, source, reuse_graphs, update_index) as staging:
     staging.item_vocab_file()  # bad item ids fail before anything is computed
     pivots = _NO_PIVOTS
     retrieval_models = {config_lib.RETRIEVAL, config_lib.RETRIEVAL_EXACT} & set(models)
@@ -284,11 +291,13 @@ class _Staging:
   """
 
   def __init__(self, export_base: str, version: int, inputs: _Inputs,
-               source: Mapping[str, Any] | None, reuse_graphs: bool = False):
+               source: Mapping[str, Any] | None, reuse_graphs: bool = False,
+               update_index: bool = False):
     self.export_base = export_base
     self.version = version
     self.inputs = inputs
     self.reuse_graphs = reuse_graphs
+    self.update_index = update_index
     self.reports: dict[str, dict[str, Any]] = {}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     self._common_report = {
@@ -543,7 +552,16 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   t0 = time.perf_counter()
   # One index: the SavedModel's ScaNN state is read back from these files,
   # which the version also carries for `retrieval_pybind`.
-  state = scann_index.build_state(corpus, scann_config, k + 1, artifacts_dir=artifacts)
+  state, index = None, {"trained": True}
+  previous = _previous_index(staging, scann_config) if staging.update_index else None
+  if previous is not None:
+    updated = scann_index.update_state(previous, corpus, artifacts)
+    if updated is not None:
+      state, counts = updated
+      index = {"trained": False, "updated_from": previous, **counts}
+  if state is None:
+    shutil.rmtree(artifacts, ignore_errors=True)
+    state = scann_index.build_state(corpus, scann_config, k + 1, artifacts_dir=artifacts)
   build_seconds = time.perf_counter() - t0
   scann_config, tuning = _tune_scann(inputs, state, scann_config, corpus)
   module = retrieval.RetrievalModule(
@@ -552,7 +570,7 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
       scann_leaves=scann_config.num_leaves_to_search)
   tmp = staging.build(config_lib.RETRIEVAL, module, scann_index.SAVE_OPTIONS,
                       {"search": {"algorithm": "scann", "scann": scann_config.to_json(),
-                                  "tuning": tuning,
+                                  "tuning": tuning, "index": index,
                                   "index_build_seconds": round(build_seconds, 2),
                                   "pybind_assets": retrieval_pybind.ASSETS_DIR},
                        **pivots.report},
@@ -568,6 +586,30 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   if check["queries"]:
     logging.info("%s: recall@%d = %.4f on %d queries", config_lib.RETRIEVAL, k,
                  check[f"recall@{k}"], check["queries"])
+
+
+# What an index is built with; the query-time knobs are passed to every search.
+_INDEX_SETTINGS = ("algorithm", "num_leaves", "dimensions_per_block",
+                   "anisotropic_quantization_threshold")
+
+
+def _previous_index(staging: _Staging, config: scann_index.ScannConfig) -> str | None:
+  """The serialised index of the newest `pinsage_retrieval` version, if built alike.
+
+  Alike: the same index settings (`_INDEX_SETTINGS`), k and item biases.
+  """
+  previous = versions.latest_version_dir(os.path.join(staging.export_base, config_lib.RETRIEVAL))
+  report = versions.read_report(previous) if previous else None
+  path = os.path.join(previous or "", retrieval_pybind.ASSETS_DIR, retrieval_pybind.INDEX_DIR)
+  if report is None or not os.path.isdir(path):
+    return None
+  served = report.get("search", {}).get("scann", {})
+  wanted = config.to_json()
+  if (any(served.get(name) != wanted[name] for name in _INDEX_SETTINGS)
+      or report.get("num_neighbors") != staging.inputs.k
+      or report.get("item_bias") != (staging.inputs.bias is not None)):
+    return None
+  return path
 
 
 def _tune_scann(inputs: _Inputs, state: Any, config: scann_index.ScannConfig,
