@@ -183,7 +183,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
          "refresh_scope": scope.to_json()},
         item_titles=result.graph.item_titles, item_bias=result.bias,
         pivot_ids=result.graph.pivot_ids if result.pivot_vectors else None,
-        pivot_embeddings=result.pivot_vectors or None)
+        pivot_embeddings=result.pivot_vectors or None, projector_from=current_emb)
     written.append(new_emb_dir)
     t = lap("write", t)
     exported = export_lib.export_models(
