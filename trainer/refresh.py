@@ -139,6 +139,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
   if not edges.item_ids.size:
     # Every edge is in the graph already: the current versions stay the newest.
     return {"graph_dir": current_graph, "embeddings_dir": current_emb, "export_version": None,
+            "export": None,
             "new_items": 0, "skipped_existing_edges": edges.skipped_existing,
             "recomputed": None,
             "seconds": {"total": round(time.perf_counter() - started, 3)}}
@@ -203,8 +204,15 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
   versions_on_disk.publish(graph_dir, new_graph_dir)
   versions_on_disk.publish(embeddings_dir, new_emb_dir)
   seconds["total"] = round(time.perf_counter() - started, 3)
+  reports = {name: model["report"] for name, model in exported["models"].items()}
   return {"graph_dir": new_graph_dir, "embeddings_dir": new_emb_dir,
           "export_version": exported["version"],
+          # How incremental the export was (pinsage_tf.export.export_models).
+          "export": {name: {"graph_reused_from": report["graph"]["reused_from"],
+                            "check_queries": report["check_queries"],
+                            **({"scann_index": report["search"]["index"]}
+                               if "index" in report.get("search", {}) else {})}
+                     for name, report in reports.items()},
           "new_items": int(edges.new_item_ids.size),
           "skipped_existing_edges": edges.skipped_existing,
           "recomputed": result.stats, "seconds": seconds}

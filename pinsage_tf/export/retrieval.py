@@ -112,7 +112,10 @@ class RetrievalModule(tf.Module):
     self._scann_reorder = scann_reorder
     self._scann_leaves = scann_leaves
     if scann_state is None:
-      self.block_size = max(min(int(block_size), n), k + 1)
+      # A small corpus is scored in one block of the next power of two rows:
+      # the block size is part of the graph, so it stays the same while the
+      # corpus grows (`graph_spec`), and padding stays below 2x.
+      self.block_size = max(min(int(block_size), 1 << (n - 1).bit_length()), k + 1)
       padded = math.ceil(n / self.block_size) * self.block_size
       corpus = np.zeros((padded, vectors.shape[1]), np.float32)
       corpus[:n] = vectors
