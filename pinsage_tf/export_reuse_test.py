@@ -12,6 +12,8 @@ version must answer every signature as the traced one does.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from pinsage_tf import model as model_lib
 from pinsage_tf import neighborhoods as nb_lib
 from pinsage_tf import pipeline
 from pinsage_tf import refresh as refresh_lib
+from pinsage_tf import retrieval_exact
 from pinsage_tf.export import reuse
 
 _N, _M, _K = 40, 8, 5
@@ -208,3 +211,31 @@ def test_checkpoint_keys_are_the_ones_tf_saved_model_writes(setup, tmp_path):
   assert keys == saved - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
   assert {"embeddings/.ATTRIBUTES/VARIABLE_VALUE",
           "layer_tables/1/.ATTRIBUTES/VARIABLE_VALUE"} < keys
+
+
+def test_reused_exact_model_runs_in_a_tf1_session_without_scann(setup):
+  """What stock TF Serving does: a session restores the checkpoint into the graph's variables.
+
+  A fresh process that never imports scann loads the version with TensorFlow's v1 loader;
+  the variables declared with an unknown row count take the grown corpus and the new
+  vocabulary answers the new item.
+  """
+  code = ("import sys\nimport tensorflow as tf\n"
+          "tf.compat.v1.disable_eager_execution()\n"
+          "with tf.compat.v1.Session() as sess:\n"
+          "  meta = tf.compat.v1.saved_model.loader.load(sess, ['serve'], sys.argv[1])\n"
+          "  sig = meta.signature_def['related_items']\n"
+          "  out = sess.run(sig.outputs['neighbor_ids'].name,\n"
+          "                 {sig.inputs['item_ids'].name: [b'item_new', b'item0']})\n"
+          "assert 'scann' not in sys.modules\n"
+          "print(out.shape[0], out.shape[1], int(b'item_new' in out[1].tolist()))\n")
+  path = setup["reused"]["models"][export.RETRIEVAL_EXACT]["path"]
+  out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  want = retrieval_exact.top_k(
+      retrieval_exact.biased_queries(setup["deployment"]["embeddings"][[0]],
+                                     setup["deployment"]["item_bias"]),
+      retrieval_exact.biased_corpus(setup["deployment"]["embeddings"],
+                                    setup["deployment"]["item_bias"]), _K, exclude=[[0]])[0]
+  assert out.stdout.split() == ["2", str(_K), str(int(_N in want[0].tolist()))]
