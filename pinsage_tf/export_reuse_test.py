@@ -161,12 +161,18 @@ def test_the_index_is_updated_when_few_rows_changed(setup, tmp_path):
   assert report["search"]["index"] == {
       "trained": False, "updated_from": os.path.join(base, export.RETRIEVAL, "1", "assets.extra",
                                                      "scann", "index"),
-      "previous_rows": _N, "changed_rows": 0, "new_rows": 1}
+      "previous_rows": _N, "changed_rows": 0, "new_rows": 1, "upserted_since_training": 1}
   assert report["check"][f"recall@{_K}"] >= 0.99
   loaded = tf.saved_model.load(out["models"][export.RETRIEVAL]["path"])
   found = loaded.signatures["related_items_by_embedding"](
       embeddings=tf.constant(grown["embeddings"][_N:]))
   assert found["neighbor_ids"][0, 0].numpy() == b"item_new"
+  # The next update starts from version 2's index and counts its upserted row.
+  out = export.export_models(base, model=setup["model"], config=config, reuse_graphs=True,
+                             update_index=True, fresh_items=np.array([_N]), **grown)
+  index = out["models"][export.RETRIEVAL]["report"]["search"]["index"]
+  assert index["updated_from"].startswith(os.path.join(base, export.RETRIEVAL, "2"))
+  assert (index["changed_rows"], index["new_rows"], index["upserted_since_training"]) == (0, 0, 1)
 
 
 def test_other_settings_trace_a_new_graph(setup, tmp_path):

@@ -24,8 +24,8 @@ follows ScaNN's own rules of thumb (google-research/scann/docs/algorithms.md):
 Every field can be set explicitly to override the choice. `update_state`
 brings a serialised index up to date with a grown corpus without training:
 changed rows are re-encoded and new rows appended (ScaNN's mutation API), so
-row i stays item i; a refresh uses it while at most `MAX_UPDATED_SHARE` of
-the rows changed. Scores are inner
+row i stays item i; a refresh uses it while the rows upserted since the last
+training stay within `MAX_UPDATED_SHARE` of the corpus. Scores are inner
 products (`distance_measure="dot_product"`, larger is better; the cosine for
 L2-normalised embeddings).
 
@@ -82,10 +82,11 @@ TUNING_REORDER_MULTIPLES = (2, 5, 10, 20, 40, 80)
 # 2 dimensions per block, one thread: ~1.7 ns per scored point, ~180 ns per
 # re-scored candidate).
 REORDER_COST = 100
-# `update_state` re-encodes changed rows with the previous codebooks up to this
-# share of the corpus; beyond it an update costs about a training (all rows
-# upserted: 0.95 s vs 0.6-1.6 s for a build on Gowalla's 41k x 65) and the
-# codebooks were trained on mostly other vectors.
+# `update_state` re-encodes rows with the previous codebooks while the rows
+# upserted since the last training stay within this share of the corpus;
+# beyond it an update costs about a training (all rows upserted: 0.95 s vs
+# 0.6-1.6 s for a build on Gowalla's 41k x 65) and the codebooks were trained
+# on mostly other vectors.
 MAX_UPDATED_SHARE = 0.5
 _UPSERT_BATCH = 256
 # What `scann_ops_pybind` serialises next to its files.
@@ -264,7 +265,8 @@ def build_state(vectors: np.ndarray, config: ScannConfig, k: int,
     return state_from_artifacts(tmp)
 
 
-def update_state(previous_dir: str | os.PathLike, vectors: np.ndarray, artifacts_dir: str | os.PathLike,
+def update_state(previous_dir: str | os.PathLike, vectors: np.ndarray,
+                 artifacts_dir: str | os.PathLike, *, upserted_before: int = 0,
                  max_changed_share: float = MAX_UPDATED_SHARE
                  ) -> tuple[scann_ops.ScannState, dict[str, Any]] | None:
   """The index of `previous_dir` with the rows of `vectors` that differ upserted; no training.
@@ -281,14 +283,17 @@ def update_state(previous_dir: str | os.PathLike, vectors: np.ndarray, artifacts
       previous corpus, changed or not.
     artifacts_dir: an empty or missing directory the updated index is
       serialised to.
-    max_changed_share: above this share of changed previous rows the
-      caller should train anew (None is returned).
+    upserted_before: rows upserted into the previous index since it was
+      trained (its codebooks drift away from the corpus with every update).
+    max_changed_share: the caller should train anew (None is returned) when
+      `upserted_before` plus the changed and new rows exceed this share of
+      the previous rows.
 
   Returns:
-    (the updated `ScannState`, {"previous_rows", "changed_rows", "new_rows"}),
-    or None when the index cannot be updated: the previous corpus is not
-    stored with it (no `dataset.npy`), it is not a prefix of `vectors`' shape,
-    or too many rows changed.
+    (the updated `ScannState`, {"previous_rows", "changed_rows", "new_rows",
+    "upserted_since_training"}), or None when the index cannot be updated:
+    the previous corpus is not stored with it (no `dataset.npy`), it is not a
+    prefix of `vectors`' shape, or too many rows changed since training.
   """
   previous_dir, artifacts_dir = os.fspath(previous_dir), os.fspath(artifacts_dir)
   _check_artifacts(previous_dir)
@@ -301,7 +306,8 @@ def update_state(previous_dir: str | os.PathLike, vectors: np.ndarray, artifacts
   if previous.ndim != 2 or previous.shape[1] != vectors.shape[1] or old > vectors.shape[0]:
     return None
   changed = np.flatnonzero(np.any(previous != vectors[:old], axis=1))
-  if changed.size > max_changed_share * old:
+  upserted = int(upserted_before) + int(changed.size) + int(vectors.shape[0] - old)
+  if upserted > max_changed_share * old:
     return None
   searcher = load_searcher(previous_dir)
   if changed.size:
@@ -318,7 +324,7 @@ def update_state(previous_dir: str | os.PathLike, vectors: np.ndarray, artifacts
   searcher.searcher.serialize(artifacts_dir, True)
   return state_from_artifacts(artifacts_dir), {
       "previous_rows": int(old), "changed_rows": int(changed.size),
-      "new_rows": int(vectors.shape[0] - old)}
+      "new_rows": int(vectors.shape[0] - old), "upserted_since_training": upserted}
 
 
 def state_from_artifacts(artifacts_dir: str | os.PathLike) -> scann_ops.ScannState:

@@ -15,9 +15,9 @@ staleness bound). The ScaNN search keeps the query-time settings the served
 The export is incremental: each model's new version reuses the previous
 version's graph (nothing is traced; `pinsage_tf.export.reuse`), the ScaNN
 index is the previous one with the changed and new rows upserted while few
-rows changed (`scann_index.update_state`), and the checks that query the
-built models draw their queries among the rows the refresh recomputed (the
-scope's `fresh` rows, all rows in the exact scope). Steps:
+rows changed since its training (`scann_index.update_state`), and the checks
+that query the built models draw their queries among the rows the refresh
+recomputed (the scope's `fresh` rows, all rows in the exact scope). Steps:
 
 1. read the newest published versions of GRAPH and EMB_DIR
    (`pinsage_tf.versions_on_disk`: `GRAPH.latest` names it; GRAPH itself

@@ -94,9 +94,9 @@ def export_models(
     update_index: the ScaNN index is the newest published
       `pinsage_retrieval` version's with the changed and new rows upserted,
       without training (`scann_index.update_state`), when that version was
-      built with the same index settings and at most
-      `scann_index.MAX_UPDATED_SHARE` of its rows changed; trained anew
-      otherwise. Its recall@k is measured alike.
+      built with the same index settings and the rows upserted since the
+      last training stay within `scann_index.MAX_UPDATED_SHARE` of the
+      corpus; trained anew otherwise. Its recall@k is measured alike.
     checks_on_fresh_rows: the checks that query the built models
       (`related_items`, the pivot signatures, ScaNN's recall@k) draw their
       queries among `fresh_items` / `fresh_pivots` only, as many as the
@@ -555,10 +555,11 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   state, index = None, {"trained": True}
   previous = _previous_index(staging, scann_config) if staging.update_index else None
   if previous is not None:
-    updated = scann_index.update_state(previous, corpus, artifacts)
+    updated = scann_index.update_state(previous[0], corpus, artifacts,
+                                       upserted_before=previous[1])
     if updated is not None:
       state, counts = updated
-      index = {"trained": False, "updated_from": previous, **counts}
+      index = {"trained": False, "updated_from": previous[0], **counts}
   if state is None:
     shutil.rmtree(artifacts, ignore_errors=True)
     state = scann_index.build_state(corpus, scann_config, k + 1, artifacts_dir=artifacts)
@@ -593,10 +594,14 @@ _INDEX_SETTINGS = ("algorithm", "num_leaves", "dimensions_per_block",
                    "anisotropic_quantization_threshold")
 
 
-def _previous_index(staging: _Staging, config: scann_index.ScannConfig) -> str | None:
+def _previous_index(staging: _Staging, config: scann_index.ScannConfig
+                    ) -> tuple[str, int] | None:
   """The serialised index of the newest `pinsage_retrieval` version, if built alike.
 
   Alike: the same index settings (`_INDEX_SETTINGS`), k and item biases.
+
+  Returns:
+    (its directory, the rows upserted into it since it was trained), or None.
   """
   previous = versions.latest_version_dir(os.path.join(staging.export_base, config_lib.RETRIEVAL))
   report = versions.read_report(previous) if previous else None
@@ -609,7 +614,11 @@ def _previous_index(staging: _Staging, config: scann_index.ScannConfig) -> str |
       or report.get("num_neighbors") != staging.inputs.k
       or report.get("item_bias") != (staging.inputs.bias is not None)):
     return None
-  return path
+  index = report["search"].get("index", {"trained": True})
+  if index.get("trained", True):
+    return path, 0
+  upserted = index.get("upserted_since_training")
+  return (path, upserted) if isinstance(upserted, int) else None
 
 
 def _tune_scann(inputs: _Inputs, state: Any, config: scann_index.ScannConfig,
