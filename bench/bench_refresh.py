@@ -267,7 +267,7 @@ def main():
           "scope": variants[name].to_json(),
           "wall_seconds": round(wall, 2), "stages": summary["seconds"],
           "time_ratio_refresh_over_full": round(wall / rebuilt["seconds"]["total"], 3),
-          "recomputed": summary["recomputed"],
+          "recomputed": summary["recomputed"], "export": summary["export"],
           "skipped_existing_edges": summary["skipped_existing_edges"],
           "equal_to_full_rebuild": {
               "graph_fingerprint": graph_lib.graph_fingerprint(summary["graph_dir"])

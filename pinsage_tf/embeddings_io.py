@@ -64,6 +64,7 @@ PROJECTOR_DIR = "projector"
 NORM_TOLERANCE = 1e-3
 PROJECTOR_ROWS = 100_000
 _CHUNK_ROWS = 65536
+_PROJECTOR_FMT = "%.6g"
 
 
 class EmbeddingsFormatError(ValueError):
@@ -118,6 +119,30 @@ def _tsv_cell(text: str) -> str:
   return " ".join(str(text).replace("\t", " ").splitlines())
 
 
+def _previous_projector_lines(directory: str | os.PathLike | None, vectors: np.ndarray
+                              ) -> list[str | None] | None:
+  """The projector lines of `directory` for the rows of `vectors` equal to its rows (else None).
+
+  Returns None (format everything) without a directory or when its files
+  cannot be read or do not match its embeddings.
+  """
+  if directory is None:
+    return None
+  try:
+    previous = np.load(os.path.join(directory, EMBEDDINGS_FILE), mmap_mode="r",
+                       allow_pickle=False)
+    with open(os.path.join(directory, PROJECTOR_DIR, "vectors.tsv"), encoding="utf-8") as f:
+      lines = f.readlines()
+  except (OSError, ValueError):
+    return None
+  if (previous.ndim != 2 or previous.shape[1] != vectors.shape[1]
+      or len(lines) > previous.shape[0]):
+    return None
+  shared = min(len(lines), vectors.shape[0])
+  same = np.all(np.asarray(previous[:shared]) == vectors[:shared], axis=1)
+  return [lines[i] if same[i] else None for i in range(shared)]
+
+
 def save_embeddings(
     directory: str | os.PathLike,
     embeddings: np.ndarray,
@@ -130,6 +155,7 @@ def save_embeddings(
     item_bias: np.ndarray | None = None,
     pivot_ids: Sequence[str] | np.ndarray | None = None,
     pivot_embeddings: Mapping[str, np.ndarray] | None = None,
+    projector_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
   """Validates and writes an embeddings directory atomically.
 
@@ -148,6 +174,10 @@ def save_embeddings(
     pivot_ids: `[M]` raw pivot ids, required with `pivot_embeddings`.
     pivot_embeddings: optional {history: float `[M, d]` L2-normalised}, the
       histories among `PIVOT_HISTORIES`.
+    projector_from: an embeddings directory this one grew from (a refresh's
+      previous version): the projector line of a row whose vector equals
+      that directory's row bit for bit is copied instead of formatted again
+      (the same text; formatting every row costs ~0.5 s per 40k x 64).
 
   Returns:
     The manifest written.
@@ -203,8 +233,15 @@ def save_embeddings(
     projector = os.path.join(tmp, PROJECTOR_DIR)
     os.makedirs(projector)
     with open(os.path.join(projector, "vectors.tsv"), "w", encoding="utf-8") as f:
-      for start in range(0, rows, _CHUNK_ROWS):
-        np.savetxt(f, vectors[start:min(rows, start + _CHUNK_ROWS)], fmt="%.6g", delimiter="\t")
+      previous = _previous_projector_lines(projector_from, vectors[:rows])
+      if previous is None:
+        for start in range(0, rows, _CHUNK_ROWS):
+          np.savetxt(f, vectors[start:min(rows, start + _CHUNK_ROWS)], fmt=_PROJECTOR_FMT,
+                     delimiter="\t")
+      else:
+        line = "\t".join([_PROJECTOR_FMT] * vectors.shape[1]) + "\n"  # what savetxt writes
+        f.writelines(previous[i] if i < len(previous) and previous[i] is not None
+                     else line % tuple(vectors[i].tolist()) for i in range(rows))
     with open(os.path.join(projector, "metadata.tsv"), "w", encoding="utf-8") as f:
       if titles is None:
         # A single-column metadata file must not have a header row.

@@ -49,6 +49,25 @@ def test_round_trip_and_projector_files(tmp_path):
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporaries left
 
 
+def test_projector_lines_of_unchanged_rows_are_copied_as_written(tmp_path, monkeypatch):
+  before = _unit(50, dim=8, seed=1)
+  eio.save_embeddings(tmp_path / "v1", before, [f"i{k}" for k in range(50)])
+  after = np.concatenate([before, _unit(3, dim=8, seed=2)])  # 3 new rows
+  after[[4, 9]] = _unit(2, dim=8, seed=3)  # 2 changed rows
+  ids = [f"i{k}" for k in range(53)]
+  eio.save_embeddings(tmp_path / "fresh", after, ids)
+  with monkeypatch.context() as patch:
+    patch.setattr(np, "savetxt", None)  # the copying path formats rows itself
+    eio.save_embeddings(tmp_path / "v2", after, ids, projector_from=tmp_path / "v1")
+  tsv = os.path.join(eio.PROJECTOR_DIR, "vectors.tsv")
+  with open(tmp_path / "v2" / tsv) as f, open(tmp_path / "fresh" / tsv) as g:
+    assert f.read() == g.read()
+  # A directory that cannot be read formats every row.
+  eio.save_embeddings(tmp_path / "v3", after, ids, projector_from=tmp_path / "missing")
+  with open(tmp_path / "v3" / tsv) as f, open(tmp_path / "fresh" / tsv) as g:
+    assert f.read() == g.read()
+
+
 def test_single_column_metadata_has_no_header(tmp_path):
   eio.save_embeddings(tmp_path / "e", _unit(3), ["a", "b", "c"], projector_max_rows=2)
   assert (tmp_path / "e/projector/metadata.tsv").read_text() == "a\nb\n"

@@ -496,6 +496,24 @@ def test_consistency_is_checked_only_on_fresh_rows(setup, tmp_path):
     _export_again(setup, str(tmp_path / "bad"), config=config, fresh_items=np.array([_N]))
 
 
+def test_model_checks_can_query_only_the_fresh_rows(setup, tmp_path):
+  config = export.ExportConfig(num_neighbors=_K, recall_queries=20,
+                               models=(export.RETRIEVAL_EXACT, export.RETRIEVAL))
+  fresh = np.arange(30, _N)
+  out = _export_again(setup, str(tmp_path / "fresh"), config=config, fresh_items=fresh,
+                      checks_on_fresh_rows=True)
+  for name in (export.RETRIEVAL_EXACT, export.RETRIEVAL):
+    report = out["models"][name]["report"]
+    # 10 of 40 rows are fresh: 20 * 10 / 40 = 5 queries, raised to the floor of 64,
+    # capped by the 20 asked for and by the 10 fresh rows.
+    assert report["check_queries"] == {"items": 10, "drawn_from": "fresh rows"}
+    assert report["check"]["queries"] == 10
+  # Without fresh rows (every row recomputed) the sample is the usual one.
+  out = _export_again(setup, str(tmp_path / "all"), config=config, checks_on_fresh_rows=True)
+  report = out["models"][export.RETRIEVAL_EXACT]["report"]
+  assert report["check_queries"] == {"items": 20, "drawn_from": "all rows"}
+
+
 def test_bad_arguments_fail_before_writing(setup, tmp_path):
   with pytest.raises(ValueError, match="num_neighbors=40"):
     _export_again(setup, str(tmp_path), config=export.ExportConfig(num_neighbors=_N))

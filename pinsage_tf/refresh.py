@@ -456,8 +456,11 @@ def reembed(model, tables: pipeline.SamplingTables, old_vectors: np.ndarray,
     below[nbr[need[k]].reshape(-1)] = True
     need[k - 1] = below
   constants = pipeline.table_constants(tables)
-  encode = tf.function(lambda items: model.encode_inputs(
-      pipeline.gather_node_inputs(tables, items, constants)), reduce_retracing=True)
+
+  def encode(items):
+    # Eager: a refresh encodes a few blocks once, less than tracing costs.
+    return model.encode_inputs(pipeline.gather_node_inputs(tables, items, constants),
+                               training=False)
 
   def blocks(count):
     for start in range(0, count, batch_size):

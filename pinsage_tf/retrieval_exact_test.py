@@ -54,6 +54,26 @@ def test_top_k_ties_broken_by_index_and_padding():
   np.testing.assert_array_equal(rx.top_k_of_scores(row, 2)[0], [[3, 9]])
 
 
+@pytest.mark.parametrize("k", [1, 10, 40])
+def test_top_k_of_wide_blocks_matches_full_sort(k):
+  """Rows wide enough for the block-maxima candidates, with ties, -inf and an all-tie row."""
+  rng = np.random.default_rng(2)
+  scores = rng.integers(0, 50, size=(40, 1000)).astype(np.float32)  # ties everywhere
+  scores[1] = rng.normal(size=1000)  # no ties
+  scores[2] = 7.0  # every item ties: the candidate bound falls back to the full partition
+  scores[3, 4:] = -np.inf  # 4 candidates only: padded with -1 / -inf
+  scores[4, ::3] = -np.inf
+  scores[5, 999] = 100.0  # the maximum in the columns after the last full block
+  idx, val = rx.top_k_of_scores(scores.copy(), k)
+  np.testing.assert_array_equal(idx, _naive_top_k(scores, k))
+  np.testing.assert_array_equal(val[idx >= 0], np.take_along_axis(scores, idx, 1)[idx >= 0])
+  assert np.isneginf(val[idx < 0]).all() and idx[5, 0] == 999
+  assert (idx[2] == np.arange(k)).all()  # the lowest indices win a tie
+  scores[6, 500] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    rx.top_k_of_scores(scores, k)
+
+
 def test_top_k_k_larger_than_corpus():
   idx, val = rx.top_k(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), 4)
   np.testing.assert_array_equal(idx, [[0, 1, -1, -1], [1, 0, -1, -1]])

@@ -269,3 +269,44 @@ def test_tune_search_never_chooses_a_point_with_short_answers(small_leaves):
                                 leaves=tuning.chosen.leaves_to_search,
                                 pre_reorder=tuning.chosen.reorder_num_neighbors)
   assert np.all(index.numpy() >= 0)
+
+
+@pytest.mark.parametrize("config", [
+    scann_index.ScannConfig(algorithm="brute_force"),
+    scann_index.ScannConfig(algorithm="ah", reorder_num_neighbors=100),
+])
+def test_update_state_upserts_changed_and_new_rows(tmp_path, config):
+  corpus = _unit_vectors(3000, 16, 2)
+  config = scann_index.resolve_config(3000, 10, config)
+  scann_index.build_state(corpus, config, 10, artifacts_dir=tmp_path / "v1")
+  grown = np.concatenate([corpus, _unit_vectors(20, 16, 5)])
+  grown[[3, 7]] = _unit_vectors(2, 16, 6)  # two rows changed
+  state, counts = scann_index.update_state(tmp_path / "v1", grown, tmp_path / "v2")
+  assert counts == {"previous_rows": 3000, "changed_rows": 2, "new_rows": 20,
+                    "upserted_since_training": 22}
+  # Row i of the updated index is item i: the stored corpus is the new one.
+  np.testing.assert_array_equal(np.load(tmp_path / "v2" / "dataset.npy"), grown)
+  queries = grown[[3, 7, 3000, 3019]]
+  _, index = scann_index.search(state, tf.constant(queries), 10)
+  assert index.numpy()[:, 0].tolist() == [3, 7, 3000, 3019]
+  want, _ = retrieval_exact.top_k(grown[:200], grown, 10)
+  _, got = scann_index.search(state, tf.constant(grown[:200]), 10)
+  assert scann_index.recall_at_k(got.numpy(), want) > 0.9
+  # The pybind searcher of the same files answers alike.
+  ids, _ = scann_index.load_searcher(tmp_path / "v2").search_batched(queries, 1)
+  assert ids[:, 0].tolist() == [3, 7, 3000, 3019]
+
+
+def test_update_state_declines_when_most_rows_changed_since_training(tmp_path):
+  corpus = _unit_vectors(500, 8, 2)
+  scann_index.build_state(corpus, scann_index.resolve_config(500, 5), 5,
+                          artifacts_dir=tmp_path / "v1")
+  assert scann_index.update_state(tmp_path / "v1", -corpus, tmp_path / "v2") is None
+  assert scann_index.update_state(tmp_path / "v1", corpus[:400], tmp_path / "v3") is None
+  # 10 changed rows are few, but not after 245 upserted by earlier updates (> 250 of 500).
+  changed = corpus.copy()
+  changed[:10] = -changed[:10]
+  assert scann_index.update_state(tmp_path / "v1", changed, tmp_path / "v4",
+                                  upserted_before=240) is not None
+  assert scann_index.update_state(tmp_path / "v1", changed, tmp_path / "v5",
+                                  upserted_before=245) is None

@@ -10,9 +10,14 @@ model gives; `--refresh_mode=bounded` recomputes only near the new edges
 (`--walk_traversals`, `--embed_hops`) and keeps the other rows, which is what
 makes a refresh cheaper than a rebuild on a dense graph (`pinsage_tf.refresh`
 states what is recomputed, why the exact mode is exact and the bounded mode's
-staleness bound). The ScaNN index is rebuilt with the query-time settings
-the served `pinsage_retrieval` version was tuned to (`--retune_scann` tunes
-again). Steps:
+staleness bound). The ScaNN search keeps the query-time settings the served
+`pinsage_retrieval` version was tuned to (`--retune_scann` tunes again).
+The export is incremental: each model's new version reuses the previous
+version's graph (nothing is traced; `pinsage_tf.export.reuse`), the ScaNN
+index is the previous one with the changed and new rows upserted while few
+rows changed since its training (`scann_index.update_state`), and the checks
+that query the built models draw their queries among the rows the refresh
+recomputed (the scope's `fresh` rows, all rows in the exact scope). Steps:
 
 1. read the newest published versions of GRAPH and EMB_DIR
    (`pinsage_tf.versions_on_disk`: `GRAPH.latest` names it; GRAPH itself
@@ -23,9 +28,9 @@ again). Steps:
    change, embed again the items (and pivots) whose K-layer inputs changed;
 3. write `GRAPH.v<N>` (graph, checksums, neighborhood tables) and
    `EMB_DIR.v<N>` (the embeddings directory format of `trainer.infer`),
-   export a new integer version of every model into EXPORT_BASE (ScaNN
-   index rebuilt; `pinsage_tf.export`), which a running `serving.server`
-   loads and swaps to;
+   export a new integer version of every model into EXPORT_BASE
+   (`pinsage_tf.export`, incrementally as above), which a running
+   `serving.server` loads and swaps to;
 4. only then move the pointers `GRAPH.latest` and `EMB_DIR.latest`.
 
 A file whose edges are all in the graph already publishes nothing (the
@@ -134,6 +139,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
   if not edges.item_ids.size:
     # Every edge is in the graph already: the current versions stay the newest.
     return {"graph_dir": current_graph, "embeddings_dir": current_emb, "export_version": None,
+            "export": None,
             "new_items": 0, "skipped_existing_edges": edges.skipped_existing,
             "recomputed": None,
             "seconds": {"total": round(time.perf_counter() - started, 3)}}
@@ -178,7 +184,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
          "refresh_scope": scope.to_json()},
         item_titles=result.graph.item_titles, item_bias=result.bias,
         pivot_ids=result.graph.pivot_ids if result.pivot_vectors else None,
-        pivot_embeddings=result.pivot_vectors or None)
+        pivot_embeddings=result.pivot_vectors or None, projector_from=current_emb)
     written.append(new_emb_dir)
     t = lap("write", t)
     exported = export_lib.export_models(
@@ -188,7 +194,8 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
         fresh_items=result.fresh_items, fresh_pivots=result.fresh_pivots,
         source={"model_dir": os.path.abspath(model_dir), "graph_dir": new_graph_dir,
                 "embeddings_dir": new_emb_dir, "graph_fingerprint": fingerprint,
-                "refresh": True})
+                "refresh": True},
+        reuse_graphs=True, update_index=True, checks_on_fresh_rows=True)
     t = lap("export", t)
   except BaseException:
     for path in written:
@@ -197,8 +204,15 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
   versions_on_disk.publish(graph_dir, new_graph_dir)
   versions_on_disk.publish(embeddings_dir, new_emb_dir)
   seconds["total"] = round(time.perf_counter() - started, 3)
+  reports = {name: model["report"] for name, model in exported["models"].items()}
   return {"graph_dir": new_graph_dir, "embeddings_dir": new_emb_dir,
           "export_version": exported["version"],
+          # How incremental the export was (pinsage_tf.export.export_models).
+          "export": {name: {"graph_reused_from": report["graph"]["reused_from"],
+                            "check_queries": report["check_queries"],
+                            **({"scann_index": report["search"]["index"]}
+                               if "index" in report.get("search", {}) else {})}
+                     for name, report in reports.items()},
           "new_items": int(edges.new_item_ids.size),
           "skipped_existing_edges": edges.skipped_existing,
           "recomputed": result.stats, "seconds": seconds}

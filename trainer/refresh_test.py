@@ -98,6 +98,10 @@ def test_new_versions_are_published_and_old_ones_untouched(setup):
     assert _tree_digest(path) == digest, f"{path} was modified"
   stats = summary["recomputed"]
   assert stats["graph"]["new_edges"] == 3 and stats["items"]["embedded"] >= 2
+  # Version 2 of every model is version 1's graph with new variables and vocabularies.
+  for name, entry in summary["export"].items():
+    assert entry["graph_reused_from"] == os.path.join(setup["export_base"], name, "1"), name
+    assert entry["check_queries"]["drawn_from"] == "all rows"  # the exact scope
 
 
 def test_refreshed_embeddings_equal_a_full_inference(setup, tmp_path):
@@ -191,6 +195,11 @@ def test_a_bounded_run_keeps_rows_outside_its_bound(setup, tmp_path):
   assert stats["scope"] == {"mode": "bounded", "walk_traversals": 0, "embed_hops": 0}
   # Item 5's pivot list changed: its row alone is walked and embedded again.
   assert stats["items"]["walked"] == stats["items"]["embedded"] == 1
+  # So the models are checked on that row, and the ScaNN index is version 3's with it upserted.
+  retrieval = summary["export"][export_lib.RETRIEVAL]
+  assert retrieval["check_queries"] == {"items": 1, "drawn_from": "fresh rows"}
+  assert not retrieval["scann_index"]["trained"]
+  assert retrieval["scann_index"]["changed_rows"] == 1
   after = embeddings_io.load_embeddings(summary["embeddings_dir"], summary["graph_dir"])
   row = int(np.flatnonzero(after.item_ids == "5")[0])
   others = np.setdiff1d(np.arange(after.count), [row])

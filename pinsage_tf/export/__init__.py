@@ -17,7 +17,8 @@ same signatures by brute force, stock ops) and `pinsage_embedder` (stock ops).
 
 Modules: `config` (model names, `ExportConfig`), `versions` (version
 directories, publication, config files), `signatures`, `ops`, `search`,
-`retrieval`, `embedder`, `warmup`, `checks`, `orchestration` (`export_models`).
+`retrieval`, `embedder`, `warmup`, `checks`, `reuse` (a new version from a
+previous version's graph), `orchestration` (`export_models`).
 """
 
 from pinsage_tf.export.checks import ExportError

@@ -16,7 +16,6 @@ import numpy as np
 import tensorflow as tf
 
 from pinsage_tf import graph as graph_lib
-from pinsage_tf import inference
 from pinsage_tf import pipeline
 from pinsage_tf import retrieval_exact
 from pinsage_tf import scann_index
@@ -87,12 +86,35 @@ def check_pivot_consistency(model, tables: pipeline.SamplingTables, transformed_
   return diff
 
 
-def check_retrieval(path: str, item_ids: np.ndarray, vectors: np.ndarray, k: int,
-                    sample: np.ndarray, exact: bool, bias: np.ndarray | None = None,
-                    pivots: PivotChecks | None = None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class ItemChecks:
+  """`related_items` requests of sampled items and numpy's exact answers.
+
+  Attributes:
+    sample: int32 `[Q]` item rows (the queries; each excludes itself).
+    want, want_scores: int32 / float32 `[Q, k]` exact top-k of their
+      embeddings (`retrieval_exact.top_k`, biases added).
+  """
+
+  sample: np.ndarray
+  want: np.ndarray
+  want_scores: np.ndarray
+
+
+def item_checks(vectors: np.ndarray, bias: np.ndarray | None, k: int,
+                sample: np.ndarray) -> ItemChecks:
+  """The `ItemChecks` of the `sample` items: computed once, compared with every model."""
+  queries = retrieval_exact.biased_queries(vectors[sample], bias)
+  corpus = retrieval_exact.biased_corpus(vectors, bias)
+  want, want_scores = retrieval_exact.top_k(queries, corpus, k, exclude=sample)
+  return ItemChecks(sample=sample, want=want, want_scores=want_scores)
+
+
+def check_retrieval(path: str, item_ids: np.ndarray, k: int, items: ItemChecks | None,
+                    exact: bool, pivots: PivotChecks | None = None) -> dict[str, Any]:
   """Loads an exported retrieval model and compares it with numpy exact search.
 
-  `related_items` of the `sample` items must never return the query itself;
+  `related_items` of the `items` sample must never return the query itself;
   the exact model must return numpy's lists (up to score ties), the ScaNN
   model's recall@k is measured. With `pivots`, the pivot signatures are
   checked too (`_check_pivot_signatures`).
@@ -107,20 +129,18 @@ def check_retrieval(path: str, item_ids: np.ndarray, vectors: np.ndarray, k: int
   warmup.replay_warmup_requests(path, loaded)
   result: dict[str, Any] = {"queries": 0}
   index = {raw: i for i, raw in enumerate(item_ids.tolist())}
-  if sample.size:
+  if items is not None and items.sample.size:
+    sample = items.sample
     out = _batched(loaded.signatures["related_items"], item_ids[sample], "item_ids")
     got = _rows_of(out["neighbor_ids"], index)
-    queries = retrieval_exact.biased_queries(vectors[sample], bias)
-    corpus = retrieval_exact.biased_corpus(vectors, bias)
-    want, want_scores = retrieval_exact.top_k(queries, corpus, k, exclude=sample)
     if np.any(got == sample[:, None]):
       raise ExportError(f"{path}: related_items returned the query item itself.")
-    recall = scann_index.recall_at_k(got, want)
-    identical = float(np.mean(np.all(got == want, axis=1)))
+    recall = scann_index.recall_at_k(got, items.want)
+    identical = float(np.mean(np.all(got == items.want, axis=1)))
     result = {"queries": int(sample.size), f"recall@{k}": recall, "identical_lists": identical}
     if exact:
       # Identical up to float round-off: a differing slot must be a score tie.
-      close = np.isclose(out["scores"], want_scores, rtol=0, atol=1e-5)
+      close = np.isclose(out["scores"], items.want_scores, rtol=0, atol=1e-5)
       if not (np.all(close) and recall >= 0.99):
         raise ExportError(f"{path}: exact related_items disagrees with numpy exact search "
                           f"(recall@{k}={recall:.4f}).")
@@ -135,7 +155,7 @@ class PivotChecks:
 
   Row q is sampled pivot q: `pivot_ids` bytes `[Q]`, `item_sets` bytes
   `[Q, L]` its graph items ("" padded), `exclude` their rows; the queries are
-  the stored pivot embeddings and the item sets' embeddings by
+  the stored pivot embeddings and the item sets' embeddings computed as
   `LayerwiseInference.pivot_embeddings` with uniform weights, as
   `retrieval_exact.biased_queries` rows against `corpus`; `want_*` the exact
   top-k (indices, scores) of each.
@@ -152,11 +172,15 @@ class PivotChecks:
   set_cosine_to_stored: np.ndarray
 
 
-def pivot_checks(model, tables: pipeline.SamplingTables, graph: graph_lib.Graph,
-                 h_last: np.ndarray, pivot_vectors: np.ndarray, vectors: np.ndarray,
-                 bias: np.ndarray | None, k: int, sample: np.ndarray,
-                 batch_size: int) -> PivotChecks:
-  """The `PivotChecks` of the `sample` pivots (each with at least one item)."""
+def pivot_checks(model, graph: graph_lib.Graph, h_last: np.ndarray,
+                 transformed_last: np.ndarray, pivot_vectors: np.ndarray, vectors: np.ndarray,
+                 bias: np.ndarray | None, k: int, sample: np.ndarray) -> PivotChecks:
+  """The `PivotChecks` of the `sample` pivots (each with at least one item).
+
+  `h_last` `[N, hidden]` and `transformed_last` `[N, neighbor_dim]` are
+  h^{K-1} of every item and the last convolution's neighbor transform of it
+  (`embedder.layer_tables`).
+  """
   rows = [np.asarray(graph.pivot_to_item.row(int(p)), np.int64) for p in sample]
   width = max([1] + [len(r) for r in rows])
   ids = np.full((len(rows), width), -1, np.int64)
@@ -167,10 +191,11 @@ def pivot_checks(model, tables: pipeline.SamplingTables, graph: graph_lib.Graph,
     ids[q, :len(r)] = r
     weights[q, :len(r)] = 1.0 / len(r)  # the request path's uniform weights
     item_sets[q, :len(r)] = [raw[i].encode("utf-8") for i in r]
-  # The offline path, on the same h^{K-1} table as the export.
-  runner = inference.LayerwiseInference(model, tables, batch_size=batch_size)
-  runner.last_inputs = h_last
-  z_set = runner.pivot_embeddings(ids, weights)
+  # The offline path (`LayerwiseInference.pivot_embeddings`: the last
+  # convolution over the items' h^{K-1} and the head), on the export's tables.
+  z_set = model.head(model.pivot_hidden(
+      tf.constant(h_last), np.maximum(ids, 0).astype(np.int32), weights, training=False,
+      transformed=tf.constant(transformed_last))).numpy()
   corpus = retrieval_exact.biased_corpus(vectors, bias)
   pivot_queries = retrieval_exact.biased_queries(pivot_vectors[sample], bias)
   set_queries = retrieval_exact.biased_queries(z_set, bias)
@@ -188,7 +213,7 @@ def _check_pivot_signatures(path: str, loaded: Any, checks: PivotChecks,
   """`items_for_pivot` / `items_for_item_set` against numpy.
 
   Neither may return an excluded item; every score must be the query's inner
-  product with the returned item within 1e-4 (for item sets, the embedding of
+  product with the returned item within 1e-4 (for item sets, the embedding computed as
   `LayerwiseInference.pivot_embeddings` with the same uniform weights), padding
   -inf. The exact model must return numpy's exact top-k up to score ties; the
   ScaNN model's recall@k is reported.
@@ -201,7 +226,7 @@ def _check_pivot_signatures(path: str, loaded: Any, checks: PivotChecks,
        checks.want_set)):
     out = _batched(loaded.signatures[signature], requests, key, batch=64)
     got, scores = _rows_of(out["neighbor_ids"], index), out["scores"]
-    if any(np.isin(got[q], excluded).any() for q, excluded in enumerate(checks.exclude)):
+    if _any_excluded(got, checks.exclude):
       raise ExportError(f"{path}: {signature} returned an excluded item (a given or graph item "
                         "of the pivot).")
     found = got >= 0
@@ -247,6 +272,17 @@ def check_embedder(path: str, graph: graph_lib.Graph, tables: pipeline.SamplingT
   # embed_items vectors, not equal (one-hop neighborhood incl. the item itself).
   return {"existing_items": int(sample.size), "cosine_to_embed_items_mean": float(cos.mean()),
           "cosine_to_embed_items_min": float(cos.min())}
+
+
+def _any_excluded(got: np.ndarray, exclude: Sequence[np.ndarray]) -> bool:
+  """Whether some row q of `got [Q, k]` holds an item of `exclude[q]`."""
+  width = int(max(got.max(initial=0), max((int(e.max(initial=0)) for e in exclude),
+                                          default=0))) + 1
+  excluded = np.concatenate([np.zeros(0, np.int64)] + [
+      q * width + np.asarray(e, np.int64) for q, e in enumerate(exclude)])
+  rows = np.arange(got.shape[0], dtype=np.int64)[:, None]
+  returned = (rows * width + got)[got >= 0]
+  return bool(np.isin(returned, excluded).any())
 
 
 def _batched(fn: Callable[..., Mapping[str, tf.Tensor]], values: np.ndarray, key: str,

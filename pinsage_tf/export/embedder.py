@@ -22,8 +22,8 @@ from pinsage_tf.export import signatures as signatures_lib
 
 
 def first_traversal_neighborhoods(pivot_index: tf.Tensor, pivot_indptr: tf.Tensor,
-                                  pivot_items: tf.Tensor, num_items: int, num_neighbors: int
-                                  ) -> tuple[tf.Tensor, tf.Tensor]:
+                                  pivot_items: tf.Tensor, num_items: int | tf.Tensor,
+                                  num_neighbors: int) -> tuple[tf.Tensor, tf.Tensor]:
   """Importance neighborhoods of new items from one walk traversal (TF ops).
 
   New item b with valid pivots p_1..p_P' (duplicates allowed) visits item i
@@ -33,7 +33,7 @@ def first_traversal_neighborhoods(pivot_index: tf.Tensor, pivot_indptr: tf.Tenso
     pivot_index: int32 `[B, P]` pivot rows, -1 on padding.
     pivot_indptr: int64 `[M + 1]` CSR row pointers of pivot -> items.
     pivot_items: int32 `[nnz]` CSR item ids.
-    num_items: N.
+    num_items: N (an int or an int64 scalar tensor).
     num_neighbors: T.
 
   Returns:
@@ -127,8 +127,8 @@ class EmbedderModule(tf.Module):
     super().__init__(name="pinsage_embedder")
     n, dim = vectors.shape
     self.items = module_parts.StringIndex(item_vocab_file, n, "item_ids", name="items")
-    self.embeddings = tf.Variable(np.asarray(vectors, np.float32), trainable=False,
-                                  name="embeddings")
+    self.embeddings = module_parts.corpus_variable(np.asarray(vectors, np.float32), "embeddings")
+    self._dim = int(dim)
     self.embed_items = tf.function(
         self._embed_items, autograph=False,
         input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
@@ -139,18 +139,17 @@ class EmbedderModule(tf.Module):
     enc = config.encoder
     if len(transformed) != config.num_layers:
       raise ValueError(f"need {config.num_layers} layer tables, got {len(transformed)}.")
-    self._num_items = n
     self._num_neighbors = int(num_neighbors)
     self._sparse = tuple(enc.sparse_features)
     self._dense_dim = enc.dense_dim
     self.pivots = module_parts.StringIndex(pivot_vocab_file, graph.num_pivots, "pivot_ids",
                                            name="pivots")
-    self.pivot_indptr = tf.Variable(np.asarray(graph.pivot_to_item.indptr, np.int64),
-                                    trainable=False, name="pivot_indptr")
-    self.pivot_items = tf.Variable(np.asarray(graph.pivot_to_item.indices, np.int32),
-                                   trainable=False, name="pivot_items")
-    self.layer_tables = [tf.Variable(np.asarray(t, np.float32), trainable=False,
-                                     name=f"transformed_h{k}")
+    self.pivot_indptr = module_parts.corpus_variable(
+        np.asarray(graph.pivot_to_item.indptr, np.int64), "pivot_indptr")
+    self.pivot_items = module_parts.corpus_variable(
+        np.asarray(graph.pivot_to_item.indices, np.int32), "pivot_items")
+    self.layer_tables = [module_parts.corpus_variable(np.asarray(t, np.float32),
+                                                      f"transformed_h{k}")
                          for k, t in enumerate(transformed)]
     # The model's variables are tracked as plain variables: the functions
     # below close over the Keras layers, so no Keras object is serialised.
@@ -203,7 +202,8 @@ class EmbedderModule(tf.Module):
       dense = (tf.identity(inputs["dense"]) if self._dense_dim
                else tf.zeros([b, 0], tf.float32))
     ids, weights = first_traversal_neighborhoods(
-        pivot_index, self.pivot_indptr, self.pivot_items, self._num_items, self._num_neighbors)
+        pivot_index, self.pivot_indptr, self.pivot_items,
+        tf.shape(self.embeddings, out_type=tf.int64)[0], self._num_neighbors)
     num_pivots = tf.reduce_sum(tf.cast(pivot_index >= 0, tf.float32), axis=1)
     node_inputs = minibatch.NodeInputs(
         item=tf.zeros([b], tf.int32), dense=dense, log_degree=tf.math.log1p(num_pivots),
@@ -214,6 +214,16 @@ class EmbedderModule(tf.Module):
       pooled = conv.pool(tf.gather(self.layer_tables[k], neighbors), weights)
       h = conv.combine(h, pooled, training=False)  # h^{k+1}
     return {"embeddings": model.head(h)}
+
+  def graph_spec(self) -> dict[str, Any]:
+    """Every Python value the traced signatures depend on (JSON; `pinsage_tf.export.reuse`)."""
+    model = None if self.embed_new_items is None else self._model.value.config.to_dict()
+    spec: dict[str, Any] = {"module": "EmbedderModule", "dim": self._dim,
+                            "inductive_model": model}
+    if model is not None:
+      spec.update(num_neighbors=self._num_neighbors, dense_dim=self._dense_dim,
+                  sparse=[list(f) for f in self._sparse])
+    return spec
 
   def signatures(self) -> dict[str, Any]:
     """Signature key -> concrete function, for `tf.saved_model.save`."""
@@ -244,9 +254,10 @@ def layer_tables(model, tables: pipeline.SamplingTables, *, batch_size: int = 81
   h = inference.input_representations(model, tables, batch_size=batch_size)
   transformed = []
   for k, conv in enumerate(model.convs):
-    transform = tf.function(lambda x, conv=conv: conv.transform_neighbors(x, training=False),
-                            reduce_retracing=True)
-    t = np.concatenate([transform(h[s:s + batch_size]).numpy() for s in range(0, n, batch_size)])
+    # Eager: one dense layer per block of `batch_size` rows costs less than
+    # tracing a function for it.
+    t = np.concatenate([conv.transform_neighbors(h[s:s + batch_size], training=False).numpy()
+                        for s in range(0, n, batch_size)])
     transformed.append(t.astype(np.float32))
     if k + 1 < len(model.convs):
       h = _combine_all(conv, h, t, tables, batch_size)
@@ -255,12 +266,11 @@ def layer_tables(model, tables: pipeline.SamplingTables, *, batch_size: int = 81
 
 def _combine_all(conv, h, transformed, tables, batch_size):
   table = tf.constant(transformed)
-  step = tf.function(
-      lambda self_h, nbr, w: conv.combine(self_h, conv.pool(tf.gather(table, nbr), w),
-                                          training=False), reduce_retracing=True)
   return np.concatenate([
-      step(h[s:s + batch_size], tables.neighbor_ids[s:s + batch_size],
-           tables.neighbor_weights[s:s + batch_size]).numpy()
+      conv.combine(h[s:s + batch_size],
+                   conv.pool(tf.gather(table, tables.neighbor_ids[s:s + batch_size]),
+                             tables.neighbor_weights[s:s + batch_size]),
+                   training=False).numpy()
       for s in range(0, tables.num_items, batch_size)]).astype(np.float32)
 
 

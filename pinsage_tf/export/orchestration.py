@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 import shutil
 import tempfile
@@ -31,9 +32,13 @@ from pinsage_tf.export import config as config_lib
 from pinsage_tf.export import embedder
 from pinsage_tf.export import ops
 from pinsage_tf.export import retrieval
+from pinsage_tf.export import reuse
 from pinsage_tf.export import signatures as signatures_lib
 from pinsage_tf.export import versions
 from pinsage_tf.export import warmup
+
+# Fewest queries of a model check drawn among fresh rows (`checks_on_fresh_rows`).
+MIN_FRESH_CHECK_QUERIES = 64
 
 # (signature name, {input alias: array}) pairs replayed when a version loads.
 _Requests = Sequence[tuple[str, Mapping[str, np.ndarray]]]
@@ -53,6 +58,9 @@ def export_models(
     pivot_embeddings: np.ndarray | None = None,
     fresh_items: np.ndarray | None = None,
     fresh_pivots: np.ndarray | None = None,
+    reuse_graphs: bool = False,
+    update_index: bool = False,
+    checks_on_fresh_rows: bool = False,
 ) -> dict[str, Any]:
   """Builds, checks and atomically publishes one version of each requested model.
 
@@ -78,6 +86,24 @@ def export_models(
       were computed on `tables` (a bounded refresh keeps the other rows from
       the previous tables, `pinsage_tf.refresh`); the consistency checks
       sample only these. None: every row.
+    reuse_graphs: a model whose newest published version was exported from
+      the same model with the same settings (its report's `graph_spec`) gets
+      that version's graph with this export's variables and vocabularies,
+      without tracing or `tf.saved_model.save` (`pinsage_tf.export.reuse`;
+      what a refresh does). Every version is checked alike.
+    update_index: the ScaNN index is the newest published
+      `pinsage_retrieval` version's with the changed and new rows upserted,
+      without training (`scann_index.update_state`), when that version was
+      built with the same index settings and the rows upserted since the
+      last training stay within `scann_index.MAX_UPDATED_SHARE` of the
+      corpus; trained anew otherwise. Its recall@k is measured alike.
+    checks_on_fresh_rows: the checks that query the built models
+      (`related_items`, the pivot signatures, ScaNN's recall@k) draw their
+      queries among `fresh_items` / `fresh_pivots` only, as many as the
+      fresh rows' share of `config.recall_queries` (at least
+      `MIN_FRESH_CHECK_QUERIES`): the other rows are a previous version's,
+      checked when it was built (what a bounded refresh does). The report's
+      `check_queries` says which rows were drawn.
 
   Returns:
     A summary: version, each model's path and report, the config files.
@@ -91,11 +117,11 @@ def export_models(
   started = time.perf_counter()
   export_base = os.path.abspath(os.fspath(export_base))
   inputs = _validated_inputs(model, graph, tables, embeddings, config, item_bias,
-                             pivot_embeddings, fresh_items, fresh_pivots)
+                             pivot_embeddings, fresh_items, fresh_pivots, checks_on_fresh_rows)
   models = tuple(m for m in config_lib.ALL_MODELS if m in config.models)
   os.makedirs(export_base, exist_ok=True)
   version = _new_version(export_base, models, version)
-  with _Staging(export_base, version, inputs, source) as staging:
+  with _Staging(export_base, version, inputs, source, reuse_graphs, update_index) as staging:
     staging.item_vocab_file()  # bad item ids fail before anything is computed
     pivots = _NO_PIVOTS
     retrieval_models = {config_lib.RETRIEVAL, config_lib.RETRIEVAL_EXACT} & set(models)
@@ -135,6 +161,7 @@ class _Inputs:
     check_sample: int32 items the exact model and the embedder are checked
       on (a few even when `recall_sample` is empty).
     fresh_items, fresh_pivots: int64 rows the consistency checks sample from.
+    checks_on_fresh_rows: the model checks query fresh rows only.
   """
 
   model: Any
@@ -149,6 +176,7 @@ class _Inputs:
   check_sample: np.ndarray
   fresh_items: np.ndarray
   fresh_pivots: np.ndarray
+  checks_on_fresh_rows: bool = False
 
   @property
   def k(self) -> int:
@@ -158,8 +186,8 @@ class _Inputs:
 def _validated_inputs(model, graph: graph_lib.Graph, tables: pipeline.SamplingTables,
                       embeddings: np.ndarray, config: config_lib.ExportConfig,
                       item_bias: np.ndarray | None, pivot_embeddings: np.ndarray | None,
-                      fresh_items: np.ndarray | None, fresh_pivots: np.ndarray | None
-                      ) -> _Inputs:
+                      fresh_items: np.ndarray | None, fresh_pivots: np.ndarray | None,
+                      checks_on_fresh_rows: bool) -> _Inputs:
   """Checks that the arguments of `export_models` fit together (ValueError otherwise)."""
   vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
   n = graph.num_items
@@ -190,13 +218,18 @@ def _validated_inputs(model, graph: graph_lib.Graph, tables: pipeline.SamplingTa
         or not np.all(np.isfinite(pivot_vectors))):
       raise ValueError(f"pivot_embeddings must be [{graph.num_pivots}, {vectors.shape[1]}] finite "
                        f"floats (one row per graph pivot), got {pivot_vectors.shape}.")
-  recall_sample = _sample(n, config.recall_queries, config.seed)
+  fresh_items = _rows_arg("fresh_items", fresh_items, n)
+  everything = np.arange(n, dtype=np.int64)
+  recall_sample = _check_rows(everything, fresh_items, n, config.recall_queries, config.seed,
+                              checks_on_fresh_rows)
   return _Inputs(model=model, graph=graph, tables=tables, config=config,
                  item_ids=np.asarray(graph.item_ids), vectors=vectors, bias=bias,
                  pivot_vectors=pivot_vectors, recall_sample=recall_sample,
-                 check_sample=recall_sample if recall_sample.size else _sample(n, 64, config.seed),
-                 fresh_items=_rows_arg("fresh_items", fresh_items, n),
-                 fresh_pivots=_rows_arg("fresh_pivots", fresh_pivots, graph.num_pivots))
+                 check_sample=recall_sample if recall_sample.size else _check_rows(
+                     everything, fresh_items, n, 64, config.seed, checks_on_fresh_rows),
+                 fresh_items=fresh_items,
+                 fresh_pivots=_rows_arg("fresh_pivots", fresh_pivots, graph.num_pivots),
+                 checks_on_fresh_rows=checks_on_fresh_rows)
 
 
 def _rows_arg(name: str, rows: np.ndarray | None, count: int) -> np.ndarray:
@@ -208,6 +241,24 @@ def _rows_arg(name: str, rows: np.ndarray | None, count: int) -> np.ndarray:
                     or rows[-1] >= count):
     raise ValueError(f"{name} must be int rows in [0, {count}).")
   return rows.astype(np.int64)
+
+
+def _check_rows(candidates: np.ndarray, fresh: np.ndarray, total: int, queries: int, seed: int,
+                on_fresh: bool) -> np.ndarray:
+  """The int32 rows a model check queries: `queries` of `candidates` drawn with `seed`.
+
+  With `on_fresh` and fewer `fresh` rows than `total`, only candidates among
+  them are drawn, as many as their share of `queries` (at least
+  `MIN_FRESH_CHECK_QUERIES`); all candidates when none is fresh.
+  """
+  if on_fresh and fresh.size < total:
+    pool = np.intersect1d(candidates, fresh)
+    if pool.size:
+      if queries:
+        queries = min(queries, max(MIN_FRESH_CHECK_QUERIES,
+                                   math.ceil(queries * fresh.size / total)))
+      candidates = pool
+  return candidates[_sample(candidates.size, queries, seed)].astype(np.int32)
 
 
 def _sample_rows(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -240,10 +291,13 @@ class _Staging:
   """
 
   def __init__(self, export_base: str, version: int, inputs: _Inputs,
-               source: Mapping[str, Any] | None):
+               source: Mapping[str, Any] | None, reuse_graphs: bool = False,
+               update_index: bool = False):
     self.export_base = export_base
     self.version = version
     self.inputs = inputs
+    self.reuse_graphs = reuse_graphs
+    self.update_index = update_index
     self.reports: dict[str, dict[str, Any]] = {}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     self._common_report = {
@@ -253,10 +307,15 @@ class _Staging:
         "consistency_checked_rows": {
             "items": int(inputs.fresh_items.size), "of_items": inputs.graph.num_items,
             "pivots": int(inputs.fresh_pivots.size), "of_pivots": inputs.graph.num_pivots},
+        "check_queries": {"items": int(inputs.check_sample.size),
+                          "drawn_from": ("fresh rows" if inputs.checks_on_fresh_rows
+                                         and inputs.fresh_items.size < inputs.graph.num_items
+                                         else "all rows")},
         "source": dict(source or {})}
     self._built: dict[str, str] = {}
     self._dir = ""
     self._layers: tuple[list[np.ndarray], np.ndarray, float] | None = None
+    self._item_checks: checks.ItemChecks | None = None
 
   def __enter__(self) -> _Staging:
     self._dir = tempfile.mkdtemp(prefix=".staging-", dir=self.export_base)
@@ -305,33 +364,64 @@ class _Staging:
       self._layers = (transformed, h_last, diff)
     return self._layers
 
+  def item_checks(self) -> checks.ItemChecks:
+    """`checks.item_checks` of the check sample, computed once for every retrieval model.
+
+    The check sample is the recall sample whenever that is not empty, so the
+    exact and the ScaNN model are compared with the same numpy answers.
+    """
+    if self._item_checks is None:
+      inputs = self.inputs
+      self._item_checks = checks.item_checks(inputs.vectors, inputs.bias, inputs.k,
+                                             inputs.check_sample)
+    return self._item_checks
+
   def build(self, name: str, module: tf.Module, options: tf.saved_model.SaveOptions | None,
             extra: Mapping[str, Any], requests: _Requests) -> str:
     """Saves `module` as a temporary version of model `name`, with warm-up `requests`.
 
-    Records the model's report: the common fields, `extra`, its signatures
-    and the custom ops it uses.
+    With `reuse_graphs`, a newest published version whose report records
+    the module's `reuse.reusable_spec` lends its graph (`reuse.write_version`:
+    nothing is traced); otherwise, or when that graph does not fit, the
+    module is traced and saved. Records the model's report: the common
+    fields, `extra`, its signatures, the custom ops it uses, its graph spec
+    and where its graph came from.
 
     Returns:
       The temporary version directory.
     """
-    signatures = module.signatures()
+    spec = reuse.reusable_spec(module)
     parent = os.path.join(self.export_base, name)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{self.version}-", dir=parent)
     self._built[name] = tmp
     os.chmod(tmp, versions.DIR_MODE)  # mkdtemp's 0700 would hide it from a server user
     t0 = time.perf_counter()
-    tf.saved_model.save(module, tmp, signatures=dict(signatures), options=options)
+    fields = None
+    previous = versions.latest_version_dir(parent) if self.reuse_graphs else None
+    report = versions.read_report(previous) if previous else None
+    if report is not None and report.get("graph_spec") == spec:
+      try:
+        reuse.write_version(previous, module, tmp)
+        fields = {**reuse.previous_report_fields(report),
+                  "graph": {"reused_from": previous}}
+      except reuse.GraphMismatch as e:
+        logging.warning("%s: the graph of %s does not fit (%s); tracing a new one.", name,
+                        previous, e)
+    if fields is None:
+      signatures = module.signatures()
+      tf.saved_model.save(module, tmp, signatures=dict(signatures), options=options)
+      fields = {
+          "signatures": {key: {**signatures_lib.SIGNATURES[key],
+                               "input_specs": signatures_lib.input_specs(fn)}
+                         for key, fn in signatures.items()
+                         if key != signatures_lib.DEFAULT_SIGNATURE},
+          "default_signature": signatures_lib.default_signature_key(signatures),
+          "custom_ops": ops.custom_ops(ops.saved_model_ops(tmp)),
+          "graph": {"reused_from": None}}
     warmup.write_warmup_requests(tmp, name, requests)
     self.reports[name] = {
-        **self._common_report, "model": name, **extra,
-        "signatures": {key: {**signatures_lib.SIGNATURES[key],
-                             "input_specs": signatures_lib.input_specs(fn)}
-                       for key, fn in signatures.items()
-                       if key != signatures_lib.DEFAULT_SIGNATURE},
-        "default_signature": signatures_lib.default_signature_key(signatures),
-        "custom_ops": ops.custom_ops(ops.saved_model_ops(tmp)),
+        **self._common_report, "model": name, **extra, **fields, "graph_spec": spec,
         "save_seconds": round(time.perf_counter() - t0, 2)}
     return tmp
 
@@ -382,13 +472,13 @@ def _prepare_pivots(staging: _Staging) -> _Pivots:
                                        vectors=inputs.pivot_vectors,
                                        pivot_to_item=graph.pivot_to_item, last_inputs=h_last)
   with_items = np.flatnonzero(graph.pivot_to_item.degrees() > 0)
-  sample = with_items[_sample(with_items.size, config.recall_queries or 64, config.seed + 3)]
+  sample = _check_rows(with_items, inputs.fresh_pivots, graph.num_pivots,
+                       config.recall_queries or 64, config.seed + 3, inputs.checks_on_fresh_rows)
   expected = None
   cosine = np.zeros(0)
   if sample.size:
-    expected = checks.pivot_checks(model, tables, graph, h_last, inputs.pivot_vectors,
-                                   inputs.vectors, inputs.bias, config.num_neighbors, sample,
-                                   config.batch_size)
+    expected = checks.pivot_checks(model, graph, h_last, transformed[-1], inputs.pivot_vectors,
+                                   inputs.vectors, inputs.bias, config.num_neighbors, sample)
     cosine = expected.set_cosine_to_stored
   report = {"pivots": {
       "num_pivots": graph.num_pivots,
@@ -412,8 +502,8 @@ def _build_exact_retrieval(staging: _Staging, pivots: _Pivots) -> None:
                        **pivots.report},
                       _retrieval_warmup(inputs, pivots))
   staging.reports[config_lib.RETRIEVAL_EXACT]["check"] = checks.check_retrieval(
-      tmp, inputs.item_ids, inputs.vectors, inputs.k, inputs.check_sample, exact=True,
-      bias=inputs.bias, pivots=pivots.expected)
+      tmp, inputs.item_ids, inputs.k, staging.item_checks(), exact=True,
+      pivots=pivots.expected)
   logging.info("%s: built and checked", config_lib.RETRIEVAL_EXACT)
 
 
@@ -462,7 +552,17 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   t0 = time.perf_counter()
   # One index: the SavedModel's ScaNN state is read back from these files,
   # which the version also carries for `retrieval_pybind`.
-  state = scann_index.build_state(corpus, scann_config, k + 1, artifacts_dir=artifacts)
+  state, index = None, {"trained": True}
+  previous = _previous_index(staging, scann_config) if staging.update_index else None
+  if previous is not None:
+    updated = scann_index.update_state(previous[0], corpus, artifacts,
+                                       upserted_before=previous[1])
+    if updated is not None:
+      state, counts = updated
+      index = {"trained": False, "updated_from": previous[0], **counts}
+  if state is None:
+    shutil.rmtree(artifacts, ignore_errors=True)
+    state = scann_index.build_state(corpus, scann_config, k + 1, artifacts_dir=artifacts)
   build_seconds = time.perf_counter() - t0
   scann_config, tuning = _tune_scann(inputs, state, scann_config, corpus)
   module = retrieval.RetrievalModule(
@@ -471,7 +571,7 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
       scann_leaves=scann_config.num_leaves_to_search)
   tmp = staging.build(config_lib.RETRIEVAL, module, scann_index.SAVE_OPTIONS,
                       {"search": {"algorithm": "scann", "scann": scann_config.to_json(),
-                                  "tuning": tuning,
+                                  "tuning": tuning, "index": index,
                                   "index_build_seconds": round(build_seconds, 2),
                                   "pybind_assets": retrieval_pybind.ASSETS_DIR},
                        **pivots.report},
@@ -480,13 +580,45 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   sample = inputs.recall_sample
   # Like related_items' recall, the pivot signatures' is measured only with
   # recall_queries > 0.
-  check = checks.check_retrieval(tmp, inputs.item_ids, inputs.vectors, k, sample, exact=False,
-                                 bias=inputs.bias,
+  check = checks.check_retrieval(tmp, inputs.item_ids, k,
+                                 staging.item_checks() if sample.size else None, exact=False,
                                  pivots=pivots.expected if sample.size else None)
   staging.reports[config_lib.RETRIEVAL]["check"] = check
   if check["queries"]:
     logging.info("%s: recall@%d = %.4f on %d queries", config_lib.RETRIEVAL, k,
                  check[f"recall@{k}"], check["queries"])
+
+
+# What an index is built with; the query-time knobs are passed to every search.
+_INDEX_SETTINGS = ("algorithm", "num_leaves", "dimensions_per_block",
+                   "anisotropic_quantization_threshold")
+
+
+def _previous_index(staging: _Staging, config: scann_index.ScannConfig
+                    ) -> tuple[str, int] | None:
+  """The serialised index of the newest `pinsage_retrieval` version, if built alike.
+
+  Alike: the same index settings (`_INDEX_SETTINGS`), k and item biases.
+
+  Returns:
+    (its directory, the rows upserted into it since it was trained), or None.
+  """
+  previous = versions.latest_version_dir(os.path.join(staging.export_base, config_lib.RETRIEVAL))
+  report = versions.read_report(previous) if previous else None
+  path = os.path.join(previous or "", retrieval_pybind.ASSETS_DIR, retrieval_pybind.INDEX_DIR)
+  if report is None or not os.path.isdir(path):
+    return None
+  served = report.get("search", {}).get("scann", {})
+  wanted = config.to_json()
+  if (any(served.get(name) != wanted[name] for name in _INDEX_SETTINGS)
+      or report.get("num_neighbors") != staging.inputs.k
+      or report.get("item_bias") != (staging.inputs.bias is not None)):
+    return None
+  index = report["search"].get("index", {"trained": True})
+  if index.get("trained", True):
+    return path, 0
+  upserted = index.get("upserted_since_training")
+  return (path, upserted) if isinstance(upserted, int) else None
 
 
 def _tune_scann(inputs: _Inputs, state: Any, config: scann_index.ScannConfig,

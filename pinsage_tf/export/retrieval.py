@@ -106,19 +106,22 @@ class RetrievalModule(tf.Module):
     self._k = int(k)
     self._n = int(n)
     self.items = module_parts.StringIndex(vocab_file, n, "item_ids", name="items")
-    self.item_ids = tf.Variable(np.char.encode(np.asarray(item_ids, dtype=str), "utf-8"),
-                                trainable=False, name="item_ids")
+    self.item_ids = module_parts.corpus_variable(
+        np.char.encode(np.asarray(item_ids, dtype=str), "utf-8"), "item_ids")
     self.scann = scann_state
     self._scann_reorder = scann_reorder
     self._scann_leaves = scann_leaves
     if scann_state is None:
-      self.block_size = max(min(int(block_size), n), k + 1)
+      # A small corpus is scored in one block of the next power of two rows:
+      # the block size is part of the graph, so it stays the same while the
+      # corpus grows (`graph_spec`), and padding stays below 2x.
+      self.block_size = max(min(int(block_size), 1 << (n - 1).bit_length()), k + 1)
       padded = math.ceil(n / self.block_size) * self.block_size
       corpus = np.zeros((padded, vectors.shape[1]), np.float32)
       corpus[:n] = vectors
     else:
       corpus = np.asarray(vectors, np.float32)
-    self.embeddings = tf.Variable(corpus, trainable=False, name="embeddings")
+    self.embeddings = module_parts.corpus_variable(corpus, "embeddings")
 
     self.related_items = tf.function(
         self._related_items, autograph=False,
@@ -138,14 +141,14 @@ class RetrievalModule(tf.Module):
       raise ValueError(f"last_inputs must be h^(K-1) [{n}, {model.config.hidden_dim}], got "
                        f"{pivots.last_inputs.shape}.")
     self.pivots = module_parts.StringIndex(pivots.vocab_file, m, "pivot_ids", name="pivots")
-    self.pivot_embeddings = tf.Variable(np.asarray(pivots.vectors, np.float32), trainable=False,
-                                        name="pivot_embeddings")
-    self.pivot_indptr = tf.Variable(np.asarray(pivots.pivot_to_item.indptr, np.int64),
-                                    trainable=False, name="pivot_indptr")
-    self.pivot_items = tf.Variable(np.asarray(pivots.pivot_to_item.indices, np.int32),
-                                   trainable=False, name="pivot_items")
-    self.last_inputs = tf.Variable(np.asarray(pivots.last_inputs, np.float32), trainable=False,
-                                   name="last_inputs")
+    self.pivot_embeddings = module_parts.corpus_variable(
+        np.asarray(pivots.vectors, np.float32), "pivot_embeddings")
+    self.pivot_indptr = module_parts.corpus_variable(
+        np.asarray(pivots.pivot_to_item.indptr, np.int64), "pivot_indptr")
+    self.pivot_items = module_parts.corpus_variable(
+        np.asarray(pivots.pivot_to_item.indices, np.int32), "pivot_items")
+    self.last_inputs = module_parts.corpus_variable(
+        np.asarray(pivots.last_inputs, np.float32), "last_inputs")
     # Only the layers a pivot embedding runs through are saved, as plain
     # variables (the functions close over the Keras layers; see EmbedderModule).
     self.model_variables = [*model.convs[-1].variables, *model.head_hidden.variables,
@@ -162,8 +165,9 @@ class RetrievalModule(tf.Module):
     """Top-k of `queries [B, dim]`; `exclude` int32 `[B]` / `[B, L]` rows (-1 none) or None."""
     if self._with_bias:  # [q, 1] . [z_i, b_i] = q . z_i + b_i
       queries = tf.concat([queries[:, :self._dim], tf.ones_like(queries[:, :1])], axis=1)
+    n = tf.shape(self.item_ids)[0]  # read at run time (module_parts)
     if self.scann is None:
-      return search.exact_top_k(self.embeddings, self._n, queries, self._k, self.block_size,
+      return search.exact_top_k(self.embeddings, n, queries, self._k, self.block_size,
                                 exclude=exclude)
     knobs = {"pre_reorder": self._scann_reorder, "leaves": self._scann_leaves}
     if exclude is None:
@@ -172,7 +176,7 @@ class RetrievalModule(tf.Module):
       scores, index = scann_index.search(self.scann, queries, self._k + 1, **knobs)
     else:
       excluded = tf.reduce_sum(tf.cast(exclude >= 0, tf.int32), axis=1)  # [B]
-      count = tf.minimum(self._k + tf.reduce_max(tf.concat([excluded, [0]], axis=0)), self._n)
+      count = tf.minimum(self._k + tf.reduce_max(tf.concat([excluded, [0]], axis=0)), n)
       # A reordering index returns at most its reorder size: re-score enough.
       pre_reorder = tf.maximum(count, self._scann_reorder) if self._scann_reorder else -1
       scores, index = search.scann_search(self.scann, queries, count, pre_reorder,
@@ -247,6 +251,20 @@ class RetrievalModule(tf.Module):
     return {"k": self._k, "dim": self._dim, "with_bias": self._with_bias, "num_items": self._n,
             "pre_reorder": self._scann_reorder, "leaves": self._scann_leaves,
             "signatures": functions}
+
+  def graph_spec(self) -> dict[str, Any]:
+    """Every Python value the traced signatures depend on (JSON; `pinsage_tf.export.reuse`).
+
+    Two modules with equal specs trace to the same graph whatever their
+    corpus: only their variables and vocabularies differ.
+    """
+    model = None if self.items_for_pivot is None else self._model.value.config.to_dict()
+    return {"module": "RetrievalModule", "k": self._k, "dim": self._dim,
+            "with_bias": self._with_bias,
+            "search": "exact" if self.scann is None else "scann",
+            "block_size": self.block_size if self.scann is None else None,
+            "scann_reorder": self._scann_reorder, "scann_leaves": self._scann_leaves,
+            "pivot_model": model}
 
   def signatures(self) -> dict[str, Any]:
     """Signature key -> concrete function, for `tf.saved_model.save`."""

@@ -17,15 +17,15 @@ import tensorflow as tf
 from pinsage_tf import scann_index
 
 
-def exact_top_k(corpus: tf.Tensor, num_items: int, queries: tf.Tensor, k: int,
+def exact_top_k(corpus: tf.Tensor, num_items: int | tf.Tensor, queries: tf.Tensor, k: int,
                 block_size: int, exclude: tf.Tensor | None = None
                 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Exact top-k inner-product search with stock ops, block by block.
 
   Args:
     corpus: float32 `[num_blocks * block_size, d]`, the `num_items` real rows
-      first (zero padding after them).
-    num_items: N, real rows.
+      first (zero padding after them); the block count is read at run time.
+    num_items: N, real rows (an int or an int32 scalar tensor).
     queries: float32 `[B, d]`.
     k: results per query; needs `k < block_size` and `k < num_items`.
     block_size: rows scored per loop step (one `[B, block_size]` block alive).
@@ -37,7 +37,7 @@ def exact_top_k(corpus: tf.Tensor, num_items: int, queries: tf.Tensor, k: int,
     the lower index, as in `pinsage_tf.retrieval_exact`. A query with fewer
     than k unmasked rows gets score -inf and index -1 in the remaining slots.
   """
-  num_blocks = int(corpus.shape[0]) // block_size
+  num_blocks = tf.shape(corpus)[0] // block_size
   b = tf.shape(queries)[0]
   neg_inf = tf.constant(-np.inf, tf.float32)
   if exclude is not None and exclude.shape.rank == 1:

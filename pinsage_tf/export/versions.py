@@ -51,7 +51,14 @@ def next_version(export_base: str | os.PathLike, models: Sequence[str] = config_
   return max(latest, default=0) + 1
 
 
-def _read_report(version_dir: str) -> dict[str, Any] | None:
+def latest_version_dir(model_base: str | os.PathLike) -> str | None:
+  """The directory of the highest version under `model_base` (None if none)."""
+  versions = list_versions(model_base)
+  return os.path.join(os.fspath(model_base), str(versions[-1])) if versions else None
+
+
+def read_report(version_dir: str) -> dict[str, Any] | None:
+  """The export report of a version directory (None if missing or unreadable)."""
   try:
     with open(os.path.join(version_dir, REPORT_FILE), encoding="utf-8") as f:
       return json.load(f)
@@ -111,7 +118,7 @@ def write_models_config(export_base: str | os.PathLike) -> dict[str, list[str]]:
   stock = []
   for name in names:
     latest = max(list_versions(os.path.join(export_base, name)))
-    report = _read_report(os.path.join(export_base, name, str(latest)))
+    report = read_report(os.path.join(export_base, name, str(latest)))
     if report is not None and report.get("custom_ops") == []:
       stock.append(name)
   for file, selected in ((MODELS_CONFIG, names), (MODELS_STOCK_CONFIG, stock)):
