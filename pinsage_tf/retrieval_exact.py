@@ -339,6 +339,16 @@ class _TileMasks:
     return self._rows[a:b], self._cols[a:b] - start
 
 
+def _score_tiles(block: np.ndarray, corpus: np.ndarray, masks: _TileMasks, cols: int
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+  """(first corpus row, float32 scores `[b, c]` with the masked cells at -inf) per tile."""
+  for lo, hi in blocks(corpus.shape[0], cols):
+    scores = block @ np.asarray(corpus[lo:hi], np.float32).T  # [b, c]
+    r, c = masks.cells(lo, hi)
+    scores[r, c] = -np.inf
+    yield lo, scores
+
+
 def top_k(
     queries: np.ndarray,
     corpus: np.ndarray,
@@ -374,12 +384,8 @@ def top_k(
     return out_idx, out_val
   for start, stop in blocks(num_q, rows):
     block = np.asarray(queries[start:stop], np.float32)
-    masks = _TileMasks(excl, start, stop)
     best_idx, best_val = out_idx[start:stop], out_val[start:stop]
-    for lo, hi in blocks(n, cols):
-      scores = block @ np.asarray(corpus[lo:hi], np.float32).T  # [b, c]
-      r, c = masks.cells(lo, hi)
-      scores[r, c] = -np.inf
+    for lo, scores in _score_tiles(block, corpus, _TileMasks(excl, start, stop), cols):
       tile_idx, tile_val = top_k_of_scores(scores, k)
       # Merged with the running list; that list (earlier tiles: lower indices,
       # sorted by (-score, index)) comes first, so ties by position are ties by index.
@@ -429,12 +435,9 @@ def rank_counts(
     # The targets' scores from one matrix product, as the tiles compute theirs.
     wanted = (block @ np.asarray(corpus[goal], np.float32).T)[np.arange(b), np.arange(b)]
     _check_targets(excl, start, goal, wanted)
-    masks = _TileMasks(excl, start, stop)
     g, e = greater[start:stop], equal[start:stop]
-    for lo, hi in blocks(n, cols):
-      scores = block @ np.asarray(corpus[lo:hi], np.float32).T  # [b, c]
-      r, c = masks.cells(lo, hi)
-      scores[r, c] = -np.inf
+    for lo, scores in _score_tiles(block, corpus, _TileMasks(excl, start, stop), cols):
+      hi = lo + scores.shape[1]
       g += _count_true(scores > wanted[:, None])
       e += _count_true(scores == wanted[:, None])
       # The target itself, where it lies in this tile, is not its own rival.
