@@ -59,6 +59,7 @@ bench: setup
 	$(PY) bench/bench_neighborhoods.py --datasets_dir=$(DATASETS) --output_json=bench/results/neighborhoods.json
 	$(PY) bench/bench_training.py --datasets_dir=$(DATASETS) --output_json=bench/results/training.json
 	$(PY) bench/bench_inference.py --datasets_dir=$(DATASETS) --output_json=bench/results/inference.json
+	$(PY) bench/bench_exact.py --output_json=bench/results/exact.json
 	$(PY) bench/bench_scann.py --output_json=bench/results/scann.json
 	$(PY) bench/bench_serving.py --output=bench/results/serving.json
 
