@@ -72,7 +72,7 @@ def timed(fn):
 
 def naive_per_item_fn(model, tables: pipeline.SamplingTables):
   """z of ONE item from its own de-duplicated 2-hop computation graph."""
-  c = pipeline.table_constants(tables)
+  c = pipeline.table_tensors(tables)
   nbr_ids, nbr_w = c["neighbor_ids"], c["neighbor_weights"]
 
   @tf.function(input_signature=[tf.TensorSpec([], tf.int32)])
@@ -94,7 +94,7 @@ def naive_per_item_fn(model, tables: pipeline.SamplingTables):
 
 def naive_batched_tree_fn(model, tables: pipeline.SamplingTables):
   """z of B items, each from its own unrolled tree (1 + T + T^2 nodes), nothing shared."""
-  c = pipeline.table_constants(tables)
+  c = pipeline.table_tensors(tables)
   nbr_ids, nbr_w = c["neighbor_ids"], c["neighbor_weights"]
   t = tables.num_neighbors
 

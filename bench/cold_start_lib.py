@@ -268,7 +268,7 @@ def embed_inductively(
   layer_tables = [tf.constant(np.asarray(t, np.float32)) for t in transformed]
   pivot_indptr = tf.constant(np.asarray(graph.pivot_to_item.indptr, np.int64))
   pivot_items = tf.constant(np.asarray(graph.pivot_to_item.indices, np.int32))
-  constants = pipeline.table_constants(tables)
+  constants = pipeline.table_tensors(tables)
   num_neighbors = tables.num_neighbors
 
   # One trace per call: any batch size and pivot-list width.

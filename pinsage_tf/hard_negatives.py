@@ -77,6 +77,7 @@ fingerprint); the query set is stored with the pools.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 from typing import Any, Callable, Sequence
@@ -460,6 +461,7 @@ def compute_hard_negatives(
     config: HardNegativeConfig = HardNegativeConfig(),
     *,
     block_size: int = 128,
+    num_threads: int | None = None,
     progress: ProgressFn | None = None,
 ) -> HardNegatives:
   """Computes the hard-negative pool of every query item.
@@ -472,6 +474,10 @@ def compute_hard_negatives(
       (the returned table carries the resolved config).
     block_size: queries per block; exact: memory ~ `4 N block_size` bytes per
       dense iterate; walks: ~ `40 num_walks block_size` bytes. The result does
+      not depend on it.
+    num_threads: blocks of the walks estimator computed at once (numpy
+      releases the GIL in its inner loops; the exact path's TensorFlow ops
+      use every core by themselves); None: `os.cpu_count()`. The result does
       not depend on it.
     progress: optional `progress(queries_done, num_queries)`.
 
@@ -497,10 +503,14 @@ def compute_hard_negatives(
     walker = _Walker(graph, config)
   else:
     ranker = _PprRanker(graph, config.alpha, config.num_iterations, k=min(end, n))
+  if num_threads is None:
+    num_threads = os.cpu_count() or 1
+  if num_threads < 1:
+    raise ValueError(f"num_threads must be >= 1, got {num_threads}.")
   total = int(queries.size)
-  if progress is not None:
-    progress(0, total)
-  for lo in range(0, total, block_size):
+
+  def compute_block(lo: int) -> int:
+    # Each block owns its rows of `pool` and `counts`, so blocks run in any order.
     block = queries[lo:lo + block_size]
     # Excluded (row, item): the query itself and its positives.
     lengths = positives.indptr[block + 1] - positives.indptr[block]
@@ -515,8 +525,17 @@ def compute_hard_negatives(
     else:
       scores, items = ranker(block.astype(np.int32), excluded)
       pool[block], counts[block] = _sample_pools(config, start, end, block, scores, items)
-    if progress is not None:
-      progress(min(lo + block_size, total), total)
+    return min(lo + block_size, total)
+
+  if progress is not None:
+    progress(0, total)
+  # The exact path's TensorFlow ops already use every core: blocks run one at a time.
+  threads = num_threads if walks else 1
+  with concurrent.futures.ThreadPoolExecutor(threads) as executor:
+    # map() yields in submission order, so progress counts a finished prefix.
+    for done in executor.map(compute_block, range(0, total, block_size)):
+      if progress is not None:
+        progress(done, total)
   return HardNegatives(pool=pool, counts=counts, queries=queries.astype(np.int32), config=config)
 
 
@@ -564,6 +583,7 @@ def load_or_compute_hard_negatives(
     *,
     query_items: Sequence[int] | np.ndarray | None = None,
     block_size: int = 128,
+    num_threads: int | None = None,
     progress: ProgressFn | None = None,
 ) -> HardNegatives:
   """Returns the cached pools, computing and saving them when absent or stale.
@@ -585,6 +605,7 @@ def load_or_compute_hard_negatives(
     pass
   except derived_tables.StaleTableError as e:
     logging.info("Recomputing hard negatives: %s", e)
-  table = compute_hard_negatives(graph, wanted, config, block_size=block_size, progress=progress)
+  table = compute_hard_negatives(graph, wanted, config, block_size=block_size,
+                                 num_threads=num_threads, progress=progress)
   save_hard_negatives(graph_dir, table)
   return load_hard_negatives(graph_dir, config)

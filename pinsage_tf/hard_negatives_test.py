@@ -180,6 +180,13 @@ class TestPools:
     hn.compute_hard_negatives(graph, [0, 1, 2], hn.HardNegativeConfig(), block_size=2,
                               progress=lambda d, t: calls.append((d, t)))
     assert calls == [(0, 3), (2, 3), (3, 3)]
+    walks = hn.HardNegativeConfig(estimator="walks", num_walks=20)
+    calls.clear()
+    hn.compute_hard_negatives(graph, range(7), walks, block_size=2, num_threads=3,
+                              progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(0, 7), (2, 7), (4, 7), (6, 7), (7, 7)]
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+      hn.compute_hard_negatives(graph, [0], walks, num_threads=0)
     with pytest.raises(ValueError, match=r"query_items must lie in \[0, 20\)"):
       hn.compute_hard_negatives(graph, [25])
 
@@ -313,7 +320,8 @@ class TestWalks:
     config = hn.HardNegativeConfig(window_start=3, window_end=15, pool_size=4, seed=7,
                                    estimator="walks", num_walks=200)
     queries = np.arange(graph.num_items)
-    tables = [hn.compute_hard_negatives(graph, queries, config, block_size=b) for b in (1, 7, 128)]
+    tables = [hn.compute_hard_negatives(graph, queries, config, block_size=b, num_threads=t)
+              for b, t in ((1, 1), (7, 1), (128, 1), (3, 4), (7, 2))]
     for other in tables[1:]:
       np.testing.assert_array_equal(other.pool, tables[0].pool)
       np.testing.assert_array_equal(other.counts, tables[0].counts)

@@ -44,6 +44,29 @@ def _blocks(n: int, batch_size: int):
     yield start, min(start + batch_size, n)
 
 
+_ALIGN = 64  # bytes: TensorFlow shares a host buffer only at this alignment
+
+
+def host_array(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+  """An uninitialised C-ordered array that `shared_tensor` can hand to TensorFlow
+  without a copy (its buffer is 64-byte aligned; numpy's large allocations are not)."""
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  raw = np.empty(nbytes + _ALIGN, np.uint8)
+  offset = (-raw.ctypes.data) % _ALIGN
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def shared_tensor(array: np.ndarray) -> tf.Tensor:
+  """`array` as a tensor over the same buffer (DLPack) when it is aligned,
+  writable and C-contiguous, else a copy. The caller must not write to
+  `array` while the tensor is in use."""
+  if (array.size and array.flags.c_contiguous and array.flags.writeable
+      and array.ctypes.data % _ALIGN == 0):
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+  return tf.constant(array)
+
+
 class LayerwiseInference:
   """The per-layer computation for one `(model, tables)`, traced once.
 
@@ -61,7 +84,7 @@ class LayerwiseInference:
 
   def __init__(self, model, tables: pipeline.SamplingTables, *, batch_size: int = 8192):
     self.model, self.tables, self.batch_size = model, tables, batch_size
-    constants = pipeline.table_constants(tables)
+    constants = pipeline.table_tensors(tables)
     self._encode = tf.function(lambda items: model.encode_inputs(
         pipeline.gather_node_inputs(tables, items, constants)), reduce_retracing=True)
     self._transform = [tf.function(conv.transform_neighbors, reduce_retracing=True)
@@ -89,56 +112,75 @@ class LayerwiseInference:
     for start, stop in _blocks(n, self.batch_size):
       h = self._encode(tf.range(start, stop, dtype=tf.int32)).numpy()
       if out is None:
-        out = np.empty((n, h.shape[1]), np.float32)
+        out = host_array((n, h.shape[1]))
       out[start:stop] = h
       if progress:
         progress("inputs", stop, n)
     return out
 
   def convolve(self, layer: int, h_prev: np.ndarray,
-               progress: ProgressFn | None = None) -> np.ndarray:
+               progress: ProgressFn | None = None, *, in_place: bool = False) -> np.ndarray:
     """Applies convolution `layer` (0-based) to every item once: `[N, d_out]`.
 
     The neighbor transform ReLU(Q h + q) runs once per item over the whole
     previous layer; each block then gathers its neighbors' transformed rows,
     pools them with the importance weights and combines with its own h.
+    With `in_place` (and `d_out == d_in`), the result overwrites `h_prev`
+    (a block's own rows are read before they are written; its neighbors come
+    from the transformed copy), so a layer holds two `[N, d]` arrays, not three.
     """
-    n, tables = self.tables.num_items, self.tables
-    transformed = tf.constant(np.concatenate(
-        [self._transform[layer](h_prev[start:stop]).numpy()
-         for start, stop in _blocks(n, self.batch_size)]))
-    out = None
-    for start, stop in _blocks(n, self.batch_size):
-      z = self._step[layer](h_prev[start:stop], tables.neighbor_ids[start:stop],
-                            tables.neighbor_weights[start:stop], transformed).numpy()
+    n = self.tables.num_items
+    out = h_prev if in_place else None
+    for start, stop, z in self._convolved_blocks(layer, h_prev):
       if out is None:
-        out = np.empty((n, z.shape[1]), np.float32)
+        out = host_array((n, z.shape[1]))
+      elif out.shape[1] != z.shape[1]:
+        raise ValueError(f"in_place needs d_out == d_in, got {z.shape[1]} != {out.shape[1]}.")
       out[start:stop] = z
       if progress:
         progress(f"layer {layer + 1}", stop, n)
     return out
 
+  def _convolved_blocks(self, layer: int, h_prev: np.ndarray):
+    """Yields `(start, stop, z)`: convolution `layer`'s output of each block of items."""
+    n, tables = self.tables.num_items, self.tables
+    transformed = shared_tensor(self._transform_all(layer, h_prev))
+    for start, stop in _blocks(n, self.batch_size):
+      yield start, stop, self._step[layer](h_prev[start:stop], tables.neighbor_ids[start:stop],
+                                           tables.neighbor_weights[start:stop],
+                                           transformed).numpy()
+
+  def _transform_all(self, layer: int, h: np.ndarray) -> np.ndarray:
+    """ReLU(Q h + q) of convolution `layer` for every row of `h`, in one array."""
+    out = None
+    for start, stop in _blocks(h.shape[0], self.batch_size):
+      z = self._transform[layer](h[start:stop]).numpy()
+      if out is None:
+        out = host_array((h.shape[0], z.shape[1]))
+      out[start:stop] = z
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
   def head(self, h: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
     """The dense head and L2 normalisation for every row of `h`."""
-    parts = []
+    out = np.empty((h.shape[0], self.model.config.embedding_dim), np.float32)
     for start, stop in _blocks(h.shape[0], self.batch_size):
-      parts.append(self._head(h[start:stop]).numpy())
+      out[start:stop] = self._head(h[start:stop]).numpy()
       if progress:
         progress("head", stop, h.shape[0])
-    return np.concatenate(parts, axis=0).astype(np.float32)
+    return out
 
   def head_and_bias(self, h: np.ndarray, progress: ProgressFn | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """`head` and the item biases float32 `[N]` in one pass (`model.head_and_bias`)."""
-    vectors, biases = [], []
+    vectors = np.empty((h.shape[0], self.model.config.embedding_dim), np.float32)
+    biases = np.empty(h.shape[0], np.float32)
     for start, stop in _blocks(h.shape[0], self.batch_size):
       z, b = self._head_and_bias(h[start:stop])
-      vectors.append(z.numpy())
-      biases.append(b.numpy())
+      vectors[start:stop] = z.numpy()
+      biases[start:stop] = np.reshape(b.numpy(), [-1])
       if progress:
         progress("head", stop, h.shape[0])
-    return (np.concatenate(vectors, axis=0).astype(np.float32),
-            np.concatenate(biases, axis=0).astype(np.float32))
+    return vectors, biases
 
   def outputs(self, progress: ProgressFn | None = None, with_bias: bool = True
               ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -147,13 +189,28 @@ class LayerwiseInference:
     Keeps h^{K-1} of all items in `last_inputs` for `pivot_embeddings`.
     """
     h = self.input_representations(progress)
-    for layer in range(self.model.config.num_layers):
-      if layer == self.model.config.num_layers - 1:
-        self.last_inputs = h
-      h = self.convolve(layer, h, progress)
-    if with_bias and getattr(self.model.config, "item_bias", False):
-      return self.head_and_bias(h, progress)
-    return self.head(h, progress), None
+    last = self.model.config.num_layers - 1
+    for layer in range(last):
+      # Every convolution outputs hidden_dim: in place when its input has that width.
+      h = self.convolve(layer, h, progress,
+                        in_place=h.shape[1] == self.model.config.hidden_dim)
+    self.last_inputs = h
+    # The last layer goes through the head block by block: h^K is never held whole.
+    n, dim = self.tables.num_items, self.model.config.embedding_dim
+    bias = with_bias and getattr(self.model.config, "item_bias", False)
+    vectors = np.empty((n, dim), np.float32)
+    biases = np.empty(n, np.float32) if bias else None
+    for start, stop, z in self._convolved_blocks(last, h):
+      if bias:
+        v, b = self._head_and_bias(z)
+        biases[start:stop] = np.reshape(b.numpy(), [-1])
+      else:
+        v = self._head(z)
+      vectors[start:stop] = v.numpy()
+      if progress:
+        progress(f"layer {last + 1}", stop, n)
+        progress("head", stop, n)
+    return vectors, biases
 
   def pivot_embeddings(self, neighbor_ids: np.ndarray, neighbor_weights: np.ndarray,
                        progress: ProgressFn | None = None) -> np.ndarray:
@@ -173,10 +230,8 @@ class LayerwiseInference:
     ids = np.asarray(neighbor_ids)
     weights = np.where(ids >= 0, np.asarray(neighbor_weights), 0.0).astype(np.float32)
     ids = np.maximum(ids, 0).astype(np.int32)
-    h_table = tf.constant(self.last_inputs)
-    transformed = tf.constant(np.concatenate(
-        [self._transform[-1](self.last_inputs[start:stop]).numpy()
-         for start, stop in _blocks(self.last_inputs.shape[0], self.batch_size)]))
+    h_table = shared_tensor(self.last_inputs)
+    transformed = shared_tensor(self._transform_all(-1, self.last_inputs))
     count = ids.shape[0]
     out = np.empty((count, self.model.config.embedding_dim), np.float32)
     for start, stop in _blocks(count, self.batch_size):

@@ -38,6 +38,12 @@ Contract:
   target of a batch is presented with probability p as such an item would be
   (content neighbors at every hop, log degree 0), so the model learns to place
   items from their look-alikes.
+* Memory: the tables are held once by TensorFlow, as host variables
+  (`table_tensors`, created on first use and cached on the `SamplingTables`),
+  beside the numpy arrays. A dataset captures a variable as a handle, where
+  it would copy a captured tensor: with constants every epoch's dataset held
+  its own copy of every table, which is what limits the graph size of a
+  machine (~0.5 GB of tables per million items with hard negatives).
 * Leakage (`mask_pair_leakage`, on by default): a pair's positive is not in
   its query's neighbors, nor the query in the positive's, nor a pivot pair's
   positive in the pivot's neighbors (`minibatch` docstring), as for a
@@ -171,6 +177,9 @@ class SamplingTables:
       default_factory=lambda: np.zeros((0, 1), np.int32))
   content_neighbor_weights: np.ndarray = dataclasses.field(
       default_factory=lambda: np.zeros((0, 1), np.float32))
+  # `table_tensors`' variables, created on first use (not a field of the value).
+  _tensors: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
   @property
   def num_items(self) -> int:
@@ -326,12 +335,12 @@ def level_sizes(num_targets: int, num_neighbors: int, num_layers: int,
 
 
 def gather_node_inputs(tables: SamplingTables, items: tf.Tensor,
-                       constants: dict[str, tf.Tensor] | None = None) -> minibatch.NodeInputs:
+                       tensors: dict[str, tf.Variable] | None = None) -> minibatch.NodeInputs:
   """Features of `items` (int32 `[U]`) as `NodeInputs`.
 
   Shared by the producer (level-0 nodes) and layer-wise inference (all items).
   """
-  c = constants if constants is not None else table_constants(tables)
+  c = tensors if tensors is not None else table_tensors(tables)
   return minibatch.NodeInputs(
       item=items,
       dense=tf.gather(c["dense"], items),
@@ -340,22 +349,37 @@ def gather_node_inputs(tables: SamplingTables, items: tf.Tensor,
   )
 
 
-def table_constants(tables: SamplingTables) -> dict[str, tf.Tensor]:
-  """The tables as tensors, created once and shared by the functions using them."""
-  return {
-      "neighbor_ids": tf.constant(tables.neighbor_ids),
-      "neighbor_weights": tf.constant(tables.neighbor_weights),
-      "dense": tf.constant(tables.dense),
-      "log_degree": tf.constant(tables.log_degree),
-      "sparse": tuple(tf.constant(s) for s in tables.sparse),
-      "hard_pool": tf.constant(tables.hard_pool),
-      "hard_counts": tf.constant(tables.hard_counts),
-      "negative_logits": tf.constant(tables.negative_logits[None, :]),
-      "pivot_neighbor_ids": tf.constant(tables.pivot_neighbor_ids),
-      "pivot_neighbor_weights": tf.constant(tables.pivot_neighbor_weights),
-      "content_neighbor_ids": tf.constant(tables.content_neighbor_ids),
-      "content_neighbor_weights": tf.constant(tables.content_neighbor_weights),
-  }
+_TABLE_NAMES = ("neighbor_ids", "neighbor_weights", "dense", "log_degree", "hard_pool",
+                "hard_counts", "pivot_neighbor_ids", "pivot_neighbor_weights",
+                "content_neighbor_ids", "content_neighbor_weights")
+
+
+def table_tensors(tables: SamplingTables) -> dict[str, tf.Variable]:
+  """The tables as non-trainable host variables, created once per `tables`.
+
+  Every function and dataset gathering from the same `SamplingTables` shares
+  these (a dataset captures a variable's handle; a captured tensor would be
+  copied into it). Keys: the table fields, `sparse` (a tuple) and
+  `negative_logits` (`[1, N]`, for `tf.random.stateless_categorical`).
+
+  Raises:
+    ValueError: first called inside a `tf.distribute` strategy's scope, which
+      would mirror the tables to every replica: call it before the scope.
+  """
+  cache = tables._tensors  # pylint: disable=protected-access
+  if cache:
+    return cache
+  if tf.distribute.has_strategy():
+    raise ValueError("pipeline.table_tensors: the tables would be mirrored to every replica; "
+                     "call it once before entering strategy.scope().")
+  with tf.init_scope(), tf.device("/cpu:0"):
+    def variable(array, name):
+      return tf.Variable(array, trainable=False, name=name)
+    made = {name: variable(getattr(tables, name), name) for name in _TABLE_NAMES}
+    made["sparse"] = tuple(variable(s, f"sparse_{i}") for i, s in enumerate(tables.sparse))
+    made["negative_logits"] = variable(tables.negative_logits[None, :], "negative_logits")
+  cache.update(made)
+  return cache
 
 
 def _pad_to(x: tf.Tensor, size: int) -> tf.Tensor:
@@ -401,7 +425,7 @@ class MinibatchBuilder:
     self._b = replica_batch_size
     self._bp = replica_pivot_batch_size
     self._h = num_hard_negatives
-    self._c = table_constants(tables)
+    self._c = table_tensors(tables)
     num_targets = (2 * self._b + self._bp + config.num_negatives
                    + self._b * config.max_hard_negatives)
     self.level_sizes = level_sizes(num_targets, tables.num_neighbors, config.num_layers,

@@ -182,6 +182,40 @@ def test_dataset_graph_has_no_python_ops_and_detector_works():
     pipeline.assert_pure_tensorflow(bad)
 
 
+def _map_captures(dataset):
+  """Captured inputs of the map function of `dataset` (found below prefetch)."""
+  node = dataset
+  while not hasattr(node, "_map_func"):
+    node = node._input_dataset  # pylint: disable=protected-access
+  return node._map_func.function.captured_inputs  # pylint: disable=protected-access
+
+
+def test_datasets_share_the_tables_as_variables():
+  tables, pairs, cfg = _dataset_setup()
+  tensors = pipeline.table_tensors(tables)
+  assert pipeline.table_tensors(tables) is tensors  # created once per tables
+  assert all(isinstance(v, tf.Variable) and not v.trainable
+             for v in tf.nest.flatten(tensors))
+  np.testing.assert_array_equal(tensors["hard_pool"].numpy(), tables.hard_pool)
+  # Every table a dataset uses is captured as a handle: no table-sized tensor is
+  # copied into an epoch's dataset.
+  for epoch in (1, 2):
+    captures = _map_captures(pipeline.make_dataset(tables, pairs, cfg, epoch=epoch))
+    sizes = [int(np.prod(c.shape)) for c in captures if c.dtype != tf.resource]
+    assert max(sizes, default=0) < tables.num_items, sizes
+    assert sum(c.dtype == tf.resource for c in captures) >= 4
+  # A new `tables` value (e.g. `dataclasses.replace`) gets its own variables.
+  other = dataclasses.replace(tables, hard_counts=tables.hard_counts.copy())
+  assert pipeline.table_tensors(other) is not tensors
+
+
+def test_table_tensors_refuse_to_be_mirrored():
+  tables, _, _ = _dataset_setup()
+  with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+    with pytest.raises(ValueError, match="before entering strategy.scope"):
+      pipeline.table_tensors(tables)
+
+
 def test_distributed_over_two_logical_cpus():
   devices = [d.name for d in tf.config.list_logical_devices("CPU")]
   assert len(devices) >= 2, devices

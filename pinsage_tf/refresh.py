@@ -455,7 +455,7 @@ def reembed(model, tables: pipeline.SamplingTables, old_vectors: np.ndarray,
       below |= extra_last  # the caller needs h^{K-1} of these rows itself
     below[nbr[need[k]].reshape(-1)] = True
     need[k - 1] = below
-  constants = pipeline.table_constants(tables)
+  constants = pipeline.table_tensors(tables)
 
   def encode(items):
     # Eager: a refresh encodes a few blocks once, less than tracing costs.

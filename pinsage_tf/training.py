@@ -585,6 +585,9 @@ def train(graph_dir: str, model_dir: str, config: ExperimentConfig,
                      f"{pc.pivot_batch_size}; lower pipeline.batch_size (or "
                      "pipeline.pivot_batch_size).")
   examples_per_step = pc.batch_size + pc.pivot_batch_size
+  # The producer's tables: host variables shared by every epoch's dataset and the
+  # validation runner, made outside the scope (which would mirror them per replica).
+  pipeline.table_tensors(inputs.tables)
 
   with strategy.scope():
     model = model_lib.PinSageModel(config.model)
