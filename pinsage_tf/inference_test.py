@@ -129,3 +129,34 @@ def test_layerwise_pivot_embeddings_equal_the_minibatch_ones():
   assert all_pivots.shape == (60, 8)
   np.testing.assert_allclose(all_pivots[pivots], z_pivot.numpy(), atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(all_pivots, axis=1), 1.0, atol=1e-5)
+
+
+def test_host_arrays_are_shared_with_tensorflow_without_a_copy():
+  a = inference.host_array((1000, 3))
+  assert a.ctypes.data % 64 == 0 and a.dtype == np.float32 and a.shape == (1000, 3)
+  a[:] = 1.0
+  shared = inference.shared_tensor(a)
+  a[7, 2] = 5.0  # the tensor reads the same buffer
+  assert float(shared[7, 2]) == 5.0
+  # numpy's own (unaligned or read-only) arrays are copied instead.
+  b = np.ones((1000, 3), np.float32)[:, :2]
+  copied = inference.shared_tensor(b)
+  b[0, 0] = 9.0
+  assert float(copied[0, 0]) == 1.0
+
+
+def test_convolve_in_place_equals_a_fresh_output():
+  tf.keras.utils.set_random_seed(4)
+  g, ids, weights, _ = _random_setup()
+  tables = pipeline.SamplingTables.build(g, ids, weights)
+  model = model_lib.PinSageModel(model_lib.PinSageConfig(
+      hidden_dim=16, embedding_dim=8, encoder=model_lib.EncoderConfig.from_graph(g)))
+  model_lib.build_variables(model)
+  runner = inference.LayerwiseInference(model, tables, batch_size=37)
+  h0 = runner.input_representations()
+  fresh = runner.convolve(0, h0)
+  assert fresh is not h0
+  h0_copy = h0.copy()
+  in_place = runner.convolve(0, h0_copy, in_place=True)
+  assert in_place is h0_copy
+  np.testing.assert_array_equal(in_place, fresh)
