@@ -119,7 +119,8 @@ class LayerwiseInference:
     return out
 
   def convolve(self, layer: int, h_prev: np.ndarray,
-               progress: ProgressFn | None = None, *, in_place: bool = False) -> np.ndarray:
+               progress: ProgressFn | None = None, *, in_place: bool = False,
+               transformed: np.ndarray | None = None) -> np.ndarray:
     """Applies convolution `layer` (0-based) to every item once: `[N, d_out]`.
 
     The neighbor transform ReLU(Q h + q) runs once per item over the whole
@@ -128,10 +129,11 @@ class LayerwiseInference:
     With `in_place` (and `d_out == d_in`), the result overwrites `h_prev`
     (a block's own rows are read before they are written; its neighbors come
     from the transformed copy), so a layer holds two `[N, d]` arrays, not three.
+    `transformed` passes `transform_all(layer, h_prev)` when the caller has it.
     """
     n = self.tables.num_items
     out = h_prev if in_place else None
-    for start, stop, z in self._convolved_blocks(layer, h_prev):
+    for start, stop, z in self._convolved_blocks(layer, h_prev, transformed):
       if out is None:
         out = host_array((n, z.shape[1]))
       elif out.shape[1] != z.shape[1]:
@@ -141,17 +143,21 @@ class LayerwiseInference:
         progress(f"layer {layer + 1}", stop, n)
     return out
 
-  def _convolved_blocks(self, layer: int, h_prev: np.ndarray):
+  def _convolved_blocks(self, layer: int, h_prev: np.ndarray,
+                        transformed: np.ndarray | None = None):
     """Yields `(start, stop, z)`: convolution `layer`'s output of each block of items."""
     n, tables = self.tables.num_items, self.tables
-    transformed = shared_tensor(self._transform_all(layer, h_prev))
+    if transformed is None:
+      transformed = self.transform_all(layer, h_prev)
+    transformed = shared_tensor(transformed)
     for start, stop in _blocks(n, self.batch_size):
       yield start, stop, self._step[layer](h_prev[start:stop], tables.neighbor_ids[start:stop],
                                            tables.neighbor_weights[start:stop],
                                            transformed).numpy()
 
-  def _transform_all(self, layer: int, h: np.ndarray) -> np.ndarray:
-    """ReLU(Q h + q) of convolution `layer` for every row of `h`, in one array."""
+  def transform_all(self, layer: int, h: np.ndarray) -> np.ndarray:
+    """ReLU(Q h + q) of convolution `layer` for every row of `h`: `[N, neighbor_dim]`
+    (a `host_array`)."""
     out = None
     for start, stop in _blocks(h.shape[0], self.batch_size):
       z = self._transform[layer](h[start:stop]).numpy()
@@ -231,7 +237,7 @@ class LayerwiseInference:
     weights = np.where(ids >= 0, np.asarray(neighbor_weights), 0.0).astype(np.float32)
     ids = np.maximum(ids, 0).astype(np.int32)
     h_table = shared_tensor(self.last_inputs)
-    transformed = shared_tensor(self._transform_all(-1, self.last_inputs))
+    transformed = shared_tensor(self.transform_all(-1, self.last_inputs))
     count = ids.shape[0]
     out = np.empty((count, self.model.config.embedding_dim), np.float32)
     for start, stop in _blocks(count, self.batch_size):

@@ -250,28 +250,16 @@ def layer_tables(model, tables: pipeline.SamplingTables, *, batch_size: int = 81
   Returns:
     (transformed: K float32 arrays `[N, neighbor_dim]`, h^{K-1} `[N, hidden]`).
   """
-  n = tables.num_items
-  h = inference.input_representations(model, tables, batch_size=batch_size)
+  runner = inference.LayerwiseInference(model, tables, batch_size=batch_size)
+  h = runner.input_representations()
   transformed = []
-  for k, conv in enumerate(model.convs):
-    # Eager: one dense layer per block of `batch_size` rows costs less than
-    # tracing a function for it.
-    t = np.concatenate([conv.transform_neighbors(h[s:s + batch_size], training=False).numpy()
-                        for s in range(0, n, batch_size)])
-    transformed.append(t.astype(np.float32))
+  for k in range(len(model.convs)):
+    transformed.append(runner.transform_all(k, h))
     if k + 1 < len(model.convs):
-      h = _combine_all(conv, h, t, tables, batch_size)
+      # Every convolution outputs hidden_dim: in place when its input has that width.
+      h = runner.convolve(k, h, transformed=transformed[-1],
+                          in_place=h.shape[1] == model.config.hidden_dim)
   return transformed, h
-
-
-def _combine_all(conv, h, transformed, tables, batch_size):
-  table = tf.constant(transformed)
-  return np.concatenate([
-      conv.combine(h[s:s + batch_size],
-                   conv.pool(tf.gather(table, tables.neighbor_ids[s:s + batch_size]),
-                             tables.neighbor_weights[s:s + batch_size]),
-                   training=False).numpy()
-      for s in range(0, tables.num_items, batch_size)]).astype(np.float32)
 
 
 def existing_item_inputs(graph: graph_lib.Graph, tables: pipeline.SamplingTables,
