@@ -11,6 +11,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.util import deprecation  # not in the public API
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
@@ -55,8 +56,11 @@ def read_warmup_requests(version_dir: str) -> Iterator[tuple[str, dict[str, np.n
   A request naming no signature is for `serving_default`, as TF Serving reads it.
   """
   # TensorFlow's record reader, not tf.data: a dataset costs 10-50 ms to set up
-  # for the few records of a version (both check every record's CRC).
-  for record in tf.compat.v1.io.tf_record_iterator(os.path.join(version_dir, WARMUP_FILE)):
+  # for the few records of a version (both check every record's CRC). Its
+  # deprecation notice recommends tf.data, which is what is avoided here.
+  with deprecation.silence():
+    records = list(tf.compat.v1.io.tf_record_iterator(os.path.join(version_dir, WARMUP_FILE)))
+  for record in records:
     request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
     yield (request.model_spec.signature_name or signatures_lib.DEFAULT_SIGNATURE,
            {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()})
