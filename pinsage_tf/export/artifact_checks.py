@@ -48,6 +48,8 @@ from pinsage_tf.export import signatures as signatures_lib
 from pinsage_tf.export import warmup
 
 _FINGERPRINT = "fingerprint.pb"
+# Item sets embedded at once by `items_for_item_set`.
+_SET_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +217,7 @@ class _RetrievalFiles:
       if model is None:
         raise ValueError("file_answers of a module with pivot signatures needs the model.")
       self._model = model
-      self._last_inputs = written.variable("last_inputs")
+      self._last_inputs = tf.constant(written.variable("last_inputs"))  # [N, hidden]
       self._pivot_tables = tables
     self._pybind = (None if spec["search"] == "exact"
                     else retrieval_pybind.PybindRetrieval(path, tables, num_threads=1))
@@ -241,10 +243,13 @@ class _RetrievalFiles:
     count = (index >= 0).sum(axis=1)
     if np.any(count == 0):
       raise checks.ExportError(f"{self._path}: items_for_item_set: a row without any item.")
-    weights = (index >= 0) / np.maximum(count, 1)[:, None]
-    z = retrieval.item_set_embeddings(self._model, tf.constant(self._last_inputs),
-                                      tf.constant(index, tf.int32),
-                                      tf.constant(weights, tf.float32)).numpy()
+    weights = ((index >= 0) / np.maximum(count, 1)[:, None]).astype(np.float32)
+    # In batches, as the checks send them to a loaded version: [B * L, hidden] rows.
+    z = np.concatenate([np.zeros((0, self._dim), np.float32)] + [
+        retrieval.item_set_embeddings(self._model, self._last_inputs,
+                                      tf.constant(index[s:s + _SET_BATCH], tf.int32),
+                                      tf.constant(weights[s:s + _SET_BATCH])).numpy()
+        for s in range(0, index.shape[0], _SET_BATCH)])
     return self._search(z, index)
 
   def _search(self, vectors: np.ndarray, exclude: np.ndarray | None) -> dict[str, np.ndarray]:
