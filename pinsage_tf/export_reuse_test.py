@@ -12,6 +12,7 @@ version must answer every signature as the traced one does.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -30,6 +31,7 @@ from pinsage_tf import pipeline
 from pinsage_tf import refresh as refresh_lib
 from pinsage_tf import retrieval_exact
 from pinsage_tf.export import reuse
+from pinsage_tf.export import warmup
 
 _N, _M, _K = 40, 8, 5
 
@@ -245,3 +247,127 @@ def test_reused_exact_model_runs_in_a_tf1_session_without_scann(setup):
       retrieval_exact.biased_corpus(setup["deployment"]["embeddings"],
                                     setup["deployment"]["item_bias"]), _K, exclude=[[0]])[0]
   assert out.stdout.split() == ["2", str(_K), str(int(_N in want[0].tolist()))]
+
+
+def test_reused_versions_are_checked_on_their_files_like_loaded_ones(setup, tmp_path):
+  """The files answer the check queries as the loaded version does: the same recall."""
+  for name in export.ALL_MODELS:
+    assert setup["first"]["models"][name]["report"]["verification"] == "load"
+    assert setup["reused"]["models"][name]["report"]["verification"] == "artifacts"
+  base = str(tmp_path / "exports")
+  shutil.copytree(os.path.join(setup["base"]), base)
+  for name in export.ALL_MODELS:  # version 1 is the newest again
+    for version in export.list_versions(os.path.join(base, name))[1:]:
+      shutil.rmtree(os.path.join(base, name, str(version)))
+  config = export.ExportConfig(num_neighbors=_K, recall_queries=20, exact_block_size=16,
+                               verify_reused="load")
+  loaded = _export(base, setup["model"], setup["deployment"], reuse_graphs=True, config=config)
+  for name in export.ALL_MODELS:
+    report = loaded["models"][name]["report"]
+    assert report["verification"] == "load" and report["graph"]["reused_from"], name
+    assert _flat(report["check"]) == pytest.approx(
+        _flat(setup["reused"]["models"][name]["report"]["check"]), abs=1e-6), name
+
+
+def _flat(check, prefix=""):
+  """A check entry as {"signature/field": number}, without its largest score round-off."""
+  out = {}
+  for key, value in check.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}/"))
+    elif key != "max_abs_score_diff":
+      out[prefix + key] = value
+  return out
+
+
+def _corrupt_data_file(version_dir, module):
+  del module
+  path = os.path.join(version_dir, "variables", "variables.data-00000-of-00001")
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _change_module_after_writing(version_dir, module):
+  del version_dir
+  corpus = module.embeddings.numpy()
+  corpus[3, 0] += 1.0
+  module.embeddings.assign(corpus)
+
+
+def _swap_rows_before_writing(module):
+  corpus = module.embeddings.numpy()
+  module.embeddings.assign(corpus[[1, 0, *range(2, corpus.shape[0])]])
+
+
+def _swap_vocabulary_lines_before_writing(module):
+  path = reuse.module_assets(module)["item_ids.txt"]
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().split("\n")
+  lines[0], lines[1] = lines[1], lines[0]
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def exact_v1(setup, tmp_path_factory):
+  """An EXPORT_BASE holding version 1 of the exact model alone."""
+  base = str(tmp_path_factory.mktemp("exact_v1") / "exports")
+  _export(base, setup["model"], setup["before"], reuse_graphs=True,
+          config=export.ExportConfig(num_neighbors=_K, recall_queries=20, exact_block_size=16,
+                                     models=(export.RETRIEVAL_EXACT,)))
+  return base
+
+
+@pytest.mark.parametrize("before, after, match", [
+    (None, _corrupt_data_file, "checkpoint cannot be read"),
+    (None, _change_module_after_writing,
+     "checkpoint value embeddings/.ATTRIBUTES/VARIABLE_VALUE differs"),
+    (_swap_rows_before_writing, None, "exact related_items disagrees with numpy"),
+    (_swap_vocabulary_lines_before_writing, None,
+     "item_ids variable and the item vocabulary differ"),
+])
+def test_a_wrong_file_fails_the_file_checks_and_publishes_nothing(setup, exact_v1, tmp_path,
+                                                                  monkeypatch, before, after,
+                                                                  match):
+  """A corrupted or wrong value, row or vocabulary line of a reused version is caught."""
+  base = str(tmp_path / "exports")
+  shutil.copytree(exact_v1, base)
+  write_version = reuse.write_version
+
+  def faulty(previous_dir, module, dest_dir):
+    if before:
+      before(module)
+    write_version(previous_dir, module, dest_dir)
+    if after:
+      after(dest_dir, module)
+
+  monkeypatch.setattr(reuse, "write_version", faulty)
+  config = export.ExportConfig(num_neighbors=_K, recall_queries=20, exact_block_size=16,
+                               models=(export.RETRIEVAL_EXACT,))
+  with pytest.raises(export.ExportError, match=match):
+    _export(base, setup["model"], setup["deployment"], reuse_graphs=True, config=config)
+  assert sorted(os.listdir(os.path.join(base, export.RETRIEVAL_EXACT))) == ["1"]
+  monkeypatch.setattr(reuse, "write_version", write_version)
+  out = _export(base, setup["model"], setup["deployment"], reuse_graphs=True, config=config)
+  assert out["models"][export.RETRIEVAL_EXACT]["report"]["verification"] == "artifacts"
+
+
+def test_a_warmup_request_the_version_cannot_answer_fails_the_export(setup, exact_v1, tmp_path,
+                                                                    monkeypatch):
+  base = str(tmp_path / "exports")
+  shutil.copytree(exact_v1, base)
+  write = warmup.write_warmup_requests
+
+  def unknown_item(version_dir, model_name, requests):
+    return write(version_dir, model_name, [("related_items", {"item_ids": np.array(
+        [b"no_such_item"], object)})])
+
+  monkeypatch.setattr(export.warmup, "write_warmup_requests", unknown_item)
+  config = export.ExportConfig(num_neighbors=_K, recall_queries=20, exact_block_size=16,
+                               models=(export.RETRIEVAL_EXACT,))
+  with pytest.raises(export.ExportError, match=r"related_items: unknown item_ids.*no_such_item"):
+    _export(base, setup["model"], setup["deployment"], reuse_graphs=True, config=config)
+  assert sorted(os.listdir(os.path.join(base, export.RETRIEVAL_EXACT))) == ["1"]

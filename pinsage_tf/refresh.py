@@ -524,9 +524,17 @@ def reembed(model, tables: pipeline.SamplingTables, old_vectors: np.ndarray,
                     last_h=last_h, computed=computed)
 
 
+def last_transformed(model, last_h: np.ndarray, *, batch_size: int = 8192) -> tf.Tensor:
+  """The last convolution's neighbor transform of `last_h [R, hidden]`: `[R, neighbor_dim]`."""
+  return tf.constant(np.concatenate(
+      [model.convs[-1].transform_neighbors(last_h[a:a + batch_size]).numpy()
+       for a in range(0, last_h.shape[0], batch_size)]))
+
+
 def reembed_pivots(model, old_vectors: np.ndarray, rows: np.ndarray, table_ids: np.ndarray,
                    table_weights: np.ndarray, last_rows: np.ndarray, last_h: np.ndarray,
-                   *, batch_size: int = 8192) -> np.ndarray:
+                   *, batch_size: int = 8192, transformed: tf.Tensor | None = None
+                   ) -> np.ndarray:
   """Pivot embeddings with `rows` embedded again from h^{K-1} of their neighbors.
 
   Args:
@@ -536,6 +544,8 @@ def reembed_pivots(model, old_vectors: np.ndarray, rows: np.ndarray, table_ids: 
     table_ids, table_weights: `[M, Tp]` the refreshed pivot table (-1 padding).
     last_rows, last_h: items with their h^{K-1} (`Reembedded.last_rows/last_h`);
       must cover every neighbor of `rows`.
+    transformed: `last_transformed(model, last_h)` when the caller has it
+      (one pass for every history); computed here otherwise.
   """
   m = table_ids.shape[0]
   out = np.zeros((m, old_vectors.shape[1]), np.float32)
@@ -550,9 +560,8 @@ def reembed_pivots(model, old_vectors: np.ndarray, rows: np.ndarray, table_ids: 
   assert (local[ids >= 0] >= 0).all()
   local = np.maximum(local, 0).astype(np.int32)
   h_table = tf.constant(last_h)
-  transformed = tf.constant(np.concatenate(
-      [model.convs[-1].transform_neighbors(last_h[a:a + batch_size]).numpy()
-       for a in range(0, last_h.shape[0], batch_size)]))
+  if transformed is None:
+    transformed = last_transformed(model, last_h, batch_size=batch_size)
   parts = []
   for a in range(0, rows.size, batch_size):
     parts.append(model.head(model.pivot_hidden(h_table, local[a:a + batch_size],
@@ -759,11 +768,14 @@ def refresh(
   out = reembed(model, tables, vectors, bias, closure,
                 extra_last if pivot_tables else None, batch_size=batch_size)
   new_pivot_vectors = {}
+  transformed = None  # of out.last_h, the same for every history
   for history, (new_table, _) in pivot_tables.items():
+    if transformed is None and pivot_rows[history].size:
+      transformed = last_transformed(model, out.last_h, batch_size=batch_size)
     new_pivot_vectors[history] = reembed_pivots(
         model, np.asarray(pivot_vectors[history]), pivot_rows[history],
         np.asarray(new_table.ids), np.asarray(new_table.weights), out.last_rows, out.last_h,
-        batch_size=batch_size)
+        batch_size=batch_size, transformed=transformed)
     pivot_stats[history]["embedded"] = int(pivot_rows[history].size)
   stats = {
       "scope": scope.to_json(),

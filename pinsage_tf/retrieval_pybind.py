@@ -52,6 +52,10 @@ SEARCH_FILE = "search.json"
 FORMAT = 1
 # Largest [B, C, L] comparison `_drop_excluded` broadcasts (else row by row).
 _MAX_COMPARISONS = 1 << 22
+# What the searcher answers from besides the index: the SavedModel's variables of
+# these names and its pivot vocabulary ("pivot_ids").
+TABLES = ("embeddings", "item_ids", "pivot_ids", "pivot_embeddings", "pivot_indptr",
+          "pivot_items")
 # Signature function -> its input alias.
 _INPUTS = {"related_items": "item_ids", "related_items_by_embedding": "embeddings",
            "items_for_pivot": "pivot_ids"}
@@ -88,7 +92,10 @@ class PybindRetrieval:
   Args:
     version_dir: the version directory (with `ASSETS_DIR`).
     loaded: its `tf.saved_model.load` result (item ids, corpus and pivot
-      tables are read from its variables, not duplicated on disk).
+      tables are read from its variables, not duplicated on disk), or the
+      same tables as arrays (`TABLES` -> array; `pivot_ids`: the pivot
+      vocabulary, a list of str), e.g. read back from the version's
+      checkpoint (`pinsage_tf.export.artifact_checks`).
     num_threads: threads the pybind searcher searches a batch on.
   """
 
@@ -107,8 +114,12 @@ class PybindRetrieval:
     self._pre_reorder = config["pre_reorder"]
     self._leaves = -1 if config["leaves"] is None else int(config["leaves"])
     self._functions = {key: fn for key, fn in config["signatures"].items() if fn in _INPUTS}
-    self._corpus = np.asarray(loaded.embeddings.numpy(), np.float32)  # [N, dim (+1)]
-    ids = loaded.item_ids.numpy().astype(object)  # [N] bytes
+    if isinstance(loaded, Mapping):
+      tables = loaded
+    else:
+      tables = _Variables(loaded)
+    self._corpus = np.asarray(tables["embeddings"], np.float32)  # [N, dim (+1)]
+    ids = np.asarray(tables["item_ids"]).astype(object)  # [N] bytes
     if self._corpus.shape[0] != self._n or ids.shape != (self._n,):
       raise ValueError(f"{path}: num_items={self._n}, but the SavedModel holds "
                        f"{self._corpus.shape[0]} embeddings and {ids.shape[0]} ids.")
@@ -120,13 +131,10 @@ class PybindRetrieval:
                            for j in range(self._k + 1)], np.int64)  # [k + 1, k]
     self._signatures = frozenset(self._functions)
     if "items_for_pivot" in self._functions.values():
-      vocab = loaded.pivots.vocabulary.asset_path.numpy().decode("utf-8")
-      with open(vocab, encoding="utf-8", newline="\n") as f:
-        pivots = f.read().split("\n")[:-1]
-      self._pivot_rows = {p.encode("utf-8"): row for row, p in enumerate(pivots)}
-      self._pivot_vectors = np.asarray(loaded.pivot_embeddings.numpy(), np.float32)
-      self._pivot_indptr = loaded.pivot_indptr.numpy()
-      self._pivot_items = loaded.pivot_items.numpy()
+      self._pivot_rows = {p.encode("utf-8"): row for row, p in enumerate(tables["pivot_ids"])}
+      self._pivot_vectors = np.asarray(tables["pivot_embeddings"], np.float32)
+      self._pivot_indptr = np.asarray(tables["pivot_indptr"])
+      self._pivot_items = np.asarray(tables["pivot_items"])
     # Imported here: `has_assets` must work where ScaNN is not installed.
     from pinsage_tf import scann_index  # pylint: disable=g-import-not-at-top
     self._searcher = scann_index.load_searcher(os.path.join(root, INDEX_DIR), num_threads)
@@ -161,7 +169,18 @@ class PybindRetrieval:
     exclude = np.full((len(rows), int((ends - starts).max(initial=0))), -1, np.int64)
     for i, (start, end) in enumerate(zip(starts, ends)):
       exclude[i, :end - start] = self._pivot_items[start:end]
-    return self._outputs(*self._search(self._queries(self._pivot_vectors[rows]), exclude))
+    return self.search_embeddings(self._pivot_vectors[rows], exclude)
+
+  def search_embeddings(self, vectors: np.ndarray, exclude: np.ndarray | None
+                        ) -> dict[str, np.ndarray]:
+    """The k best items of finite `vectors [B, dim]`, without the `exclude` rows.
+
+    `exclude`: None, or int `[B, L]` item rows per query (-1 = none). The
+    outputs are a signature's (`neighbor_ids`, `scores`).
+    """
+    if exclude is not None:
+      exclude = np.asarray(exclude, np.int64)
+    return self._outputs(*self._search(self._queries(vectors), exclude))
 
   def _queries(self, vectors: np.ndarray) -> np.ndarray:
     """float32 `[B, dim (+1)]` C-contiguous queries of `[B, dim]` vectors."""
@@ -193,6 +212,26 @@ class PybindRetrieval:
 
   def _outputs(self, scores: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
     return {"neighbor_ids": self._ids.take(index), "scores": scores}
+
+
+class _Variables(Mapping):
+  """The `TABLES` of a loaded SavedModel, read from its variables and pivot vocabulary."""
+
+  def __init__(self, loaded: Any):
+    self._loaded = loaded
+
+  def __getitem__(self, name: str) -> Any:
+    if name == "pivot_ids":
+      vocab = self._loaded.pivots.vocabulary.asset_path.numpy().decode("utf-8")
+      with open(vocab, encoding="utf-8", newline="\n") as f:
+        return f.read().split("\n")[:-1]
+    return getattr(self._loaded, name).numpy()
+
+  def __iter__(self):
+    return iter(TABLES)
+
+  def __len__(self) -> int:
+    return len(TABLES)
 
 
 def _lookup(rows: Mapping[bytes, int], values: np.ndarray) -> np.ndarray | None:

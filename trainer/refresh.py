@@ -17,7 +17,12 @@ version's graph (nothing is traced; `pinsage_tf.export.reuse`), the ScaNN
 index is the previous one with the changed and new rows upserted while few
 rows changed since its training (`scann_index.update_state`), and the checks
 that query the built models draw their queries among the rows the refresh
-recomputed (the scope's `fresh` rows, all rows in the exact scope). Steps:
+recomputed (the scope's `fresh` rows, all rows in the exact scope). By default
+(`--verify_reused=artifacts`) a new version is checked on its files: its
+checkpoint and vocabularies are read back and compared with what was exported,
+and the check queries and warm-up requests are answered from them (numpy, and
+ScaNN's pybind searcher on the version's index; `pinsage_tf.export.artifact_checks`);
+`--verify_reused=load` loads every version through TensorFlow and queries it. Steps:
 
 1. read the newest published versions of GRAPH and EMB_DIR
    (`pinsage_tf.versions_on_disk`: `GRAPH.latest` names it; GRAPH itself
@@ -92,6 +97,11 @@ _WALK_TRAVERSALS = flags.DEFINE_integer(
 _EMBED_HOPS = flags.DEFINE_integer(
     "embed_hops", 1, "bounded: items within this many neighbor-table steps of a changed input "
     "are embedded again.")
+_VERIFY_REUSED = flags.DEFINE_enum(
+    "verify_reused", export_lib.ExportConfig.verify_reused, list(export_lib.VERIFY_MODES),
+    "How each new export version (the previous version's graph with new variables) is checked "
+    "before it is published: artifacts = its files are read back and the check queries are "
+    "answered from them; load = it is loaded through TensorFlow and queried.")
 _RETUNE_SCANN = flags.DEFINE_bool(
     "retune_scann", False, "Tune the ScaNN search again instead of keeping the served version's "
     "leaves_to_search / reorder_num_neighbors.")
@@ -209,6 +219,7 @@ def run_refresh(graph_dir: str, new_edges_csv: str, model_dir: str, embeddings_d
           "export_version": exported["version"],
           # How incremental the export was (pinsage_tf.export.export_models).
           "export": {name: {"graph_reused_from": report["graph"]["reused_from"],
+                            "verification": report["verification"],
                             "check_queries": report["check_queries"],
                             **({"scann_index": report["search"]["index"]}
                                if "index" in report.get("search", {}) else {})}
@@ -222,7 +233,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = export_lib.ExportConfig(num_neighbors=_NUM_NEIGHBORS.value,
-                                   models=tuple(_MODELS.value))
+                                   models=tuple(_MODELS.value),
+                                   verify_reused=_VERIFY_REUSED.value)
   try:
     summary = run_refresh(_GRAPH_DIR.value, _NEW_EDGES_CSV.value, _MODEL_DIR.value,
                           _EMBEDDINGS_DIR.value, _EXPORT_BASE.value,

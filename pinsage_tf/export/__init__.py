@@ -18,7 +18,8 @@ same signatures by brute force, stock ops) and `pinsage_embedder` (stock ops).
 Modules: `config` (model names, `ExportConfig`), `versions` (version
 directories, publication, config files), `signatures`, `ops`, `search`,
 `retrieval`, `embedder`, `warmup`, `checks`, `reuse` (a new version from a
-previous version's graph), `orchestration` (`export_models`).
+previous version's graph), `artifact_checks` (such a version checked on its
+files), `orchestration` (`export_models`).
 """
 
 from pinsage_tf.export.checks import ExportError
@@ -29,6 +30,7 @@ from pinsage_tf.export.config import EMBEDDER
 from pinsage_tf.export.config import ExportConfig
 from pinsage_tf.export.config import RETRIEVAL
 from pinsage_tf.export.config import RETRIEVAL_EXACT
+from pinsage_tf.export.config import VERIFY_MODES
 from pinsage_tf.export.embedder import EmbedderModule
 from pinsage_tf.export.embedder import existing_item_inputs
 from pinsage_tf.export.embedder import first_traversal_neighborhoods
@@ -56,7 +58,7 @@ from pinsage_tf.export.warmup import write_warmup_requests
 
 __all__ = [
     "ALL_MODELS", "DEFAULT_SIGNATURE", "EMBEDDER", "MODELS_CONFIG", "MODELS_STOCK_CONFIG",
-    "REPORT_FILE", "RETRIEVAL", "RETRIEVAL_EXACT", "SIGNATURES", "WARMUP_FILE",
+    "REPORT_FILE", "RETRIEVAL", "RETRIEVAL_EXACT", "SIGNATURES", "VERIFY_MODES", "WARMUP_FILE",
     "EmbedderModule", "ExportConfig", "ExportError", "PivotTables", "RetrievalModule",
     "StringIndex", "check_consistency", "check_pivot_consistency", "drop_excluded",
     "exact_top_k", "existing_item_inputs", "export_models", "first_traversal_neighborhoods",

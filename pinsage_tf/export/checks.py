@@ -3,8 +3,11 @@
 `check_consistency` / `check_pivot_consistency` recompute sampled embeddings
 from the model and the export-time layer tables (`ValueError`: the embeddings
 belong to another model or graph). `check_retrieval` and `check_embedder`
-load a built SavedModel, replay its warm-up requests and compare its answers
-with numpy (`ExportError`); they return the report's "check" entry.
+send requests to a built version and compare its answers with numpy
+(`ExportError`); they return the report's "check" entry. The answers come
+from `saved_model_answers` (the version loaded through TensorFlow, its
+warm-up requests replayed) unless the caller passes others
+(`artifact_checks.file_answers`: a reused version answered from its files).
 """
 
 from __future__ import annotations
@@ -25,6 +28,26 @@ from pinsage_tf.export import warmup
 
 class ExportError(RuntimeError):
   """A built export failed its checks; nothing was published."""
+
+
+# (signature key, {input alias: array [B, ...]}) -> {output name: array [B, ...]}: what a
+# version answers to a request.
+Answers = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+def saved_model_answers(path: str) -> Answers:
+  """Loads the version at `path`, replays its warm-up requests and answers through it.
+
+  Requests are sent in batches of 256 rows (64 for the pivot signatures,
+  whose exclusions grow with the batch).
+  """
+  loaded = tf.saved_model.load(path)
+  warmup.replay_warmup_requests(path, loaded)
+
+  def answers(signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return _batched(loaded.signatures[signature], inputs,
+                    batch=64 if signature.startswith("items_for_") else 256)
+  return answers
 
 
 def check_consistency(model, tables: pipeline.SamplingTables, transformed: Sequence[np.ndarray],
@@ -111,13 +134,15 @@ def item_checks(vectors: np.ndarray, bias: np.ndarray | None, k: int,
 
 
 def check_retrieval(path: str, item_ids: np.ndarray, k: int, items: ItemChecks | None,
-                    exact: bool, pivots: PivotChecks | None = None) -> dict[str, Any]:
-  """Loads an exported retrieval model and compares it with numpy exact search.
+                    exact: bool, pivots: PivotChecks | None = None,
+                    answers: Answers | None = None) -> dict[str, Any]:
+  """Queries an exported retrieval model and compares it with numpy exact search.
 
   `related_items` of the `items` sample must never return the query itself;
   the exact model must return numpy's lists (up to score ties), the ScaNN
   model's recall@k is measured. With `pivots`, the pivot signatures are
-  checked too (`_check_pivot_signatures`).
+  checked too (`_check_pivot_signatures`). `answers`: how the version
+  answers (None: `saved_model_answers(path)`).
 
   Returns:
     The report's "check" entry: query count, recall@k, share of identical lists.
@@ -125,13 +150,12 @@ def check_retrieval(path: str, item_ids: np.ndarray, k: int, items: ItemChecks |
   Raises:
     ExportError: a check failed.
   """
-  loaded = tf.saved_model.load(path)
-  warmup.replay_warmup_requests(path, loaded)
+  answers = answers or saved_model_answers(path)
   result: dict[str, Any] = {"queries": 0}
   index = {raw: i for i, raw in enumerate(item_ids.tolist())}
   if items is not None and items.sample.size:
     sample = items.sample
-    out = _batched(loaded.signatures["related_items"], item_ids[sample], "item_ids")
+    out = answers("related_items", {"item_ids": item_ids[sample]})
     got = _rows_of(out["neighbor_ids"], index)
     if np.any(got == sample[:, None]):
       raise ExportError(f"{path}: related_items returned the query item itself.")
@@ -145,7 +169,7 @@ def check_retrieval(path: str, item_ids: np.ndarray, k: int, items: ItemChecks |
         raise ExportError(f"{path}: exact related_items disagrees with numpy exact search "
                           f"(recall@{k}={recall:.4f}).")
   if pivots is not None:
-    result.update(_check_pivot_signatures(path, loaded, pivots, index, k, exact))
+    result.update(_check_pivot_signatures(path, answers, pivots, index, k, exact))
   return result
 
 
@@ -208,7 +232,7 @@ def pivot_checks(model, graph: graph_lib.Graph, h_last: np.ndarray,
       set_cosine_to_stored=_cosines(z_set, pivot_vectors[sample]))
 
 
-def _check_pivot_signatures(path: str, loaded: Any, checks: PivotChecks,
+def _check_pivot_signatures(path: str, answers: Answers, checks: PivotChecks,
                             index: Mapping[str, int], k: int, exact: bool) -> dict[str, Any]:
   """`items_for_pivot` / `items_for_item_set` against numpy.
 
@@ -224,7 +248,7 @@ def _check_pivot_signatures(path: str, loaded: Any, checks: PivotChecks,
        checks.want_pivot),
       ("items_for_item_set", "item_ids", checks.item_sets, checks.set_queries,
        checks.want_set)):
-    out = _batched(loaded.signatures[signature], requests, key, batch=64)
+    out = answers(signature, {key: requests})
     got, scores = _rows_of(out["neighbor_ids"], index), out["scores"]
     if _any_excluded(got, checks.exclude):
       raise ExportError(f"{path}: {signature} returned an excluded item (a given or graph item "
@@ -249,20 +273,20 @@ def _check_pivot_signatures(path: str, loaded: Any, checks: PivotChecks,
 
 
 def check_embedder(path: str, graph: graph_lib.Graph, tables: pipeline.SamplingTables,
-                   vectors: np.ndarray, sample: np.ndarray, inductive: bool
-                   ) -> dict[str, Any]:
-  """Loads the embedder; embed_items must return the rows, embed_new_items unit vectors."""
-  loaded = tf.saved_model.load(path)
-  warmup.replay_warmup_requests(path, loaded)
-  out = _batched(loaded.signatures["embed_items"], np.asarray(graph.item_ids)[sample],
-                 "item_ids")
+                   vectors: np.ndarray, sample: np.ndarray, inductive: bool,
+                   answers: Answers | None = None) -> dict[str, Any]:
+  """embed_items must return the rows, embed_new_items unit vectors.
+
+  `answers`: how the version answers (None: `saved_model_answers(path)`).
+  """
+  answers = answers or saved_model_answers(path)
+  out = answers("embed_items", {"item_ids": np.asarray(graph.item_ids)[sample]})
   if not np.allclose(out["embeddings"], vectors[sample], atol=1e-6):
     raise ExportError(f"{path}: embed_items does not return the exported embeddings.")
   if not inductive:
     return {}
-  fn = loaded.signatures["embed_new_items"]
   inputs = embedder.existing_item_inputs(graph, tables, sample)
-  z = fn(**{key: tf.constant(value) for key, value in inputs.items()})["embeddings"].numpy()
+  z = np.asarray(answers("embed_new_items", inputs)["embeddings"])
   norms = np.linalg.norm(z, axis=1)
   # The head L2-normalises: a row is a unit vector (or 0 if every unit is dead).
   if not np.all(np.isfinite(z)) or not np.all((np.abs(norms - 1) < 1e-3) | (norms < 1e-6)):
@@ -285,12 +309,13 @@ def _any_excluded(got: np.ndarray, exclude: Sequence[np.ndarray]) -> bool:
   return bool(np.isin(returned, excluded).any())
 
 
-def _batched(fn: Callable[..., Mapping[str, tf.Tensor]], values: np.ndarray, key: str,
-             batch: int = 256) -> dict[str, np.ndarray]:
-  """Runs `fn(key=values)` batch by batch; each output concatenated over the batches."""
+def _batched(fn: Callable[..., Mapping[str, tf.Tensor]], inputs: Mapping[str, np.ndarray],
+             batch: int) -> dict[str, np.ndarray]:
+  """Runs `fn(**inputs)` batch by batch of rows; each output concatenated over the batches."""
   parts: dict[str, list[np.ndarray]] = {}
-  for s in range(0, len(values), batch):
-    out = fn(**{key: tf.constant(values[s:s + batch])})
+  rows = len(next(iter(inputs.values())))
+  for s in range(0, rows, batch):
+    out = fn(**{key: tf.constant(value[s:s + batch]) for key, value in inputs.items()})
     for name, tensor in out.items():
       parts.setdefault(name, []).append(tensor.numpy())
   return {name: np.concatenate(p) for name, p in parts.items()}

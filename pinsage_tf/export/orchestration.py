@@ -27,6 +27,7 @@ from pinsage_tf import pipeline
 from pinsage_tf import retrieval_exact
 from pinsage_tf import retrieval_pybind
 from pinsage_tf import scann_index
+from pinsage_tf.export import artifact_checks
 from pinsage_tf.export import checks
 from pinsage_tf.export import config as config_lib
 from pinsage_tf.export import embedder
@@ -90,7 +91,9 @@ def export_models(
       the same model with the same settings (its report's `graph_spec`) gets
       that version's graph with this export's variables and vocabularies,
       without tracing or `tf.saved_model.save` (`pinsage_tf.export.reuse`;
-      what a refresh does). Every version is checked alike.
+      what a refresh does). Such a version is checked on its files unless
+      `config.verify_reused` is "load" (`artifact_checks`); its report's
+      `verification` says how.
     update_index: the ScaNN index is the newest published
       `pinsage_retrieval` version's with the changed and new rows upserted,
       without training (`scann_index.update_state`), when that version was
@@ -376,6 +379,26 @@ class _Staging:
                                              inputs.check_sample)
     return self._item_checks
 
+  def answers(self, name: str, module: tf.Module) -> checks.Answers:
+    """How the checks query the built version of model `name` (`checks.Answers`).
+
+    A version built from a previous version's graph is read back and
+    answered from its files, its warm-up requests too
+    (`artifact_checks`), unless `config.verify_reused` is "load"; any other
+    version is loaded through TensorFlow (`checks.saved_model_answers`).
+    Records which in the report's `verification`.
+    """
+    tmp, report = self._built[name], self.reports[name]
+    previous = report["graph"]["reused_from"]
+    if previous is None or self.inputs.config.verify_reused == config_lib.VERIFY_LOAD:
+      report["verification"] = config_lib.VERIFY_LOAD
+      return checks.saved_model_answers(tmp)
+    report["verification"] = config_lib.VERIFY_ARTIFACTS
+    written = artifact_checks.read_back(tmp, previous, module)
+    answers = artifact_checks.file_answers(written, module, self.inputs.model)
+    artifact_checks.replay_warmup_requests(tmp, answers)
+    return answers
+
   def build(self, name: str, module: tf.Module, options: tf.saved_model.SaveOptions | None,
             extra: Mapping[str, Any], requests: _Requests) -> str:
     """Saves `module` as a temporary version of model `name`, with warm-up `requests`.
@@ -503,7 +526,7 @@ def _build_exact_retrieval(staging: _Staging, pivots: _Pivots) -> None:
                       _retrieval_warmup(inputs, pivots))
   staging.reports[config_lib.RETRIEVAL_EXACT]["check"] = checks.check_retrieval(
       tmp, inputs.item_ids, inputs.k, staging.item_checks(), exact=True,
-      pivots=pivots.expected)
+      pivots=pivots.expected, answers=staging.answers(config_lib.RETRIEVAL_EXACT, module))
   logging.info("%s: built and checked", config_lib.RETRIEVAL_EXACT)
 
 
@@ -533,7 +556,8 @@ def _build_embedder(staging: _Staging) -> None:
     module = embedder.EmbedderModule(staging.item_vocab_file(), inputs.vectors)
   tmp = staging.build(config_lib.EMBEDDER, module, None, extra, requests)
   staging.reports[config_lib.EMBEDDER]["check"] = checks.check_embedder(
-      tmp, graph, tables, inputs.vectors, inputs.check_sample[:256], inductive)
+      tmp, graph, tables, inputs.vectors, inputs.check_sample[:256], inductive,
+      answers=staging.answers(config_lib.EMBEDDER, module))
   logging.info("%s: built and checked", config_lib.EMBEDDER)
 
 
@@ -582,7 +606,8 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
   # recall_queries > 0.
   check = checks.check_retrieval(tmp, inputs.item_ids, k,
                                  staging.item_checks() if sample.size else None, exact=False,
-                                 pivots=pivots.expected if sample.size else None)
+                                 pivots=pivots.expected if sample.size else None,
+                                 answers=staging.answers(config_lib.RETRIEVAL, module))
   staging.reports[config_lib.RETRIEVAL]["check"] = check
   if check["queries"]:
     logging.info("%s: recall@%d = %.4f on %d queries", config_lib.RETRIEVAL, k,

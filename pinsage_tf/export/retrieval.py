@@ -44,6 +44,24 @@ class PivotTables:
   last_inputs: np.ndarray
 
 
+def item_set_embeddings(model, last_inputs: tf.Tensor, index: tf.Tensor, weights: tf.Tensor
+                        ) -> tf.Tensor:
+  """`items_for_item_set`'s query embeddings: float32 `[B, dim]`.
+
+  Args:
+    model: the trained `PinSageModel` (its last convolution and head).
+    last_inputs: float32 `[N, hidden]` h^{K-1} of every item.
+    index: int32 `[B, L]` the given items' rows (-1 padding).
+    weights: float32 `[B, L]` their weights (0 on padding).
+  """
+  b, width = tf.shape(index)[0], tf.shape(index)[1]
+  # The pivot's neighbors are the given items: their h^{K-1} rows and (inside
+  # pivot_hidden) their neighbor transforms, computed for these rows only.
+  rows = tf.gather(last_inputs, tf.reshape(tf.maximum(index, 0), [-1]))  # [B * L, hidden]
+  slots = tf.reshape(tf.range(b * width), [b, width])
+  return model.head(model.pivot_hidden(rows, slots, weights, training=False))
+
+
 class RetrievalModule(tf.Module):
   """The retrieval signatures over an item corpus (exact or ScaNN search).
 
@@ -227,12 +245,7 @@ class RetrievalModule(tf.Module):
          "padding); rows without one:", empty], summarize=20, name="empty_item_set")
     with tf.control_dependencies([check]):
       weights = tf.identity(given / tf.maximum(count, 1.0)[:, None])  # uniform, 0 on padding
-    b, width = tf.shape(index)[0], tf.shape(index)[1]
-    # The pivot's neighbors are the given items: their h^{K-1} rows and (inside
-    # pivot_hidden) their neighbor transforms, computed for these rows only.
-    rows = tf.gather(self.last_inputs, tf.reshape(tf.maximum(index, 0), [-1]))  # [B * L, hidden]
-    slots = tf.reshape(tf.range(b * width), [b, width])
-    z = model.head(model.pivot_hidden(rows, slots, weights, training=False))  # [B, dim]
+    z = item_set_embeddings(model, self.last_inputs, index, weights)
     return self._outputs(*self._search(z, index))
 
   def pybind_search(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ Reuse is safe only when both modules trace to the same graph. Each module's
 reused only when its report records the same spec. `write_version` still
 refuses (`GraphMismatch`, nothing written) when a checkpoint key, dtype or
 declared shape, or an asset name, does not fit the module. The export checks
-then load and query the new version like a freshly saved one.
+then read the new version back and query its files (`artifact_checks`), or
+load and query it like a freshly saved one (`ExportConfig.verify_reused`).
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 # TensorFlow's names inside a SavedModel directory and its checkpoint.
-_SAVED_MODEL = "saved_model.pb"
-_VARIABLES = os.path.join("variables", "variables")
-_ASSETS = "assets"
-_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+SAVED_MODEL = "saved_model.pb"
+VARIABLES = os.path.join("variables", "variables")
+ASSETS = "assets"
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class GraphMismatch(ValueError):
@@ -59,7 +60,7 @@ def checkpoint_variables(module: tf.Module) -> dict[str, tf.Variable]:
   for path, variable in module._flatten(  # pylint: disable=protected-access
       predicate=lambda v: isinstance(v, tf.Variable), with_path=True):
     names = [str(p).replace(".", ".S").replace("/", "./") for p in path]  # TF's escaping
-    out["/".join(names) + _VALUE_SUFFIX] = variable
+    out["/".join(names) + VALUE_SUFFIX] = variable
   return out
 
 
@@ -86,7 +87,7 @@ def _declared_shapes(proto: saved_model_pb2.SavedModel, object_graph: bytes
   out = {}
   for node_id, node in enumerate(graph.nodes):
     for attribute in node.attributes:
-      if attribute.checkpoint_key.endswith(_VALUE_SUFFIX) and node_id < len(nodes):
+      if attribute.checkpoint_key.endswith(VALUE_SUFFIX) and node_id < len(nodes):
         saved = nodes[node_id]
         if saved.WhichOneof("kind") == "variable":
           out[attribute.checkpoint_key] = (tf.TensorShape(saved.variable.shape),
@@ -110,13 +111,13 @@ def write_version(previous_dir: str, module: tf.Module, dest_dir: str) -> None:
       is left empty.
   """
   proto = saved_model_pb2.SavedModel()
-  with open(os.path.join(previous_dir, _SAVED_MODEL), "rb") as f:
+  with open(os.path.join(previous_dir, SAVED_MODEL), "rb") as f:
     proto.ParseFromString(f.read())
-  reader = tf.train.load_checkpoint(os.path.join(previous_dir, _VARIABLES))
-  object_graph = reader.get_tensor(_OBJECT_GRAPH_KEY)
+  reader = tf.train.load_checkpoint(os.path.join(previous_dir, VARIABLES))
+  object_graph = reader.get_tensor(OBJECT_GRAPH_KEY)
   declared = _declared_shapes(proto, object_graph)
   variables = checkpoint_variables(module)
-  keys = set(reader.get_variable_to_shape_map()) - {_OBJECT_GRAPH_KEY}
+  keys = set(reader.get_variable_to_shape_map()) - {OBJECT_GRAPH_KEY}
   if keys != set(variables) or keys != set(declared):
     raise GraphMismatch(f"{previous_dir}: checkpoint keys differ from the module's "
                         f"(only before: {sorted(keys - set(variables))[:5]}, only now: "
@@ -132,16 +133,16 @@ def write_version(previous_dir: str, module: tf.Module, dest_dir: str) -> None:
     raise GraphMismatch(f"{previous_dir}: assets {sorted(previous_assets)} differ from the "
                         f"module's {sorted(assets)}.")
   try:
-    shutil.copyfile(os.path.join(previous_dir, _SAVED_MODEL),
-                    os.path.join(dest_dir, _SAVED_MODEL))
-    os.makedirs(os.path.join(dest_dir, _ASSETS))
+    shutil.copyfile(os.path.join(previous_dir, SAVED_MODEL),
+                    os.path.join(dest_dir, SAVED_MODEL))
+    os.makedirs(os.path.join(dest_dir, ASSETS))
     for name, path in assets.items():
-      shutil.copyfile(path, os.path.join(dest_dir, _ASSETS, name))
+      shutil.copyfile(path, os.path.join(dest_dir, ASSETS, name))
     os.makedirs(os.path.join(dest_dir, "variables"))
     names = sorted(variables)
     tf.raw_ops.SaveV2(
-        prefix=os.path.join(dest_dir, _VARIABLES),
-        tensor_names=[*names, _OBJECT_GRAPH_KEY], shape_and_slices=[""] * (len(names) + 1),
+        prefix=os.path.join(dest_dir, VARIABLES),
+        tensor_names=[*names, OBJECT_GRAPH_KEY], shape_and_slices=[""] * (len(names) + 1),
         tensors=[*(variables[n].read_value() for n in names),
                  tf.constant(object_graph, tf.string)])
     _write_fingerprint(dest_dir)
