@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from pinsage_tf import graph as graph_lib
+from pinsage_tf import inference
 from pinsage_tf import pipeline
 from pinsage_tf import retrieval_exact
 from pinsage_tf import scann_index
@@ -65,7 +66,9 @@ def check_consistency(model, tables: pipeline.SamplingTables, transformed: Seque
   if sample.size == 0:
     return 0.0
   conv = model.convs[-1]
-  pooled = conv.pool(tf.gather(tf.constant(transformed[-1]), tables.neighbor_ids[sample]),
+  # The tables are read in place (no copy of a `[N, d]` table for a sample).
+  table = inference.shared_tensor(transformed[-1])
+  pooled = conv.pool(tf.gather(table, tables.neighbor_ids[sample]),
                      tables.neighbor_weights[sample])
   z = model.head(conv.combine(h_last[sample], pooled, training=False)).numpy()
   diff = float(np.max(np.abs(z - vectors[sample])))
@@ -97,9 +100,10 @@ def check_pivot_consistency(model, tables: pipeline.SamplingTables, transformed_
   if tables.num_pivots != pivot_vectors.shape[0]:
     raise ValueError(f"the tables hold {tables.num_pivots} pivot neighborhoods but "
                      f"{pivot_vectors.shape[0]} pivot embeddings were given.")
-  h = model.pivot_hidden(tf.constant(h_last), tables.pivot_neighbor_ids[sample],
+  h = model.pivot_hidden(inference.shared_tensor(h_last),
+                         tables.pivot_neighbor_ids[sample],
                          tables.pivot_neighbor_weights[sample], training=False,
-                         transformed=tf.constant(transformed_last))
+                         transformed=inference.shared_tensor(transformed_last))
   diff = float(np.max(np.abs(model.head(h).numpy() - pivot_vectors[sample])))
   if not diff <= tolerance:
     raise ValueError(
@@ -218,8 +222,9 @@ def pivot_checks(model, graph: graph_lib.Graph, h_last: np.ndarray,
   # The offline path (`LayerwiseInference.pivot_embeddings`: the last
   # convolution over the items' h^{K-1} and the head), on the export's tables.
   z_set = model.head(model.pivot_hidden(
-      tf.constant(h_last), np.maximum(ids, 0).astype(np.int32), weights, training=False,
-      transformed=tf.constant(transformed_last))).numpy()
+      inference.shared_tensor(h_last), np.maximum(ids, 0).astype(np.int32), weights,
+      training=False,
+      transformed=inference.shared_tensor(transformed_last))).numpy()
   corpus = retrieval_exact.biased_corpus(vectors, bias)
   pivot_queries = retrieval_exact.biased_queries(pivot_vectors[sample], bias)
   set_queries = retrieval_exact.biased_queries(z_set, bias)
