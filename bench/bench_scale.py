@@ -15,8 +15,9 @@ process, in order, each reusing the previous stages' outputs:
 * train: `trainer.train`, 200 steps (2 epochs of 100, so the second uses a
   hard negative), validation off; `examples_per_second` from its summary;
 * infer: `trainer.infer`, layer-wise inference of all items (and pivots);
-* export: `trainer.export --models=pinsage_retrieval` (ScaNN index and its
-  recall check);
+* export: `trainer.export --models=pinsage_retrieval --nopivot_signatures`
+  (ScaNN index, its tuning and recall check; the item-item signatures: the
+  pivot signatures hold every item's h^(K-1), ~2 kB per item at export);
 * evaluate: `trainer.evaluate --methods=pinsage --max_queries=10000`.
 
 Every number is measured: `seconds` is the stage process's wall time and
@@ -112,7 +113,8 @@ def _stage_argv(stage: str, n: int, paths: dict[str, str]) -> list[str]:
   if stage == "export":
     return [py, "-m", "trainer.export", f"--model_dir={paths['model']}",
             f"--graph_dir={paths['graph']}", f"--embeddings_dir={paths['embeddings']}",
-            f"--export_base={paths['export']}", "--models=pinsage_retrieval"]
+            f"--export_base={paths['export']}", "--models=pinsage_retrieval",
+            "--nopivot_signatures"]
   if stage == "evaluate":
     return [py, "-m", "trainer.evaluate", f"--graph_dir={paths['graph']}",
             f"--embeddings_dir={paths['embeddings']}", "--methods=pinsage",

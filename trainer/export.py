@@ -104,6 +104,13 @@ _SCANN_TARGET_RECALL = flags.DEFINE_float(
 _SCANN_TUNING_QUERIES = flags.DEFINE_integer(
     "scann_tuning_queries", 1000, "Held-out items the ScaNN tuning measures recall on.")
 
+_PIVOT_SIGNATURES = flags.DEFINE_bool(
+    "pivot_signatures", True,
+    "For a model trained with pivot pairs: export the retrieval models' pivot signatures "
+    "(items_for_pivot, items_for_item_set). They hold every item's h^(K-1) ([N, hidden] "
+    "floats) and need the layer tables of all items at export time, ~2 kB per item; "
+    "--nopivot_signatures leaves them out where that does not fit in memory.")
+
 flags.mark_flags_as_required(["model_dir", "graph_dir", "embeddings_dir", "export_base"])
 
 
@@ -126,8 +133,12 @@ def config_from_flags() -> export_lib.ExportConfig:
 
 
 def export(model_dir: str, graph_dir: str, embeddings_dir: str, export_base: str,
-           config: export_lib.ExportConfig, version: int | None = None) -> dict:
-  """Loads the trained model, its tables and embeddings, and exports them."""
+           config: export_lib.ExportConfig, version: int | None = None,
+           pivot_signatures: bool = True) -> dict:
+  """Loads the trained model, its tables and embeddings, and exports them.
+
+  `pivot_signatures=False` exports a pivot model without its pivot signatures.
+  """
   if version is not None:  # fail before the slow loading (export_models checks again)
     for name in config.models:
       dest = os.path.join(export_base, name, str(version))
@@ -152,7 +163,7 @@ def export(model_dir: str, graph_dir: str, embeddings_dir: str, export_base: str
             "graph_fingerprint": fingerprint,
             "embeddings_model_checkpoint": embeddings.manifest.get("model_checkpoint")}
   pivot_vectors = None
-  if experiment.learns_pivots:
+  if experiment.learns_pivots and pivot_signatures:
     pivot_vectors = embeddings.pivot_vectors.get("graph")
     if pivot_vectors is None:
       raise ValueError(
@@ -190,7 +201,8 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   try:
     result = export(_MODEL_DIR.value, _GRAPH_DIR.value, _EMBEDDINGS_DIR.value,
-                    _EXPORT_BASE.value, config, _VERSION.value)
+                    _EXPORT_BASE.value, config, _VERSION.value,
+                    pivot_signatures=_PIVOT_SIGNATURES.value)
   except (ValueError, FileNotFoundError, FileExistsError, export_lib.ExportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -238,6 +238,15 @@ def test_pivot_model_needs_its_pivot_embeddings(trained, tmp_path):
   assert "pivot_embeddings_graph.npy" in proc.stderr
   assert not os.path.exists(tmp_path / "exports") or not any(
       export.list_versions(os.path.join(tmp_path, "exports", name)) for name in export.ALL_MODELS)
+  # Without its pivot signatures the same model exports from those embeddings.
+  proc = _run("trainer.export", f"--model_dir={trained['model_dir']}",
+              f"--graph_dir={trained['graph_dir']}", f"--embeddings_dir={without}",
+              f"--export_base={tmp_path / 'exports'}", f"--models={export.RETRIEVAL}",
+              "--nopivot_signatures", "--recall_queries=20", "--scann_target_recall=0")
+  summary = json.loads(proc.stdout)
+  signatures = summary["models"][export.RETRIEVAL]["signatures"]
+  assert "related_items" in signatures and not {"items_for_pivot", "items_for_item_set"} & set(
+      signatures), signatures
 
 
 def test_cold_start_of_existing_items_is_close_to_their_embeddings(trained, exported):
