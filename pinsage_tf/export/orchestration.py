@@ -379,7 +379,13 @@ class _Staging:
                                              inputs.check_sample)
     return self._item_checks
 
-  def answers(self, name: str, module: tf.Module) -> checks.Answers:
+  def checked_on_files(self, name: str) -> bool:
+    """Whether `answers(name, ...)` reads the built version's files (needs its module)."""
+    previous = self.reports[name]["graph"]["reused_from"]
+    return (previous is not None
+            and self.inputs.config.verify_reused != config_lib.VERIFY_LOAD)
+
+  def answers(self, name: str, module: tf.Module | None) -> checks.Answers:
     """How the checks query the built version of model `name` (`checks.Answers`).
 
     A version built from a previous version's graph is read back and
@@ -390,9 +396,11 @@ class _Staging:
     """
     tmp, report = self._built[name], self.reports[name]
     previous = report["graph"]["reused_from"]
-    if previous is None or self.inputs.config.verify_reused == config_lib.VERIFY_LOAD:
+    if not self.checked_on_files(name):
       report["verification"] = config_lib.VERIFY_LOAD
       return checks.saved_model_answers(tmp)
+    if module is None:
+      raise ValueError(f"{name}: checks on the version's files need its module.")
     report["verification"] = config_lib.VERIFY_ARTIFACTS
     written = artifact_checks.read_back(tmp, previous, module)
     answers = artifact_checks.file_answers(written, module, self.inputs.model)
@@ -601,13 +609,17 @@ def _build_scann_retrieval(staging: _Staging, pivots: _Pivots) -> None:
                        **pivots.report},
                       _retrieval_warmup(inputs, pivots))
   retrieval_pybind.write_assets(tmp, artifacts, module.pybind_search())
+  # A check that loads the version holds its corpus and index: the built ones
+  # (and the biased corpus) are released first. File checks read the module.
+  kept = module if staging.checked_on_files(config_lib.RETRIEVAL) else None
+  del module, state, corpus
   sample = inputs.recall_sample
   # Like related_items' recall, the pivot signatures' is measured only with
   # recall_queries > 0.
   check = checks.check_retrieval(tmp, inputs.item_ids, k,
                                  staging.item_checks() if sample.size else None, exact=False,
                                  pivots=pivots.expected if sample.size else None,
-                                 answers=staging.answers(config_lib.RETRIEVAL, module))
+                                 answers=staging.answers(config_lib.RETRIEVAL, kept))
   staging.reports[config_lib.RETRIEVAL]["check"] = check
   if check["queries"]:
     logging.info("%s: recall@%d = %.4f on %d queries", config_lib.RETRIEVAL, k,
