@@ -166,27 +166,12 @@ class LayerwiseInference:
       out[start:stop] = z
     return out if out is not None else np.zeros((0, 0), np.float32)
 
-  def head(self, h: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
-    """The dense head and L2 normalisation for every row of `h`."""
-    out = np.empty((h.shape[0], self.model.config.embedding_dim), np.float32)
-    for start, stop in _blocks(h.shape[0], self.batch_size):
-      out[start:stop] = self._head(h[start:stop]).numpy()
-      if progress:
-        progress("head", stop, h.shape[0])
-    return out
-
-  def head_and_bias(self, h: np.ndarray, progress: ProgressFn | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """`head` and the item biases float32 `[N]` in one pass (`model.head_and_bias`)."""
-    vectors = np.empty((h.shape[0], self.model.config.embedding_dim), np.float32)
-    biases = np.empty(h.shape[0], np.float32)
-    for start, stop in _blocks(h.shape[0], self.batch_size):
-      z, b = self._head_and_bias(h[start:stop])
-      vectors[start:stop] = z.numpy()
-      biases[start:stop] = np.reshape(b.numpy(), [-1])
-      if progress:
-        progress("head", stop, h.shape[0])
-    return vectors, biases
+  def advance(self, layer: int, h: np.ndarray, progress: ProgressFn | None = None, *,
+              transformed: np.ndarray | None = None) -> np.ndarray:
+    """h^{layer+1} of every item from `h` = h^layer, which it consumes: written
+    over in place when the widths allow (every convolution outputs hidden_dim)."""
+    return self.convolve(layer, h, progress, transformed=transformed,
+                         in_place=h.shape[1] == self.model.config.hidden_dim)
 
   def outputs(self, progress: ProgressFn | None = None, with_bias: bool = True
               ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -197,9 +182,7 @@ class LayerwiseInference:
     h = self.input_representations(progress)
     last = self.model.config.num_layers - 1
     for layer in range(last):
-      # Every convolution outputs hidden_dim: in place when its input has that width.
-      h = self.convolve(layer, h, progress,
-                        in_place=h.shape[1] == self.model.config.hidden_dim)
+      h = self.advance(layer, h, progress)
     self.last_inputs = h
     # The last layer goes through the head block by block: h^K is never held whole.
     n, dim = self.tables.num_items, self.model.config.embedding_dim

@@ -256,9 +256,7 @@ def layer_tables(model, tables: pipeline.SamplingTables, *, batch_size: int = 81
   for k in range(len(model.convs)):
     transformed.append(runner.transform_all(k, h))
     if k + 1 < len(model.convs):
-      # Every convolution outputs hidden_dim: in place when its input has that width.
-      h = runner.convolve(k, h, transformed=transformed[-1],
-                          in_place=h.shape[1] == model.config.hidden_dim)
+      h = runner.advance(k, h, transformed=transformed[-1])
   return transformed, h
 
 
